@@ -1,0 +1,153 @@
+"""The ``detfm`` command line: argument parsing only; the work happens in the library.
+
+User errors (:class:`detfm.errors.DetfmError`) are printed on one line and exit with
+status 2; validation failures exit with status 1; Ctrl-C exits with 130 and leaves no
+partial output behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from detfm import __version__
+from detfm.errors import DetfmError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+# ----------------------------------------------------------------------------- simulate
+def _add_simulate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("simulate", help="simulate labeled LArTPC events into an HDF5 file",
+                       description="Simulate labeled events (multi-particle vertex + rain by default) "
+                                   "and write them in the PILArNet-M layout.")
+    p.add_argument("--events", type=int, default=100, help="number of events (default 100)")
+    p.add_argument("--out", help="output HDF5 file (written atomically)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0); same seed, same file")
+    p.add_argument("--detector", default="nominal", help="detector model (see --list-detectors)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    p.add_argument("--mix", default="mpvmpr", choices=["mpvmpr", "mpv", "mpr", "gun"],
+                   help="event mix: multi-particle vertex + rain (default), either alone, or a particle gun")
+    p.add_argument("--gun", metavar="PARTICLE:KINETIC_MEV",
+                   help="single particles from the box centre in random directions, e.g. mu-:500")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    p.add_argument("--list-detectors", action="store_true", help="list the detector models and exit")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_simulate)
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from detfm.sim.detector import DETECTORS
+
+    if args.list_detectors:
+        for name, det in DETECTORS.items():
+            print(f"{name}\n    {det.describe()}")
+        return 0
+    if not args.out:
+        raise DetfmError("simulate: --out FILE is required")
+    if Path(args.out).exists() and not args.overwrite:
+        raise DetfmError(f"{args.out} exists; pass --overwrite to replace it")
+    from detfm.sim.simulate import SimConfig, simulate_to_file
+
+    cfg = SimConfig(events=args.events, seed=args.seed, mix="gun" if args.gun else args.mix,
+                    gun=args.gun, detector=args.detector)
+    report = simulate_to_file(cfg, args.out, workers=args.workers, progress=not args.quiet)
+    print(f"wrote {report.events} events ({report.points} points) to {report.path} "
+          f"in {report.seconds:.1f} s ({report.events_per_second:.1f} events/s)")
+    print(f"content sha256 {report.content_sha256}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- info / validate
+def _add_info(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("info", help="summarise event files",
+                       description="Events, points per event, class fractions and pid counts.")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("--energy-threshold", type=float, default=0.13,
+                   help="drop voxels below this value in MeV before counting (default 0.13)")
+    p.set_defaults(func=_info)
+
+
+def _info(args: argparse.Namespace) -> int:
+    from detfm.data.summary import format_summary, summarize
+
+    print(format_summary(summarize(args.files, energy_threshold=args.energy_threshold)))
+    return 0
+
+
+def _add_validate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("validate", help="check files against the PILArNet-M layout",
+                       description="List every layout violation with its event and field; "
+                                   "exit status 1 if there is any.")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("--max", type=int, default=1000, help="stop after this many violations per file")
+    p.set_defaults(func=_validate)
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from detfm.io import validate_file
+
+    bad = 0
+    for path in args.files:
+        violations = validate_file(path, max_violations=args.max)
+        for v in violations:
+            print(v)
+        print(f"{path}: {'OK' if not violations else f'{len(violations)} violation(s)'}")
+        bad += len(violations)
+    return 1 if bad else 0
+
+
+# ----------------------------------------------------------------------------- show
+def _add_show(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("show", help="draw one event (interactive HTML or PNG)",
+                       description="Event display: 3D interactive HTML, or PNG with 2D projections.")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--event", type=int, default=0, help="event index (default 0)")
+    p.add_argument("--color", default="semantic", choices=["semantic", "energy", "pid", "instance"])
+    p.add_argument("--out", required=True, help="OUT.html or OUT.png")
+    p.set_defaults(func=_show)
+
+
+def _show(args: argparse.Namespace) -> int:
+    from detfm.evaluate.display import show_file
+
+    out = show_file(args.file, args.event, args.out, color=args.color)
+    print(f"wrote {out}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- main
+COMMANDS = (_add_simulate, _add_info, _add_validate, _add_show)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="detfm", description="Foundation models for particle-detector data.")
+    parser.add_argument("--version", action="version", version=f"detfm {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args))
+    except DetfmError as exc:
+        print(f"detfm {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"detfm {args.command}: interrupted; no partial output was kept", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
