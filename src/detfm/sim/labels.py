@@ -1,0 +1,110 @@
+"""PILArNet labeling rules: which fragment owns a voxel, and which fragments are too small.
+
+The rules (PHYSICS.md, "How PILArNet-M events are made and labeled"):
+
+* A voxel belongs to one fragment. When several fragments deposit in it, the priority is
+  track > Michel > shower > delta > low-energy; among equal priority the fragment that
+  deposited the most energy there wins (then the lowest fragment id, for determinism).
+  Compton electrons compete at shower priority, the class they get if they survive.
+* After ownership, delta rays owning fewer than 3 voxels and Compton electrons owning 10
+  voxels or fewer become low-energy deposits; ``Role.LOW_ENERGY`` fragments always do.
+
+Low-energy deposits are marked with owner ``-1`` (the low-energy bucket, cluster row 0).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from detfm.io import layout
+from detfm.sim.truth import Role
+
+
+def _table(by_role: dict[Role, int]) -> np.ndarray:
+    """A read-only lookup array indexed by Role value."""
+    out = np.array([by_role[r] for r in Role], dtype=np.int64)
+    out.flags.writeable = False
+    return out
+
+
+# Role -> semantic class (Role docstring in truth.py; a COMPTON that survives the cut is shower).
+SEMANTIC_OF_ROLE = _table({Role.TRACK: layout.TRACK, Role.SHOWER: layout.SHOWER, Role.MICHEL: layout.MICHEL,
+                           Role.DELTA: layout.DELTA, Role.COMPTON: layout.SHOWER,
+                           Role.LOW_ENERGY: layout.LOW_ENERGY})
+
+# Role -> rank when fragments share a voxel (lower wins): track > Michel > shower > delta > low-energy.
+PRIORITY_OF_ROLE = _table({Role.TRACK: 0, Role.MICHEL: 1, Role.SHOWER: 2, Role.COMPTON: 2, Role.DELTA: 3,
+                           Role.LOW_ENERGY: 4})
+NO_FRAGMENT_PRIORITY = 5  # noise hits: lose to any fragment
+
+# PILArNet-M voxel-count cuts (PHYSICS.md).
+DELTA_MIN_VOXELS = 3     # delta rays with fewer voxels become low-energy
+COMPTON_MAX_LOW_VOXELS = 10  # Compton electrons with this many voxels or fewer become low-energy
+
+
+def voxel_owner(voxel: np.ndarray, fragment: np.ndarray, energy: np.ndarray, role: np.ndarray,
+                n_voxels: int) -> np.ndarray:
+    """The fragment owning each voxel, or -1 where only noise contributed.
+
+    Args:
+        voxel: (P,) voxel index 0..n_voxels-1 of each (voxel, fragment) contribution.
+        fragment: (P,) fragment row, or -1 for a contribution with no fragment (noise).
+        energy: (P,) true energy that contribution deposited in that voxel (MeV).
+        role: (F,) Role of every fragment.
+        n_voxels: number of voxels.
+
+    Contributions may repeat a (voxel, fragment) pair; their energies add up. Input
+    already sorted by (voxel, fragment), as the response stage passes it, skips a sort.
+    """
+    voxel = np.asarray(voxel, np.int64)
+    fragment = np.asarray(fragment, np.int64)
+    energy = np.asarray(energy, np.float64)
+    owner = np.full(n_voxels, -1, np.int64)
+    if voxel.size == 0:
+        return owner
+    pair = voxel * (len(role) + 1) + (fragment + 1)  # sorts by voxel, then fragment
+    if not (pair[1:] >= pair[:-1]).all():
+        order = np.argsort(pair, kind="stable")
+        pair, voxel, fragment, energy = pair[order], voxel[order], fragment[order], energy[order]
+    # Sum energy per (voxel, fragment) pair.
+    start = np.flatnonzero(np.r_[True, pair[1:] != pair[:-1]])
+    v, f, e = voxel[start], fragment[start], np.add.reduceat(energy, start)
+    # A voxel with a single contributor needs no arbitration (the common case).
+    boundary = v[1:] != v[:-1]
+    alone = np.r_[True, boundary] & np.r_[boundary, True]
+    owner[v[alone]] = f[alone]
+    v, f, e = v[~alone], f[~alone], e[~alone]
+    if len(v) == 0:
+        return owner
+    prio = np.where(f >= 0, PRIORITY_OF_ROLE[np.asarray(role, np.int64)[np.maximum(f, 0)]],
+                    NO_FRAGMENT_PRIORITY)
+    # Per shared voxel keep the best priority, then the most energy; pairs are in fragment
+    # order, so the first remaining candidate has the lowest fragment id.
+    vstart = np.flatnonzero(np.r_[True, v[1:] != v[:-1]])
+    size = np.diff(np.r_[vstart, len(v)])
+    candidate = prio == np.repeat(np.minimum.reduceat(prio, vstart), size)
+    candidate &= e == np.repeat(np.maximum.reduceat(np.where(candidate, e, -np.inf), vstart), size)
+    v, f = v[candidate], f[candidate]
+    first = np.r_[True, v[1:] != v[:-1]]
+    owner[v[first]] = f[first]
+    return owner
+
+
+def apply_size_cuts(owner: np.ndarray, role: np.ndarray) -> np.ndarray:
+    """Owner after the PILArNet cuts: small deltas/Comptons and LOW_ENERGY fragments become -1.
+
+    ``owner`` must hold only recorded voxels (after threshold and dead regions), since the
+    cuts count the voxels a fragment actually leaves. The input is not modified.
+    """
+    role = np.asarray(role, np.int64)
+    owner = np.asarray(owner, np.int64)
+    counts = np.bincount(owner[owner >= 0], minlength=len(role))
+    low = ((role == Role.LOW_ENERGY)
+           | ((role == Role.DELTA) & (counts < DELTA_MIN_VOXELS))
+           | ((role == Role.COMPTON) & (counts <= COMPTON_MAX_LOW_VOXELS)))
+    return np.where((owner >= 0) & low[np.maximum(owner, 0)], -1, owner)
+
+
+def semantic_of(role: np.ndarray) -> np.ndarray:
+    """Semantic class (io.layout codes) of fragments with these roles that survive the cuts."""
+    return SEMANTIC_OF_ROLE[np.asarray(role, np.int64)]
