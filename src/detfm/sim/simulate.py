@@ -27,9 +27,10 @@ from detfm.sim.response import render
 from detfm.sim.transport import World, transport
 from detfm.sim.truth import TruthEvent
 
-# Redraw an event whose physics leaves no energy in the box (physics-only condition, so
-# twins stay twins). Attempts are part of the seed sequence, hence deterministic.
+# Redraw an event whose physics leaves less than MIN_VISIBLE_MEV in the box (a physics-only
+# condition, so twins stay twins). Attempts are part of the seed sequence: deterministic.
 MAX_ATTEMPTS = 20
+MIN_VISIBLE_MEV = 1.0
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,7 @@ def _inside_box(truth: TruthEvent) -> bool:
     if len(pos) == 0:
         return False
     inside = ((pos >= 0) & (pos < layout.BOX_CM)).all(axis=1)
-    return bool((truth.deposits.de_mev[inside] > 0).any())
+    return float(truth.deposits.de_mev[inside].sum()) >= MIN_VISIBLE_MEV
 
 
 def simulate_truth(cfg: SimConfig, index: int) -> tuple[TruthEvent, np.random.Generator]:
