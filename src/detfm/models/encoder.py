@@ -1,0 +1,171 @@
+"""The Point-MAE / PoLAr-MAE backbone: patch tokens -> pre-norm transformer.
+
+Every backbone offers the same surface, so probes, fine-tuning and LoRA need no
+model-specific code:
+
+* ``forward_features(batch) -> TokenOutput``: (B, G, D) tokens, their padding mask and
+  centres, the patches, and the point -> patch map used by :func:`point_features`;
+* ``forward_intermediates(batch, layers)``: the same plus chosen blocks' outputs;
+* ``forward_head`` / ``reset_head(num_classes)``: an event-level head on pooled tokens;
+* ``num_features`` (token width D) and ``default_cfg`` (the :class:`PointMAEConfig`).
+
+Pre-training objectives work on the pieces: ``group`` (geometry), ``tokenizer`` (PointNet
+embedding of chosen patches) and ``forward_tokens`` (the transformer on any token subset).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from detfm.data import PackedBatch
+from detfm.errors import ConfigError
+from detfm.models.config import PointMAEConfig
+from detfm.models.grouping import Patches, assign_points
+from detfm.models.layers import PositionEmbedding, Transformer, init_weights, seeded_init
+from detfm.models.tokenizer import Tokenizer, masked_max
+
+
+@dataclass(frozen=True)
+class TokenOutput:
+    """Encoded tokens of a batch.
+
+    Attributes:
+        tokens: (B, G, D) encoder output (after the final norm); zero-padded rows are junk.
+        mask: (B, G) bool, True for real patches.
+        centers: (B, G, 3) patch centres in voxels.
+        patches: the grouping (point indices, offsets, features) the tokens came from.
+        point_patch: (P,) int64 flat index into B x G of the patch each point belongs to
+            (see :func:`detfm.models.grouping.assign_points`).
+    """
+
+    tokens: torch.Tensor
+    mask: torch.Tensor
+    centers: torch.Tensor
+    patches: Patches
+    point_patch: torch.Tensor
+
+
+def point_features(batch: PackedBatch, out: TokenOutput) -> torch.Tensor:
+    """(P, D) per-point features: each point takes the token of its patch (or, if it is in
+    no patch, of the nearest centre). Gradients flow to the tokens."""
+    if out.point_patch.shape[0] != batch.num_points:
+        raise ConfigError(f"token output covers {out.point_patch.shape[0]} points, batch has "
+                          f"{batch.num_points}: pass the batch the tokens were computed from")
+    return out.tokens.reshape(-1, out.tokens.shape[-1])[out.point_patch]
+
+
+def pool_tokens(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, 2D) event feature: mean and max over the real tokens, concatenated."""
+    weight = mask[..., None].to(tokens.dtype)
+    mean = (tokens * weight).sum(dim=1) / weight.sum(dim=1).clamp(min=1.0)
+    return torch.cat([mean, masked_max(tokens, mask)], dim=-1)
+
+
+class PointMAE(nn.Module):
+    """Tokenizer + transformer encoder + optional event head. Build with
+    :func:`detfm.models.create_model` (``"pointmae_tiny"``, ``"pointmae_small"``, ...)."""
+
+    def __init__(self, cfg: PointMAEConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        with seeded_init(cfg.seed):  # same config, same initial weights
+            self.tokenizer = Tokenizer(cfg.grouping, cfg.in_channels, cfg.embed_dim,
+                                       cfg.pointnet_hidden)
+            self.pos_embed = PositionEmbedding(cfg.embed_dim)
+            self.encoder = Transformer(cfg.embed_dim, cfg.depth, cfg.num_heads, cfg.mlp_ratio,
+                                       cfg.qkv_bias, cfg.drop_path_rate, cfg.pos_every_layer)
+            self.apply(init_weights)
+        self.head: nn.Module = nn.Identity()
+        self.reset_head(cfg.num_classes)
+        # Drop-path draws from this owned generator unless the caller passes one.
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+
+    # -- interface shared by all backbones -------------------------------------------
+    @property
+    def default_cfg(self) -> PointMAEConfig:
+        return self.cfg
+
+    @property
+    def num_features(self) -> int:
+        """Width D of a token (and of :func:`point_features`)."""
+        return self.cfg.embed_dim
+
+    @property
+    def num_classes(self) -> int:
+        return self.cfg.num_classes
+
+    def reset_head(self, num_classes: int, seed: int | None = None) -> None:
+        """Replace the event head: a fresh Linear(2D, num_classes), or none for 0.
+
+        Its initial weights come from ``seed`` (default: the config seed + 1).
+        """
+        if num_classes < 0:
+            raise ConfigError(f"num_classes must be >= 0, got {num_classes}")
+        self.cfg = PointMAEConfig.replace(self.cfg, num_classes=num_classes)
+        head: nn.Module = nn.Identity()
+        if num_classes:
+            with seeded_init(self.cfg.seed + 1 if seed is None else seed):
+                head = nn.Linear(2 * self.cfg.embed_dim, num_classes)
+                init_weights(head)
+        self.head = head.to(self.pos_embed.mlp[0].weight.device)
+
+    def group(self, batch: PackedBatch) -> Patches:
+        """Cut the batch into patches (no parameters, no gradients)."""
+        return self.tokenizer.group(batch.to(self.pos_embed.mlp[0].weight.device))
+
+    def forward_tokens(self, tokens: torch.Tensor, centers: torch.Tensor, mask: torch.Tensor,
+                       generator: torch.Generator | None = None, keep: Sequence[int] = ()
+                       ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Run the transformer on (B, N, D) tokens at ``centers`` with padding ``mask``.
+
+        Returns the normed output and the raw outputs of the blocks listed in ``keep``.
+        """
+        pos = self.pos_embed(centers)
+        return self.encoder(tokens, pos, mask, generator or self.generator, keep)
+
+    def forward_features(self, batch: PackedBatch, generator: torch.Generator | None = None
+                         ) -> TokenOutput:
+        return self.forward_intermediates(batch, [], generator=generator)[0]
+
+    def forward_intermediates(self, batch: PackedBatch, layers: int | Sequence[int] | None = None,
+                              norm: bool = False, generator: torch.Generator | None = None
+                              ) -> tuple[TokenOutput, list[torch.Tensor]]:
+        """Features plus the (B, G, D) outputs of chosen blocks.
+
+        ``layers``: block indices (negative counts from the end) or an int n for the last n
+        blocks (timm convention); None for all. ``norm`` applies the final LayerNorm to them.
+        """
+        depth = self.cfg.depth
+        if layers is None:
+            wanted = list(range(depth))
+        elif isinstance(layers, int):
+            if not 0 <= layers <= depth:
+                raise ConfigError(f"asked for the last {layers} blocks of a {depth}-block encoder")
+            wanted = list(range(depth - layers, depth))
+        else:
+            wanted = []
+            for i in layers:
+                if not -depth <= i < depth:
+                    raise ConfigError(f"block index {i} out of range for a {depth}-block encoder")
+                wanted.append(i % depth)
+        patches = self.group(batch)
+        tokens = self.tokenizer(patches)
+        out, kept = self.forward_tokens(tokens, patches.centers, patches.mask, generator,
+                                        keep=sorted(set(wanted)))
+        by_block = dict(zip(sorted(set(wanted)), kept, strict=True))
+        inter = [self.encoder.norm(by_block[i]) if norm else by_block[i] for i in wanted]
+        result = TokenOutput(tokens=out, mask=patches.mask, centers=patches.centers,
+                             patches=patches, point_patch=assign_points(patches))
+        return result, inter
+
+    def forward_head(self, out: TokenOutput, pre_logits: bool = False) -> torch.Tensor:
+        """(B, num_classes) logits, or the (B, 2D) pooled feature if ``pre_logits``/no head."""
+        pooled = pool_tokens(out.tokens, out.mask)
+        return pooled if pre_logits else self.head(pooled)
+
+    def forward(self, batch: PackedBatch) -> torch.Tensor:
+        return self.forward_head(self.forward_features(batch))
