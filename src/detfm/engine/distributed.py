@@ -80,9 +80,13 @@ def init_distributed(device: str = "auto") -> DistInfo:
                     owns_group=True)
 
 
-def shutdown_distributed(info: DistInfo) -> None:
+def shutdown_distributed(info: DistInfo, wait: bool = True) -> None:
     """Destroy the process group if :func:`init_distributed` created it."""
     if info.owns_group and tdist.is_initialized():
+        # Wait for every rank first: tearing gloo down while a peer still talks to it
+        # aborts that peer ("terminate called without an active exception").
+        if wait:
+            tdist.barrier()
         tdist.destroy_process_group()
 
 

@@ -103,14 +103,18 @@ def train(task: nn.Module, dataset: MapDataset, collate: Callable[[list[Any]], A
     nothing in ``out_dir`` is changed. Datasets with ``set_epoch`` are told each epoch.
     """
     dist = init_distributed(cfg.device)
+    finished = False
     try:
         device = pick_device(cfg.device, dist)
         rng_devices = [device.index] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=rng_devices):  # leave the caller's RNG as it was
-            return _train(task, dataset, collate, cfg, Path(out_dir), resume, list(callbacks or []),
-                          run_config, dist, device)
+            result = _train(task, dataset, collate, cfg, Path(out_dir), resume, list(callbacks or []),
+                            run_config, dist, device)
+        finished = True
+        return result
     finally:
-        shutdown_distributed(dist)
+        # Only a clean finish waits for the other ranks (a failed rank must not hang).
+        shutdown_distributed(dist, wait=finished)
 
 
 def _train(task: nn.Module, dataset: MapDataset, collate: Callable[[list[Any]], Any], cfg: TrainConfig,
