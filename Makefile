@@ -22,7 +22,10 @@ demo: $(STAMP)
 	$(BIN)/detfm info $(DEMO)/events.h5
 	$(BIN)/detfm show $(DEMO)/events.h5 --event 0 --color semantic --out $(DEMO)/event0.html
 	$(BIN)/detfm show $(DEMO)/events.h5 --event 0 --color semantic --out $(DEMO)/event0.png
-	@echo "demo outputs in $(DEMO)/ (open $(DEMO)/event0.html in a browser)"
+	rm -rf $(DEMO)/pretrain
+	$(BIN)/detfm pretrain --config configs/pretrain_micro_cpu.yaml --data $(DEMO)/events.h5 \
+		--steps 30 --batch-size 8 --out $(DEMO)/pretrain
+	@echo "demo outputs in $(DEMO)/ (open $(DEMO)/event0.html in a browser; the run is in $(DEMO)/pretrain)"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
