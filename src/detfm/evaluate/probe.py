@@ -48,7 +48,7 @@ from detfm.evaluate.metrics import (
     per_class_recall,
 )
 from detfm.io.layout import SEMANTIC_CLASSES
-from detfm.models import point_features
+from detfm.models import interpolate_tokens, point_features
 
 __all__ = [
     "PointFeatures", "ProbeResult", "compare_probes", "extract_point_features", "fit_probe",
@@ -218,7 +218,18 @@ def iter_point_features(backbone: nn.Module, dataset: Dataset[Sample], batch_siz
 
 @torch.no_grad()
 def _features(backbone: nn.Module, batch: PackedBatch) -> torch.Tensor:
-    f = point_features(batch, backbone.forward_features(batch))
+    """Per-point features of a frozen backbone.
+
+    Backbones with ``forward_intermediates`` give the (normalised) outputs of every block,
+    each interpolated from the 3 nearest patch centres and concatenated, so the probe sees
+    what every depth of the encoder knows, at point resolution (the usual practice for
+    probing point-cloud encoders). Others give their patch token per point.
+    """
+    if hasattr(backbone, "forward_intermediates"):
+        out, blocks = backbone.forward_intermediates(batch, layers=None, norm=True)
+        f = torch.cat([interpolate_tokens(batch, out, t) for t in blocks], dim=1)
+    else:
+        f = point_features(batch, backbone.forward_features(batch))
     if f.ndim != 2 or f.shape[0] != batch.num_points:
         raise DetfmError(f"backbone gave point features of shape {tuple(f.shape)}, expected "
                          f"({batch.num_points}, D)")

@@ -58,6 +58,31 @@ def point_features(batch: PackedBatch, out: TokenOutput) -> torch.Tensor:
     return out.tokens.reshape(-1, out.tokens.shape[-1])[out.point_patch]
 
 
+def interpolate_tokens(batch: PackedBatch, out: TokenOutput, tokens: torch.Tensor | None = None,
+                       k: int = 3, eps: float = 1e-3) -> torch.Tensor:
+    """(P, D) per-point features by inverse-distance interpolation of the ``k`` nearest patch
+    centres of the point's own event (PointNet++-style feature propagation).
+
+    Unlike :func:`point_features`, neighbouring points in one patch get different features,
+    which per-point tasks need. ``tokens`` defaults to ``out.tokens`` (any (B, G, D) works,
+    e.g. an intermediate block's output).
+    """
+    tokens = out.tokens if tokens is None else tokens
+    result = tokens.new_zeros(batch.num_points, tokens.shape[-1])
+    for b in range(len(batch)):
+        lo, hi = int(batch.offsets[b]), int(batch.offsets[b + 1])
+        real = out.mask[b]
+        centers, feats = out.centers[b][real], tokens[b][real]
+        if hi == lo or centers.shape[0] == 0:
+            continue
+        dist = torch.cdist(batch.coord[lo:hi].to(centers.dtype), centers)
+        d, idx = dist.topk(min(k, centers.shape[0]), dim=1, largest=False)
+        w = 1.0 / (d + eps)
+        w = w / w.sum(dim=1, keepdim=True)
+        result[lo:hi] = (feats[idx] * w[..., None].to(feats.dtype)).sum(dim=1)
+    return result
+
+
 def pool_tokens(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """(B, 2D) event feature: mean and max over the real tokens, concatenated."""
     weight = mask[..., None].to(tokens.dtype)
