@@ -198,8 +198,165 @@ def _probe(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- finetune
+def _add_finetune(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("finetune", help="adapt a backbone to segmentation or particle ID with few labels",
+                       description="Train a task head (probe, head), the whole model (finetune) or "
+                                   "LoRA updates (lora) on N labeled events drawn from the train split of "
+                                   "--data (fixed 80/10/10 split); score the test split into OUT/eval.json. "
+                                   "--backbone scratch trains the same architecture from random weights.")
+    p.add_argument("--backbone", metavar="RUN_DIR|scratch", help="a pretraining run directory, or 'scratch'")
+    p.add_argument("--arch", metavar="RUN_DIR", help="scratch only: copy the architecture of this pretraining run")
+    p.add_argument("--model", help="scratch only: backbone name (default pointmae_micro with CPU-sized patches)")
+    p.add_argument("--data", nargs="+", metavar="FILE", help="labeled event files (PILArNet-M layout)")
+    p.add_argument("--task", choices=["semseg", "pid"],
+                   help="semseg (default): per-point semantic classes; pid: particle ID of each particle instance")
+    p.add_argument("--labels", type=int, help="labeled training events (default 100)")
+    p.add_argument("--mode", choices=["probe", "head", "finetune", "lora"], help="what trains (default finetune)")
+    p.add_argument("--exclude-low-energy", action="store_true", default=None,
+                   help="leave low-energy deposits (class 4) out of the loss")
+    p.add_argument("--steps", type=int, help="optimiser steps")
+    p.add_argument("--batch-size", type=int, help="events per step (default min(8, labels))")
+    p.add_argument("--lr", type=float, help="peak learning rate")
+    p.add_argument("--seed", type=int, help="seed of the label draw, head initialisation and data order")
+    p.add_argument("--num-workers", type=int, help="DataLoader worker processes")
+    p.add_argument("--out", help="run directory, e.g. runs/NAME")
+    p.add_argument("--config", help="YAML config (as written to a run's config.yaml)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.set_defaults(func=_finetune)
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from detfm.adapt import FinetuneConfig, load_finetune_config, run_finetune
+    from detfm.engine import load_config
+    from detfm.pretrain import load_run_config
+
+    if not args.out:
+        raise DetfmError("finetune: --out RUN_DIR is required")
+    if not (args.backbone or args.config or args.resume):
+        raise DetfmError("finetune: --backbone RUN_DIR|scratch is required")
+    if args.config:
+        cfg = load_config(FinetuneConfig, args.config)
+    elif args.resume:
+        cfg = load_finetune_config(args.out)
+    else:
+        cfg = FinetuneConfig()
+    top = {k: v for k, v in (("backbone", args.backbone), ("task", args.task), ("labels", args.labels),
+                             ("mode", args.mode), ("exclude_low_energy", args.exclude_low_energy))
+           if v is not None}
+    if args.seed is not None:
+        top["label_seed"] = None  # the label draw follows --seed
+    if args.arch or args.model:
+        if (args.backbone or cfg.backbone) != "scratch":
+            raise DetfmError("finetune: --arch/--model choose the architecture of --backbone scratch only")
+        if args.arch and args.model:
+            raise DetfmError("finetune: give --arch RUN_DIR or --model NAME, not both")
+        if args.arch:
+            run_cfg = load_run_config(args.arch)
+            top.update(model=run_cfg.model, model_overrides=dict(run_cfg.model_overrides))
+        else:
+            top["model"] = args.model
+    labels = top.get("labels", cfg.labels)
+    train_over = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size), ("lr", args.lr),
+                                    ("seed", args.seed), ("num_workers", args.num_workers)) if v is not None}
+    if args.batch_size is None and not args.config and not args.resume:
+        train_over["batch_size"] = max(1, min(cfg.train.batch_size, labels))
+    cfg = dataclasses.replace(
+        cfg, **top, data=dataclasses.replace(cfg.data, paths=tuple(args.data)) if args.data else cfg.data,
+        train=dataclasses.replace(cfg.train, **train_over))
+    result = run_finetune(cfg, args.out, resume=args.resume)
+    ev = result.eval
+    print(f"{cfg.mode} of {cfg.backbone} on {cfg.labels} labeled events: {result.train.steps} steps in "
+          f"{result.train.seconds:.0f} s, final loss {result.train.final_loss}")
+    if cfg.task == "pid":
+        print(f"test ({ev['events']} events, {ev['instances']} particles): macro-F1 {_fmt(ev['macro_f1'])}")
+    else:
+        print(f"test ({ev['events']} events, {ev['points']} points): macro-F1 {_fmt(ev['macro_f1_5'])} "
+              f"(5 classes), {_fmt(ev['macro_f1_4'])} (without low-energy)")
+    print(f"run directory: {args.out} (scores in eval.json)")
+    return 0
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
+# ----------------------------------------------------------------------------- predict
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="per-point class probabilities from a fine-tuned model",
+                       description="Write per-point class probabilities and the argmax class of every event "
+                                   "of FILE to an HDF5 file, one row per event in file order.")
+    p.add_argument("--model", required=True, metavar="RUN_DIR", help="a run directory of `detfm finetune`")
+    p.add_argument("--data", required=True, metavar="FILE", help="event file (labels not needed)")
+    p.add_argument("--out", required=True, help="output HDF5 file, e.g. preds.h5 (written atomically)")
+    p.add_argument("--batch-size", type=int, default=8, help="events per forward pass (default 8)")
+    p.add_argument("--float32", action="store_true", help="store probabilities as float32 (default float16)")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_predict)
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from detfm.adapt import predict_file
+
+    if Path(args.out).exists() and not args.overwrite:
+        raise DetfmError(f"{args.out} exists; pass --overwrite to replace it")
+    report = predict_file(args.model, args.data, args.out, batch_size=args.batch_size,
+                          dtype="float32" if args.float32 else "float16", device=args.device,
+                          progress=not args.quiet)
+    print(f"wrote predictions for {report.events} events ({report.points} points) to {report.path} "
+          f"in {report.seconds:.1f} s ({report.events_per_second:.1f} events/s)")
+    return 0
+
+
+# ----------------------------------------------------------------------------- study
+def _add_study(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("study", help="studies made of many fine-tuning runs (label efficiency)",
+                       description="label-efficiency: fine-tune a pretrained backbone and the same architecture "
+                                   "from scratch at several label counts and seeds; write OUT/study.json and "
+                                   "OUT/study.txt (mean ± std over seeds). Finished points are not rerun.")
+    p.add_argument("study", choices=["label-efficiency"], help="which study")
+    p.add_argument("--backbone", required=True, metavar="RUN_DIR|scratch", help="a pretraining run, or 'scratch'")
+    p.add_argument("--data", nargs="+", required=True, metavar="FILE", help="labeled event files")
+    p.add_argument("--labels", nargs="+", type=int, required=True, metavar="N", help="label counts, e.g. 10 100 1000")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds (default 0 1 2)")
+    p.add_argument("--task", choices=["semseg", "pid"], default="semseg")
+    p.add_argument("--mode", choices=["probe", "head", "finetune", "lora"], default="finetune")
+    p.add_argument("--steps", type=int, help="optimiser steps per run")
+    p.add_argument("--batch-size", type=int, help="events per step (capped at the label count)")
+    p.add_argument("--lr", type=float, help="peak learning rate")
+    p.add_argument("--no-scratch", action="store_true", help="skip the from-scratch baseline")
+    p.add_argument("--config", help="YAML FinetuneConfig for everything else")
+    p.add_argument("--out", required=True, help="study directory")
+    p.set_defaults(func=_study)
+
+
+def _study(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from detfm.adapt import FinetuneConfig, label_efficiency_study
+    from detfm.engine import load_config
+
+    cfg = load_config(FinetuneConfig, args.config) if args.config else FinetuneConfig()
+    train_over = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size), ("lr", args.lr))
+                  if v is not None}
+    cfg = dataclasses.replace(cfg, backbone=args.backbone, task=args.task, mode=args.mode,
+                              labels=min(args.labels), data=dataclasses.replace(cfg.data, paths=tuple(args.data)),
+                              train=dataclasses.replace(cfg.train, progress=False, **train_over))
+    study = label_efficiency_study(cfg, args.labels, args.seeds, args.out, scratch_baseline=not args.no_scratch)
+    print(study.format())
+    print(f"wrote {args.out}/study.json")
+    return 0
+
+
 # ----------------------------------------------------------------------------- main
-COMMANDS = (_add_simulate, _add_info, _add_validate, _add_show, _add_pretrain, _add_probe)
+COMMANDS = (_add_simulate, _add_info, _add_validate, _add_show, _add_pretrain, _add_probe, _add_finetune,
+            _add_predict, _add_study)
 
 
 def build_parser() -> argparse.ArgumentParser:

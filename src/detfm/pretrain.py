@@ -117,7 +117,10 @@ def load_backbone(run_dir: str | os.PathLike[str], *, map_location: str = "cpu")
         raise DetfmError(f"{weights}: cannot read weights ({exc})") from None
     backbone = create_model(cfg.model, **cfg.model_overrides)
     own = {k[len(BACKBONE_PREFIX):]: v for k, v in state.items() if k.startswith(BACKBONE_PREFIX)}
-    missing, unexpected = backbone.load_state_dict(own, strict=False)
+    try:
+        missing, unexpected = backbone.load_state_dict(own, strict=False)
+    except RuntimeError as exc:  # shape mismatch
+        raise DetfmError(f"{weights}: weights do not fit {cfg.model}: {str(exc).splitlines()[-1].strip()}") from None
     if missing or unexpected:
         raise DetfmError(f"{weights}: weights do not fit {cfg.model} "
                          f"(missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]})")

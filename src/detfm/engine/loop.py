@@ -159,7 +159,7 @@ def _train(task: nn.Module, dataset: MapDataset, collate: Callable[[list[Any]], 
     for step in range(start, cfg.steps):
         lr = lr_at(step, lr=cfg.lr, min_lr=cfg.min_lr, warmup_steps=cfg.warmup_steps, steps=cfg.steps)
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)  # per-group multiplier, see build_optimizer
         for micro in range(cfg.accum_steps):
             batch = _to_device(next(batches), device)
             seed = derived_seed(cfg.seed, step, micro, dist.rank)

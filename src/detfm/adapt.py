@@ -1,0 +1,678 @@
+"""The adaptation recipe: a backbone + a task head, trained on N labeled events.
+
+Sits next to :mod:`detfm.pretrain` (after the engine): it wires public pieces together.
+``detfm finetune`` wraps :func:`run_finetune`, ``detfm predict`` wraps :func:`predict_file`.
+
+Tasks: ``semseg`` (per-point semantic segmentation, :mod:`detfm.tasks.segmentation`) and
+``pid`` (particle identification of the given particle instances, :mod:`detfm.tasks.pid`).
+
+Modes (one recipe, one switch):
+
+============  =====================  ===========  ================================
+mode          backbone               head         trains
+============  =====================  ===========  ================================
+``probe``     frozen                 linear       the linear head
+``head``      frozen                 MLP          the MLP head
+``finetune``  trains, layer-wise lr  MLP          everything
+``lora``      frozen + LoRA updates  MLP          LoRA matrices and the head
+============  =====================  ===========  ================================
+
+``backbone="scratch"`` trains the same architecture from random initialisation: the
+supervised baseline of a label-efficiency study.
+
+Data protocol (fixed, so runs are comparable): the usable events of ``data.paths`` (after
+the energy threshold and ``min_points``) are split once by
+:func:`detfm.data.split_indices` with ``split`` fractions and ``split_seed`` (default
+80/10/10). ``labels`` events are drawn from the *train* part only, as the first ``labels``
+of a permutation seeded by ``label_seed``: the same seed gives nested label sets (the 10
+events of a 10-label run are among the 100 of a 100-label run). Validation and test
+events are never trained on; after training the model is scored on the test part and
+``eval.json`` is written into the run.
+
+Run directory: what :func:`detfm.engine.train` writes (config.yaml, metrics.jsonl,
+checkpoints/, model.safetensors), plus ``backbone.yaml`` (the backbone architecture, so the
+run reloads without the pretraining run), ``split.json`` (event ids of every part) and
+``eval.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from detfm.data import EventDataset, collate, split_indices
+from detfm.engine import TrainConfig, TrainResult, load_config, load_weights, train
+from detfm.errors import ConfigError, DataFormatError, DetfmError
+from detfm.evaluate.metrics import (
+    accuracy,
+    confusion_matrix,
+    macro_f1,
+    per_class_f1,
+    per_class_precision,
+    per_class_recall,
+)
+from detfm.io import atomic_path, atomic_write_text, layout
+from detfm.models import PointMAE, PointMAEConfig, build_model, model_config
+from detfm.models.lora import apply_lora, merge_lora
+from detfm.pretrain import CONFIG_FILE, MODEL_FILE, DataConfig, build_dataset, load_backbone, load_run_config
+from detfm.tasks.heads import AdaptationTask
+from detfm.tasks.pid import NUM_PID, PIDConfig, ParticleID, find_instances
+from detfm.tasks.segmentation import SegmentationConfig, SemanticSegmentation
+
+__all__ = [
+    "CPU_OVERRIDES", "EventSplit", "FinetuneConfig", "FinetuneResult", "Mode", "PredictReport",
+    "LabelEfficiencyStudy", "build_backbone", "build_task", "class_balance_weights", "evaluate_pid", "evaluate_segmentation",
+    "label_efficiency_study", "load_finetune_config", "load_finetuned", "predict_file", "run_finetune",
+    "split_events",
+]
+
+Mode = Literal["probe", "head", "finetune", "lora"]
+TaskName = Literal["semseg", "pid"]
+MODES: tuple[str, ...] = get_args(Mode)
+SCRATCH = "scratch"
+
+BACKBONE_FILE = "backbone.yaml"
+SPLIT_FILE = "split.json"
+EVAL_FILE = "eval.json"
+PREDICT_FORMAT = "detfm-predictions/1"
+
+# A CPU-sized tokenizer for scratch backbones: 128 patches of up to 32 points within 10
+# voxels (3 cm) instead of PoLAr-MAE's 512 patches of 5 voxels (see GroupingConfig).
+CPU_OVERRIDES: dict[str, Any] = {"num_groups": 128, "group_size": 32, "radius": 10.0, "cover_radius": 10.0}
+
+# Layer-wise lr decay of MAE fine-tuning (He et al. 2021; facebookresearch/mae
+# util/lr_decay.py and main_finetune.py default --layer_decay 0.75).
+DEFAULT_LAYER_DECAY = 0.75
+
+# LoRA rank 8 (Hu et al. 2021, arXiv 2106.09685, Sec. 7.2: ranks of 4-8 already match
+# higher ones); alpha = 2 * rank, i.e. an update scale alpha / r = 2, is our choice.
+DEFAULT_LORA_RANK = 8
+DEFAULT_LORA_ALPHA = 16.0
+
+# Class weights: alpha_c = 1 / sqrt(max(f_c, MIN_CLASS_FRACTION)) with f_c the fraction of
+# labeled points (semseg) or particles (pid) in class c; the floor caps a weight at 10.
+MIN_CLASS_FRACTION = 0.01
+
+
+def _finetune_train_defaults() -> TrainConfig:
+    return TrainConfig(steps=500, batch_size=8, lr=1e-3, warmup_steps=20, checkpoint_every=0)
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Everything that defines an adaptation run (saved as ``config.yaml`` in the run).
+
+    Attributes:
+        backbone: a pretraining run directory, or ``"scratch"`` for random initialisation.
+        model, model_overrides: the architecture for ``"scratch"`` (registry name and
+            overrides); ignored for a pretrained backbone, whose run fixes it.
+        task: ``"semseg"`` (per-point semantic segmentation) or ``"pid"`` (particle ID per instance).
+        mode: ``probe`` | ``head`` | ``finetune`` | ``lora`` (see the module docstring).
+        labels: labeled training events, drawn from the train split.
+        label_seed: seed of the label draw (None: ``train.seed``).
+        split, split_seed: train/val/test fractions and the seed of the fixed split.
+        exclude_low_energy: semseg: ignore class 4 in the training loss.
+        class_balance: weight the loss by inverse square-root class frequency of the
+            labeled points (semseg) or particles (pid), see ``MIN_CLASS_FRACTION``; False:
+            all weights 1.
+        focal_gamma: focal-loss exponent (0: cross-entropy).
+        head_hidden, point_dim: widths of the MLP head and the per-point embedding.
+        layer_decay: layer-wise lr decay in ``finetune`` mode (1: none).
+        lora_rank, lora_alpha: LoRA update rank and scale in ``lora`` mode.
+        eval_batch_size: events per batch when scoring the test split.
+        max_eval_events: score only the first this many test events (None: all).
+        data: files and point preparation (energy threshold, min points, rotation).
+        train: optimisation (steps, batch size, lr, seed, ...).
+    """
+
+    backbone: str = SCRATCH
+    model: str = "pointmae_micro"
+    model_overrides: dict[str, Any] = field(default_factory=lambda: dict(CPU_OVERRIDES))
+    task: TaskName = "semseg"
+    mode: Mode = "finetune"
+    labels: int = 100
+    label_seed: int | None = None
+    split: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    split_seed: int = 0
+    exclude_low_energy: bool = False
+    class_balance: bool = True
+    focal_gamma: float = 2.0
+    head_hidden: int = 128
+    point_dim: int = 32
+    layer_decay: float = DEFAULT_LAYER_DECAY
+    lora_rank: int = DEFAULT_LORA_RANK
+    lora_alpha: float = DEFAULT_LORA_ALPHA
+    eval_batch_size: int = 8
+    max_eval_events: int | None = None
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=_finetune_train_defaults)
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.task not in get_args(TaskName):
+            raise ConfigError(f"task must be one of {', '.join(get_args(TaskName))}, got {self.task!r}")
+        if not self.backbone:
+            raise ConfigError(f"backbone must be a pretraining run directory or '{SCRATCH}'")
+        if self.labels < 1:
+            raise ConfigError(f"labels must be >= 1, got {self.labels}")
+        if self.label_seed is not None and self.label_seed < 0:
+            raise ConfigError(f"label_seed must be >= 0, got {self.label_seed}")
+        if len(self.split) != 3 or any(not 0 <= f <= 1 for f in self.split) or sum(self.split) > 1 + 1e-9:
+            raise ConfigError(f"split must be three fractions (train, val, test) summing to at most 1, "
+                              f"got {list(self.split)}")
+        if self.split[0] <= 0 or self.split[2] <= 0:
+            raise ConfigError(f"split needs train and test fractions > 0, got {list(self.split)}")
+        if self.eval_batch_size < 1:
+            raise ConfigError(f"eval_batch_size must be >= 1, got {self.eval_batch_size}")
+        if self.max_eval_events is not None and self.max_eval_events < 1:
+            raise ConfigError(f"max_eval_events must be >= 1 or None, got {self.max_eval_events}")
+        if self.lora_rank < 1 or not self.lora_alpha > 0:
+            raise ConfigError(f"lora_rank must be >= 1 and lora_alpha > 0, got {self.lora_rank}, "
+                              f"{self.lora_alpha}")
+        if self.head_hidden < 1 or self.point_dim < 1:
+            raise ConfigError(f"head_hidden and point_dim must be >= 1, got {self.head_hidden}, {self.point_dim}")
+        if not 0 < self.layer_decay <= 1:
+            raise ConfigError(f"layer_decay must be in (0, 1], got {self.layer_decay}")
+        if self.focal_gamma < 0:
+            raise ConfigError(f"focal_gamma must be >= 0, got {self.focal_gamma}")
+        if self.exclude_low_energy and self.task != "semseg":
+            raise ConfigError("exclude_low_energy applies to the semseg task only")
+
+    @property
+    def scratch(self) -> bool:
+        return self.backbone == SCRATCH
+
+    @property
+    def labels_seed(self) -> int:
+        """The seed the labeled events are drawn with."""
+        return self.train.seed if self.label_seed is None else self.label_seed
+
+
+# ----------------------------------------------------------------------------- data split
+@dataclass(frozen=True)
+class EventSplit:
+    """Dataset item indices (into the usable events) of each part; all sorted.
+
+    ``labeled`` is a subset of ``train``; ``val`` and ``test`` are disjoint from ``train``.
+    """
+
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+    labeled: np.ndarray
+
+
+def split_events(num_events: int, cfg: FinetuneConfig) -> EventSplit:
+    """The fixed train/val/test split of ``num_events`` usable events and the labeled draw.
+
+    Raises :class:`DetfmError` if ``cfg.labels`` exceeds the train part or a part is empty.
+    """
+    train_idx, val_idx, test_idx = split_indices(num_events, cfg.split, cfg.split_seed)
+    fractions = "/".join(f"{round(100 * f)}" for f in cfg.split)
+    if cfg.labels > len(train_idx):
+        raise DetfmError(f"asked for {cfg.labels} labeled events, but the train split has only "
+                         f"{len(train_idx)} of the {num_events} usable events (split {fractions}); "
+                         f"lower --labels or add data")
+    if len(test_idx) == 0:
+        raise DetfmError(f"the test split of {num_events} usable events (split {fractions}) is empty; "
+                         f"add data")
+    order = np.random.default_rng([cfg.labels_seed, len(train_idx)]).permutation(train_idx)
+    return EventSplit(train=train_idx, val=val_idx, test=test_idx, labeled=np.sort(order[:cfg.labels]))
+
+
+def class_balance_weights(dataset: EventDataset, task: TaskName = "semseg", exclude_low_energy: bool = False,
+                          min_fraction: float = MIN_CLASS_FRACTION) -> tuple[float, ...]:
+    """Loss weights ``1 / sqrt(max(f_c, min_fraction))`` from the class fractions ``f_c`` of
+    the dataset's points (semseg; class 4 left out when excluded) or particle instances
+    (pid). Absent classes get weight 1."""
+    n = len(layout.SEMANTIC_CLASSES) if task == "semseg" else NUM_PID
+    counts = np.zeros(n, dtype=np.int64)
+    for i in range(len(dataset)):
+        sample = dataset[i]
+        if sample.semantic is None or sample.pid is None or sample.instance is None:
+            raise DataFormatError("class weights need labels", field="cluster")
+        if task == "semseg":
+            labels = sample.semantic
+        else:
+            inst = find_instances(torch.tensor([0, sample.n_points]), torch.from_numpy(sample.instance),
+                                  torch.from_numpy(sample.pid))
+            labels = inst.label[inst.label >= 0].numpy()
+        counts += np.bincount(labels, minlength=n)[:n]
+    if exclude_low_energy and task == "semseg":
+        counts[layout.LOW_ENERGY] = 0
+    total = counts.sum()
+    if total == 0:
+        raise DetfmError(f"the labeled events have nothing to score for {task} (no labeled points or particles)")
+    fraction = counts / total
+    weights = np.where(counts > 0, 1.0 / np.sqrt(np.maximum(fraction, min_fraction)), 1.0)
+    return tuple(float(w) for w in weights)
+
+
+# ----------------------------------------------------------------------------- model
+def _backbone_config(cfg: FinetuneConfig) -> PointMAEConfig:
+    """The backbone architecture a config asks for (checked, not built)."""
+    if cfg.scratch:
+        overrides = {"seed": cfg.train.seed, **cfg.model_overrides}
+        return model_config(cfg.model, **overrides)
+    run_cfg = load_run_config(cfg.backbone)
+    return model_config(run_cfg.model, **run_cfg.model_overrides)
+
+
+def build_backbone(cfg: FinetuneConfig) -> PointMAE:
+    """A random backbone (``scratch``) or the pretrained one of ``cfg.backbone``."""
+    if cfg.scratch:
+        backbone = build_model(_backbone_config(cfg))
+    else:
+        path = Path(cfg.backbone)
+        if not path.is_dir():
+            raise DetfmError(f"backbone {cfg.backbone}: no such run directory (give a pretraining run "
+                             f"or '{SCRATCH}')")
+        try:
+            backbone = load_backbone(path)
+        except RuntimeError as exc:  # load_state_dict's shape mismatch (pretrain.load_backbone lets it through)
+            detail = str(exc).strip().splitlines()[-1].strip()
+            raise DetfmError(f"backbone {cfg.backbone}: the weights do not fit its architecture ({detail})") from None
+    if not isinstance(backbone, PointMAE):
+        raise DetfmError(f"backbone {cfg.backbone}: {type(backbone).__name__} is not a PointMAE backbone")
+    return backbone
+
+
+def build_task(cfg: FinetuneConfig, backbone: PointMAE,
+               class_weights: Sequence[float] | None = None) -> AdaptationTask:
+    """The task of ``cfg.task`` and ``cfg.mode`` around ``backbone`` (LoRA layers added for ``lora``)."""
+    if cfg.mode == "lora":
+        apply_lora(backbone, rank=cfg.lora_rank, alpha=cfg.lora_alpha, seed=cfg.train.seed)
+    head: Literal["linear", "mlp"] = "linear" if cfg.mode == "probe" else "mlp"
+    weights = None if class_weights is None else tuple(float(w) for w in class_weights)
+    frozen = cfg.mode in ("probe", "head")
+    decay = cfg.layer_decay if cfg.mode == "finetune" else 1.0
+    if cfg.task == "pid":
+        return ParticleID(backbone, PIDConfig(head=head, hidden=cfg.head_hidden, point_dim=cfg.point_dim,
+                                              focal_gamma=cfg.focal_gamma, class_weights=weights,
+                                              freeze_backbone=frozen, layer_decay=decay, seed=cfg.train.seed))
+    return SemanticSegmentation(backbone, SegmentationConfig(
+        head=head, hidden=cfg.head_hidden, point_dim=cfg.point_dim, focal_gamma=cfg.focal_gamma,
+        class_weights=weights, exclude_low_energy=cfg.exclude_low_energy, freeze_backbone=frozen,
+        layer_decay=decay, seed=cfg.train.seed))
+
+
+# ----------------------------------------------------------------------------- run
+@dataclass(frozen=True)
+class FinetuneResult:
+    """What :func:`run_finetune` produced: the training result and the test scores."""
+
+    out_dir: Path
+    train: TrainResult
+    split: EventSplit
+    eval: dict[str, Any]
+
+
+def _is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _labeled_dataset(cfg: FinetuneConfig) -> EventDataset:
+    """All usable labeled events, without augmentation (for splitting and scoring)."""
+    if not cfg.data.paths:
+        raise ConfigError("no data files: pass --data FILE... (or data.paths in the config)")
+    return EventDataset(list(cfg.data.paths), energy_threshold=cfg.data.energy_threshold,
+                        min_points=cfg.data.min_points, labels=True, seed=cfg.train.seed)
+
+
+def run_finetune(cfg: FinetuneConfig, out_dir: str | os.PathLike[str], resume: bool = False,
+                 progress: bool | None = None) -> FinetuneResult:
+    """Adapt a backbone to ``cfg.task`` on ``cfg.labels`` events; score on the test split.
+
+    Every input is checked (backbone, files, labels, split sizes) before anything is
+    written to ``out_dir``. ``progress`` (default ``cfg.train.progress``) shows a bar while
+    scoring.
+    """
+    backbone = build_backbone(cfg)
+    arch = backbone.default_cfg
+    events = _labeled_dataset(cfg)
+    split = split_events(len(events), cfg)
+    if cfg.train.batch_size > cfg.labels:
+        raise DetfmError(f"batch size {cfg.train.batch_size} is larger than the {cfg.labels} labeled "
+                         f"events: lower --batch-size")
+    weights = (class_balance_weights(events.subset(split.labeled), cfg.task, cfg.exclude_low_energy)
+               if cfg.class_balance else None)
+    task = build_task(cfg, backbone, weights)
+    train_set = build_dataset(cfg.data, cfg.train.seed, labels=True).subset(split.labeled)
+    result = train(task, train_set, collate, cfg.train, out_dir, resume=resume, run_config=cfg)
+
+    out = Path(out_dir)
+    test = events.subset(split.test[:cfg.max_eval_events] if cfg.max_eval_events else split.test)
+    show = cfg.train.progress if progress is None else progress
+    if isinstance(task, ParticleID):
+        scores = evaluate_pid(task, test, batch_size=cfg.eval_batch_size, progress=show)
+    else:
+        scores = evaluate_segmentation(task, test, batch_size=cfg.eval_batch_size, progress=show)
+    scores = {"task": cfg.task, "mode": cfg.mode, "backbone": cfg.backbone, "labels": cfg.labels,
+              "class_weights": None if weights is None else list(weights), **scores}
+    if _is_main_process():
+        atomic_write_text(out / BACKBONE_FILE, arch.to_yaml())
+        ids = {name: events.event_ids[getattr(split, name)].tolist()
+               for name in ("labeled", "train", "val", "test")}
+        atomic_write_text(out / SPLIT_FILE, json.dumps(
+            {"files": list(cfg.data.paths), "usable_events": len(events), "split": list(cfg.split),
+             "split_seed": cfg.split_seed, "label_seed": cfg.labels_seed,
+             "note": "global event numbers over the files, in order (see EventDataset.locate)", **ids}) + "\n")
+        atomic_write_text(out / EVAL_FILE, json.dumps(scores, indent=2) + "\n")
+    return FinetuneResult(out_dir=out, train=result, split=split, eval=scores)
+
+
+# ----------------------------------------------------------------------------- scoring
+def _json_float(x: float) -> float | None:
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+def _named(values: np.ndarray, classes: Sequence[str]) -> dict[str, float | None]:
+    return {c: _json_float(float(v)) for c, v in zip(classes, values, strict=True)}
+
+
+def evaluate_segmentation(task: SemanticSegmentation, dataset: EventDataset, batch_size: int = 8,
+                          progress: bool = False) -> dict[str, Any]:
+    """Score every point of every event of ``dataset`` (labeled, not augmented).
+
+    Two views, both with per-class precision/recall/F1 and macro-F1:
+
+    * all 5 classes, prediction = argmax over all logits (``macro_f1_5``);
+    * without low-energy deposits, as the reference evaluation: points of class 4 are
+      dropped and the prediction is the argmax over the 4 other logits (``macro_f1_4``).
+    """
+    if len(dataset) == 0:
+        raise DetfmError("nothing to evaluate: the dataset has no events")
+    device = next(task.parameters()).device
+    was_training = task.training
+    task.eval()
+    n = len(layout.SEMANTIC_CLASSES)
+    cm5 = np.zeros((n, n), dtype=np.int64)
+    cm4 = np.zeros((4, 4), dtype=np.int64)
+    points = 0
+    try:
+        with torch.no_grad(), tqdm(total=len(dataset), desc="scoring", unit="event", delay=2.0,
+                                   leave=False, disable=not progress) as bar:
+            for a in range(0, len(dataset), batch_size):
+                batch = collate([dataset[i] for i in range(a, min(a + batch_size, len(dataset)))])
+                logits = task.forward_logits(batch.to(device)).float().cpu()
+                truth = batch.semantic.numpy()
+                cm5 += confusion_matrix(truth, logits.argmax(dim=-1).numpy(), n)
+                keep = truth != layout.LOW_ENERGY
+                cm4 += confusion_matrix(truth[keep], logits[keep][:, :4].argmax(dim=-1).numpy(), 4)
+                points += batch.num_points
+                bar.update(len(batch))
+    finally:
+        task.train(was_training)
+    classes = layout.SEMANTIC_CLASSES
+    four = classes[:4]
+    return {
+        "split": "test", "events": len(dataset), "points": points, "classes": list(classes),
+        "macro_f1_5": _json_float(macro_f1(cm5)), "macro_f1_4": _json_float(macro_f1(cm4)),
+        "accuracy_5": _json_float(accuracy(cm5)), "accuracy_4": _json_float(accuracy(cm4)),
+        "f1": _named(per_class_f1(cm5), classes), "precision": _named(per_class_precision(cm5), classes),
+        "recall": _named(per_class_recall(cm5), classes), "confusion": cm5.tolist(),
+        "f1_4": _named(per_class_f1(cm4), four), "confusion_4": cm4.tolist(),
+    }
+
+
+def evaluate_pid(task: ParticleID, dataset: EventDataset, batch_size: int = 8,
+                 progress: bool = False) -> dict[str, Any]:
+    """Score every particle instance with a PID label (see :mod:`detfm.tasks.pid`) of ``dataset``.
+
+    Per class: F1, efficiency (recall: fraction of true particles of the class found) and
+    purity (precision: fraction of particles called the class that are), plus macro-F1.
+    """
+    if len(dataset) == 0:
+        raise DetfmError("nothing to evaluate: the dataset has no events")
+    device = next(task.parameters()).device
+    was_training = task.training
+    task.eval()
+    cm = np.zeros((NUM_PID, NUM_PID), dtype=np.int64)
+    try:
+        with torch.no_grad(), tqdm(total=len(dataset), desc="scoring", unit="event", delay=2.0,
+                                   leave=False, disable=not progress) as bar:
+            for a in range(0, len(dataset), batch_size):
+                batch = collate([dataset[i] for i in range(a, min(a + batch_size, len(dataset)))])
+                logits, inst = task.forward_instances(batch.to(device))
+                scored = (inst.label >= 0).cpu()
+                truth = inst.label.cpu()[scored].numpy()
+                cm += confusion_matrix(truth, logits.float().cpu()[scored].argmax(dim=-1).numpy(), NUM_PID)
+                bar.update(len(batch))
+    finally:
+        task.train(was_training)
+    classes = layout.PID_CLASSES[:NUM_PID]
+    return {
+        "split": "test", "events": len(dataset), "instances": int(cm.sum()), "classes": list(classes),
+        "macro_f1": _json_float(macro_f1(cm)), "accuracy": _json_float(accuracy(cm)),
+        "f1": _named(per_class_f1(cm), classes), "efficiency": _named(per_class_recall(cm), classes),
+        "purity": _named(per_class_precision(cm), classes), "confusion": cm.tolist(),
+    }
+
+
+# ----------------------------------------------------------------------------- reload
+def load_finetune_config(run_dir: str | os.PathLike[str]) -> FinetuneConfig:
+    """The :class:`FinetuneConfig` of a fine-tuning run directory."""
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise DetfmError(f"{run_dir}: not a fine-tuning run (no {CONFIG_FILE})")
+    first = path.read_text(encoding="utf-8").split("\n", 1)[0].strip()
+    if first.startswith("#") and first != f"# {FinetuneConfig.__name__}":
+        raise DetfmError(f"{run_dir}: not a fine-tuning run ({CONFIG_FILE} holds a {first[1:].strip()}); "
+                         f"pass the directory written by `detfm finetune`")
+    return load_config(FinetuneConfig, path)
+
+
+def load_finetuned(run_dir: str | os.PathLike[str], *, map_location: str = "cpu") -> AdaptationTask:
+    """The trained task of a fine-tuning run (final weights, else the last checkpoint), in eval mode.
+
+    The backbone architecture comes from the run's ``backbone.yaml`` (the pretraining run
+    is not needed). Weights are read from safetensors only.
+    """
+    run = Path(run_dir)
+    cfg = load_finetune_config(run)
+    arch_file = run / BACKBONE_FILE
+    if arch_file.is_file():
+        arch = PointMAEConfig.from_yaml(arch_file.read_text(encoding="utf-8"))
+    else:  # an unfinished run: rebuild the architecture from its config
+        arch = _backbone_config(cfg)
+    weights = run / MODEL_FILE
+    if not weights.is_file():
+        weights = run / "checkpoints" / "last" / MODEL_FILE
+    if not weights.is_file():
+        raise DetfmError(f"{run}: no weights ({MODEL_FILE}) in the run or its last checkpoint")
+    task = build_task(cfg, build_model(arch))
+    load_weights(task, weights, strict=True, device=map_location)
+    return task.eval()
+
+
+# ----------------------------------------------------------------------------- predict
+@dataclass(frozen=True)
+class PredictReport:
+    """What :func:`predict_file` wrote."""
+
+    path: Path
+    events: int
+    points: int
+    seconds: float
+
+    @property
+    def events_per_second(self) -> float:
+        return self.events / max(self.seconds, 1e-9)
+
+
+def predict_file(run_dir: str | os.PathLike[str], data: str | os.PathLike[str],
+                 out_h5: str | os.PathLike[str], *, batch_size: int = 8,
+                 dtype: Literal["float16", "float32"] = "float16", device: str = "cpu",
+                 progress: bool = False) -> PredictReport:
+    """Per-point class probabilities and argmax for every event of ``data``, written to ``out_h5``.
+
+    Layout of ``out_h5`` (one row per input event, in file order; written atomically):
+
+    * ``probs``: variable-length ``dtype`` rows of ``n_points * num_classes`` values (reshape
+      to (n_points, num_classes));
+    * ``pred``: variable-length uint8 rows, the argmax class of each point;
+    * ``event_index``: int64, the event's number in ``data``; ``n_points``: int64.
+
+    The points of a row are the event's points with value >= the run's energy threshold
+    (attribute ``energy_threshold``), in the order stored in ``data``. Events with no such
+    point get empty rows. ``data`` need not carry labels.
+    """
+    if dtype not in ("float16", "float32"):
+        raise ConfigError(f"dtype must be 'float16' or 'float32', got {dtype!r}")
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    src, dst = Path(data), Path(out_h5)
+    if dst.exists() and src.exists() and dst.resolve() == src.resolve():
+        raise DetfmError(f"{dst}: the output would overwrite the input file")
+    cfg = load_finetune_config(run_dir)
+    if cfg.task != "semseg":
+        raise DetfmError(f"{run_dir}: predict writes per-point semantic classes, but this is a '{cfg.task}' run")
+    task = load_finetuned(run_dir, map_location=device)
+    if not isinstance(task, SemanticSegmentation):
+        raise DetfmError(f"{run_dir}: not a segmentation model")
+    merge_lora(task)  # inference only: fold LoRA updates into the weights (no-op otherwise)
+    dataset = EventDataset([src], energy_threshold=cfg.data.energy_threshold, min_points=0, labels=False)
+    num_classes = task.config.num_classes
+    import h5py
+
+    t0 = time.perf_counter()
+    total_points = 0
+    with atomic_path(dst) as tmp, h5py.File(tmp, "w") as h5, torch.no_grad(), \
+            tqdm(total=len(dataset), desc="predicting", unit="event", delay=2.0, leave=False,
+                 disable=not progress) as bar:
+        n = len(dataset)
+        probs_ds = h5.create_dataset("probs", (n,), dtype=h5py.vlen_dtype(np.dtype(dtype)))
+        pred_ds = h5.create_dataset("pred", (n,), dtype=h5py.vlen_dtype(np.uint8))
+        index_ds = h5.create_dataset("event_index", (n,), dtype=np.int64)
+        count_ds = h5.create_dataset("n_points", (n,), dtype=np.int64)
+        h5.attrs.update({"format": PREDICT_FORMAT, "classes": json.dumps(list(layout.SEMANTIC_CLASSES)),
+                         "num_classes": num_classes, "energy_threshold": dataset.energy_threshold,
+                         "model_run": str(Path(run_dir).resolve()), "source_file": str(src.resolve()),
+                         "point_order": "points with value >= energy_threshold, in stored order"})
+        for a in range(0, n, batch_size):
+            samples = [dataset[i] for i in range(a, min(a + batch_size, n))]
+            full = [s for s in samples if s.n_points > 0]
+            rows: dict[int, np.ndarray] = {}
+            if full:
+                batch = collate(full)
+                probs = task.predict_proba(batch.to(device)).cpu().numpy()
+                for j, s in enumerate(full):
+                    rows[s.index] = probs[int(batch.offsets[j]):int(batch.offsets[j + 1])]
+            for k, s in enumerate(samples):
+                p = rows.get(s.index, np.zeros((0, num_classes), np.float32))
+                probs_ds[a + k] = p.astype(dtype).reshape(-1)
+                pred_ds[a + k] = p.argmax(axis=1).astype(np.uint8) if len(p) else np.zeros(0, np.uint8)
+                index_ds[a + k] = s.index
+                count_ds[a + k] = len(p)
+                total_points += len(p)
+            bar.update(len(samples))
+    return PredictReport(path=dst, events=len(dataset), points=total_points,
+                         seconds=time.perf_counter() - t0)
+
+
+# ----------------------------------------------------------------------------- label efficiency
+HEADLINE = {"semseg": "macro_f1_4", "pid": "macro_f1"}  # semseg: the reference's metric, without low-energy
+
+
+@dataclass(frozen=True)
+class LabelEfficiencyStudy:
+    """Scores of a label-efficiency grid.
+
+    Attributes:
+        metric: the headline metric (``macro_f1_4`` for semseg, ``macro_f1`` for pid).
+        runs: one entry per (backbone, labels, seed): its run directory and scores.
+        summary: ``{backbone name: {labels: {"mean", "std", "n"}}}`` of the headline metric
+            over seeds (std: sample standard deviation, 0 for one seed).
+    """
+
+    metric: str
+    runs: list[dict[str, Any]]
+    summary: dict[str, dict[int, dict[str, float]]]
+    out_dir: Path
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"metric": self.metric, "runs": self.runs,
+                "summary": {name: {str(n): {**v, "mean": _json_float(v["mean"])} for n, v in by_n.items()}
+                            for name, by_n in self.summary.items()}}
+
+    def format(self) -> str:
+        """A table: one row per label count, one column per backbone, mean ± std over seeds."""
+        names = list(self.summary)
+        counts = sorted({n for by_n in self.summary.values() for n in by_n})
+        lines = [f"{self.metric} (mean ± std over seeds)", f"{'labels':>8}  " + "  ".join(f"{n:>18}" for n in names)]
+        for count in counts:
+            cells = []
+            for name in names:
+                v = self.summary[name].get(count)
+                cells.append(f"{'n/a':>18}" if v is None or v["n"] == 0 else
+                             f"{v['mean']:.3f} ± {v['std']:.3f} ({v['n']})".rjust(18))
+            lines.append(f"{count:>8}  " + "  ".join(cells))
+        return "\n".join(lines)
+
+
+def label_efficiency_study(base: FinetuneConfig, labels: Sequence[int], seeds: Sequence[int],
+                           out_dir: str | os.PathLike[str], *, scratch_baseline: bool = True,
+                           progress: bool = False) -> LabelEfficiencyStudy:
+    """Fine-tune ``base.backbone`` (and, with ``scratch_baseline``, the same architecture from
+    random weights) at every label count and seed; write ``study.json`` and ``study.txt``.
+
+    Each point is one :func:`run_finetune` in ``out_dir/<name>_n<labels>_s<seed>`` with
+    ``train.seed = seed`` (label draw, head initialisation, data order) and batch size
+    ``min(base batch size, labels)``. A point whose run already holds ``eval.json`` is read,
+    not retrained, so an interrupted study continues where it stopped.
+    """
+    if not labels or not seeds:
+        raise ConfigError("a label-efficiency study needs at least one label count and one seed")
+    if any(n < 1 for n in labels) or any(s < 0 for s in seeds):
+        raise ConfigError(f"label counts must be >= 1 and seeds >= 0, got {list(labels)}, {list(seeds)}")
+    variants: dict[str, FinetuneConfig] = {}
+    if base.scratch:
+        variants["scratch"] = base
+    else:
+        run_cfg = load_run_config(base.backbone)
+        variants["pretrained"] = base
+        if scratch_baseline:
+            variants["scratch"] = dataclasses.replace(base, backbone=SCRATCH, model=run_cfg.model,
+                                                      model_overrides=dict(run_cfg.model_overrides))
+    out = Path(out_dir)
+    metric = HEADLINE[base.task]
+    runs: list[dict[str, Any]] = []
+    for name, variant in variants.items():
+        for count in sorted(set(labels)):
+            for seed in seeds:
+                cfg = dataclasses.replace(variant, labels=count, label_seed=None,
+                                          train=dataclasses.replace(variant.train, seed=seed,
+                                                                    batch_size=min(variant.train.batch_size, count)))
+                run = out / f"{name}_n{count}_s{seed}"
+                if (run / EVAL_FILE).is_file():
+                    scores = json.loads((run / EVAL_FILE).read_text(encoding="utf-8"))
+                else:
+                    scores = run_finetune(cfg, run, progress=progress).eval
+                runs.append({"backbone": name, "labels": count, "seed": seed, "run": str(run),
+                             metric: scores.get(metric), "scores": scores})
+    summary: dict[str, dict[int, dict[str, float]]] = {}
+    for name in variants:
+        summary[name] = {}
+        for count in sorted(set(labels)):
+            values = np.array([r[metric] for r in runs if r["backbone"] == name and r["labels"] == count
+                               and r[metric] is not None], dtype=np.float64)
+            summary[name][count] = {"mean": float(values.mean()) if values.size else float("nan"),
+                                    "std": float(values.std(ddof=1)) if values.size > 1 else 0.0,
+                                    "n": int(values.size)}
+    study = LabelEfficiencyStudy(metric=metric, runs=runs, summary=summary, out_dir=out)
+    if _is_main_process():
+        atomic_write_text(out / "study.json", json.dumps(study.to_dict(), indent=2) + "\n")
+        atomic_write_text(out / "study.txt", study.format() + "\n")
+    return study

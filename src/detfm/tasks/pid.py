@@ -1,0 +1,152 @@
+"""Particle identification per particle instance (photon, electron, muon, pion, proton).
+
+The particle instances are given (the ``instance`` label: the group id of the primary
+each point descends from, PILArNet-M's "group"); the task says what each one is. Per-point
+features come from the same feature propagation as segmentation
+(:class:`~detfm.tasks.heads.SegmentationHead`), are mean-pooled over the points of each
+instance, and a classifier maps the pooled feature to 5 classes.
+
+Instance label: an instance holds the points of a primary *and* its descendants (a muon's
+delta rays and Michel electron are electrons), so its PID is the most common PID among its
+points (ties: the lower id); points with PID "none" (5) do not vote, and instances with
+no voting point, or the low-energy bucket (group id < 0), are not scored.
+
+Loss: the focal loss of :mod:`detfm.tasks.segmentation` over instances, averaged within an
+event and then over events (the engine's DDP requirement). With ``head="linear"`` (probe)
+the logits are a linear map of the pooled features (mean pooling is linear, so pooling the
+linear head's per-point outputs is the same thing).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from detfm.data import PackedBatch
+from detfm.errors import ConfigError, DataFormatError
+from detfm.io import layout
+from detfm.models.encoder import PointMAE
+from detfm.models.layers import init_weights, seeded_init
+from detfm.models.packing import local_index
+from detfm.tasks.base import TaskOutput
+from detfm.tasks.heads import DEFAULT_K, AdaptationTask, HeadKind, SegmentationHead
+from detfm.tasks.segmentation import DEFAULT_FOCAL_GAMMA, event_mean_focal_loss
+
+__all__ = ["Instances", "PIDConfig", "ParticleID", "find_instances"]
+
+NUM_PID = layout.PID_NONE  # photon, electron, muon, pion, proton; 5 is "none"
+
+
+@dataclass(frozen=True)
+class PIDConfig:
+    """Settings of :class:`ParticleID` (fields as in :class:`~detfm.tasks.segmentation.SegmentationConfig`)."""
+
+    num_classes: int = NUM_PID
+    head: HeadKind = "mlp"
+    hidden: int = 128
+    point_dim: int = 32
+    k: int = DEFAULT_K
+    focal_gamma: float = DEFAULT_FOCAL_GAMMA
+    class_weights: tuple[float, ...] | None = None
+    freeze_backbone: bool = False
+    layer_decay: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.num_classes != NUM_PID:
+            raise ConfigError(f"particle identification has {NUM_PID} classes, got num_classes={self.num_classes}")
+        if self.head not in ("linear", "mlp"):
+            raise ConfigError(f"head must be 'linear' or 'mlp', got {self.head!r}")
+        if self.focal_gamma < 0:
+            raise ConfigError(f"focal_gamma must be >= 0, got {self.focal_gamma}")
+        if self.class_weights is not None:
+            w = tuple(float(x) for x in self.class_weights)
+            if len(w) != self.num_classes or any(not x >= 0 for x in w) or not any(x > 0 for x in w):
+                raise ConfigError(f"class_weights must be {self.num_classes} values >= 0, not all 0, "
+                                  f"got {list(self.class_weights)}")
+            object.__setattr__(self, "class_weights", w)
+
+
+@dataclass(frozen=True)
+class Instances:
+    """The particle instances of a batch.
+
+    Attributes:
+        point_instance: (P,) int64 instance of each point, -1 for points in none (group < 0).
+        event: (M,) int64 event of each instance; group: (M,) int64 its group id.
+        label: (M,) int64 PID (majority vote of its points), -1 when none voted.
+        size: (M,) int64 points per instance.
+    """
+
+    point_instance: torch.Tensor
+    event: torch.Tensor
+    group: torch.Tensor
+    label: torch.Tensor
+    size: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.event.numel())
+
+
+def find_instances(offsets: torch.Tensor, instance: torch.Tensor, pid: torch.Tensor) -> Instances:
+    """Number the (event, group) pairs of a batch in order and give each its majority PID."""
+    event, _ = local_index(offsets)
+    valid = instance >= 0
+    width = int(instance.max()) + 1 if instance.numel() and bool(valid.any()) else 1
+    key = torch.where(valid, event * width + instance, -1)
+    uniq, inverse = torch.unique(key, return_inverse=True)
+    if uniq.numel() and int(uniq[0]) == -1:  # drop the "no instance" key
+        uniq, inverse = uniq[1:], inverse - 1
+    point_instance = torch.where(valid, inverse, -1)
+    m = uniq.numel()
+    votes = torch.zeros(m, NUM_PID + 1, dtype=torch.long, device=offsets.device)
+    voting = valid & (pid >= 0) & (pid < NUM_PID)
+    votes.index_put_((point_instance[voting], pid[voting]), torch.ones_like(pid[voting]), accumulate=True)
+    label = torch.where(votes[:, :NUM_PID].sum(dim=1) > 0, votes[:, :NUM_PID].argmax(dim=1), -1)
+    size = torch.bincount(point_instance[valid], minlength=m)
+    return Instances(point_instance=point_instance, event=uniq // width, group=uniq % width, label=label,
+                     size=size)
+
+
+class ParticleID(AdaptationTask):
+    """Backbone + per-point features + mean pooling per instance + classifier."""
+
+    def __init__(self, backbone: PointMAE, cfg: PIDConfig | None = None) -> None:
+        cfg = cfg or PIDConfig()
+        super().__init__(backbone, cfg.freeze_backbone, cfg.layer_decay)
+        self.config = cfg
+        width = cfg.num_classes if cfg.head == "linear" else cfg.hidden
+        self.head = SegmentationHead(backbone.num_features, backbone.default_cfg.in_channels, width, cfg.head,
+                                     cfg.hidden, cfg.point_dim, cfg.k, cfg.seed)
+        with seeded_init(cfg.seed + 1):
+            self.classifier: nn.Module = (nn.Identity() if cfg.head == "linear" else
+                                          nn.Sequential(nn.LayerNorm(cfg.hidden), nn.GELU(),
+                                                        nn.Linear(cfg.hidden, cfg.num_classes)))
+            self.classifier.apply(init_weights)
+        weights = torch.ones(cfg.num_classes) if cfg.class_weights is None else torch.tensor(cfg.class_weights)
+        self.register_buffer("class_weights", weights.float())
+
+    def forward_instances(self, batch: PackedBatch, generator: torch.Generator | None = None
+                          ) -> tuple[torch.Tensor, Instances]:
+        """(M, 5) logits of every instance of the batch, and the instances."""
+        if batch.instance is None or batch.pid is None:
+            raise DataFormatError("particle identification needs per-point instance and pid labels; this "
+                                  "batch has none (open the dataset with labels=True)", field="instance")
+        inst = find_instances(batch.offsets, batch.instance, batch.pid)
+        point = self.head(batch, self.encode(batch, generator))
+        inside = inst.point_instance >= 0
+        pooled = point.new_zeros(len(inst), point.shape[1]).index_add(0, inst.point_instance[inside], point[inside])
+        pooled = pooled / inst.size.clamp(min=1)[:, None].to(pooled.dtype)
+        return self.classifier(pooled), inst
+
+    def forward(self, batch: PackedBatch, generator: torch.Generator | None = None) -> TaskOutput:
+        logits, inst = self.forward_instances(batch, generator)
+        scored = inst.label >= 0
+        loss = event_mean_focal_loss(logits, inst.label, inst.event, len(batch), self.class_weights,
+                                     self.config.focal_gamma, scored)
+        with torch.no_grad():
+            correct = ((logits.argmax(dim=-1) == inst.label) & scored).sum().float()
+            n_scored = scored.sum().float()
+        return {"loss": loss, "outputs": {"accuracy": correct / n_scored.clamp(min=1.0), "instances": n_scored}}
