@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import detfm.tasks.heads as heads_module
+import detfm.models.interpolation as interpolation_module
 from detfm.data import EventDataset, PackedBatch, collate
 from detfm.errors import ConfigError, DataFormatError
 from detfm.models import PointMAE, create_model
@@ -84,7 +84,7 @@ def test_interpolation_matches_brute_force_and_stays_in_event() -> None:
 def test_interpolation_chunks_give_identical_results(monkeypatch: pytest.MonkeyPatch) -> None:
     coord, offsets, centers, mask, _ = random_case(1)
     whole = knn_interpolation(coord, offsets, centers, mask)
-    monkeypatch.setattr(heads_module, "_MAX_PAIRS", 7 * 6)  # 7 points per chunk
+    monkeypatch.setattr(interpolation_module, "_MAX_PAIRS", 7 * 6)  # 7 points per chunk
     chunked = knn_interpolation(coord, offsets, centers, mask)
     assert torch.equal(whole.index, chunked.index) and torch.equal(whole.weight, chunked.weight)
 

@@ -25,7 +25,13 @@ from detfm.data import PackedBatch
 from detfm.errors import ConfigError
 from detfm.models.config import PointMAEConfig
 from detfm.models.grouping import Patches, assign_points
-from detfm.models.layers import PositionEmbedding, Transformer, init_weights, seeded_init
+from detfm.models.interpolation import interpolate, knn_interpolation
+from detfm.models.layers import (
+    PositionEmbedding,
+    Transformer,
+    init_weights,
+    seeded_init,
+)
 from detfm.models.tokenizer import Tokenizer, masked_max
 
 
@@ -60,27 +66,16 @@ def point_features(batch: PackedBatch, out: TokenOutput) -> torch.Tensor:
 
 def interpolate_tokens(batch: PackedBatch, out: TokenOutput, tokens: torch.Tensor | None = None,
                        k: int = 3, eps: float = 1e-3) -> torch.Tensor:
-    """(P, D) per-point features by inverse-distance interpolation of the ``k`` nearest patch
-    centres of the point's own event (PointNet++-style feature propagation).
+    """(P, D) per-point features: inverse-distance (``1 / (d + eps)``) mix of the tokens of the
+    ``k`` nearest patch centres of the point's own event.
 
     Unlike :func:`point_features`, neighbouring points in one patch get different features,
     which per-point tasks need. ``tokens`` defaults to ``out.tokens`` (any (B, G, D) works,
     e.g. an intermediate block's output).
     """
     tokens = out.tokens if tokens is None else tokens
-    result = tokens.new_zeros(batch.num_points, tokens.shape[-1])
-    for b in range(len(batch)):
-        lo, hi = int(batch.offsets[b]), int(batch.offsets[b + 1])
-        real = out.mask[b]
-        centers, feats = out.centers[b][real], tokens[b][real]
-        if hi == lo or centers.shape[0] == 0:
-            continue
-        dist = torch.cdist(batch.coord[lo:hi].to(centers.dtype), centers)
-        d, idx = dist.topk(min(k, centers.shape[0]), dim=1, largest=False)
-        w = 1.0 / (d + eps)
-        w = w / w.sum(dim=1, keepdim=True)
-        result[lo:hi] = (feats[idx] * w[..., None].to(feats.dtype)).sum(dim=1)
-    return result
+    weights = knn_interpolation(batch.coord, batch.offsets, out.centers, out.mask, k=k, power=1, eps=eps)
+    return interpolate(tokens, weights)
 
 
 def pool_tokens(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
