@@ -58,7 +58,7 @@ SEMANTIC_NAMES: tuple[str, ...] = tuple(_PRETTY.get(n, n.replace("_", "-")) for 
 PID_NAMES: tuple[str, ...] = tuple(_PRETTY.get(n, n.replace("_", "-")) for n in layout.PID_CLASSES)
 
 _GREY = "#9d9d9d"
-_SEMANTIC_COLORS = {
+SEMANTIC_COLORS = {
     layout.SHOWER: "#f58518",      # orange
     layout.TRACK: "#4c78a8",       # blue
     layout.MICHEL: "#54a24b",      # green
@@ -75,7 +75,7 @@ _PID_COLORS = {
 }
 # Draw order, lowest first, so the labels that win a shared voxel (track > Michel > shower >
 # delta > low-energy, PHYSICS.md "How PILArNet-M events are made") are drawn on top.
-_SEMANTIC_ORDER = (layout.LOW_ENERGY, layout.DELTA, layout.SHOWER, layout.MICHEL, layout.TRACK)
+SEMANTIC_DRAW_ORDER = (layout.LOW_ENERGY, layout.DELTA, layout.SHOWER, layout.MICHEL, layout.TRACK)
 _PID_ORDER = (layout.PID_NONE, layout.PID_PHOTON, layout.PID_ELECTRON, layout.PID_PION,
               layout.PID_PROTON, layout.PID_MUON)
 # Twenty distinguishable colours for particle groups, cycled when there are more groups.
@@ -252,7 +252,7 @@ def _layers(scheme: str, values: np.ndarray) -> list[_Layer]:
     present = set(np.unique(values).tolist())
     layers: list[_Layer] = []
     if scheme in ("semantic", "pid"):
-        names, colors, order = ((SEMANTIC_NAMES, _SEMANTIC_COLORS, _SEMANTIC_ORDER) if scheme == "semantic"
+        names, colors, order = ((SEMANTIC_NAMES, SEMANTIC_COLORS, SEMANTIC_DRAW_ORDER) if scheme == "semantic"
                                 else (PID_NAMES, _PID_COLORS, _PID_ORDER))
         for k in order:
             if k in present:
@@ -290,7 +290,7 @@ def _marker_px(n: int) -> float:
     return float(np.clip(4.5 - 0.6 * math.log10(max(n, 1)), 1.5, 4.0))
 
 
-def _marker_area(n: int) -> float:
+def marker_area(n: int) -> float:
     """matplotlib marker area (pt^2), shrinking with the number of points."""
     return float(np.clip(200.0 / math.sqrt(max(n, 1)), 0.3, 12.0))
 
@@ -406,7 +406,7 @@ def _draw_panel(container: Figure | SubFigure, coords: np.ndarray, panel: _Panel
 
     ax3d = container.add_subplot(2, 2, 1, projection="3d")
     flat = [container.add_subplot(2, 2, k) for k in (2, 3, 4)]
-    size = _marker_area(len(coords))
+    size = marker_area(len(coords))
     lo, hi = coords.min(axis=0), coords.max(axis=0)
     pad = np.maximum(0.03 * (hi - lo), 2.0)
 

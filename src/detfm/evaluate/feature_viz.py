@@ -28,7 +28,7 @@ from torch.utils.data import Dataset, Subset
 
 from detfm.data import Sample
 from detfm.errors import DetfmError
-from detfm.evaluate.display import _SEMANTIC_COLORS, _SEMANTIC_ORDER, SEMANTIC_NAMES, _marker_area
+from detfm.evaluate.display import SEMANTIC_COLORS, SEMANTIC_DRAW_ORDER, SEMANTIC_NAMES, marker_area
 from detfm.evaluate.probe import iter_point_features
 from detfm.io import atomic_path
 
@@ -157,7 +157,7 @@ class _Shown:
 
 
 # Draw rank of each semantic class (low-energy first, track last, as in the event display).
-_DRAW_RANK = np.array([_SEMANTIC_ORDER.index(c) for c in range(len(_SEMANTIC_ORDER))])
+_DRAW_RANK = np.array([SEMANTIC_DRAW_ORDER.index(c) for c in range(len(SEMANTIC_DRAW_ORDER))])
 
 
 def _check_indices(event_indices: Sequence[int], n: int) -> list[int]:
@@ -185,13 +185,13 @@ def _draw(events: list[_Shown], colors: PCAColors, path: Path, projection: str, 
     a, b = _AXES[projection]
     start = 0
     labeled = False
-    palette = np.array([_SEMANTIC_COLORS[c] for c in range(len(_SEMANTIC_COLORS))])
+    palette = np.array([SEMANTIC_COLORS[c] for c in range(len(SEMANTIC_COLORS))])
     for row, event in zip(axes, events, strict=True):
         coord = event.coord
         n = len(coord)
         rgb = colors.rgb[start:start + n]
         start += n
-        size = _marker_area(n)
+        size = marker_area(n)
         if event.semantic is not None:
             labeled = True
             # Same draw order in both panels (track on top), so overlapping points match.
@@ -211,8 +211,8 @@ def _draw(events: list[_Shown], colors: PCAColors, path: Path, projection: str, 
         for ax in row:
             _frame(ax, coord, a, b, projection)
     if labeled:
-        handles = [Line2D([], [], marker="o", linestyle="", markersize=7, color=_SEMANTIC_COLORS[k],
-                          label=SEMANTIC_NAMES[k]) for k in sorted(_SEMANTIC_COLORS)]
+        handles = [Line2D([], [], marker="o", linestyle="", markersize=7, color=SEMANTIC_COLORS[k],
+                          label=SEMANTIC_NAMES[k]) for k in sorted(SEMANTIC_COLORS)]
         fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False,
                    title="truth (semantic)")
     with atomic_path(path) as tmp:
