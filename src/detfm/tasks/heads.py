@@ -39,6 +39,22 @@ __all__ = ["DEFAULT_K", "AdaptationTask", "HeadKind", "Interpolation", "Segmenta
 
 HeadKind = Literal["linear", "mlp"]
 
+def check_head_settings(head: str, focal_gamma: float, class_weights: tuple[float, ...] | None,
+                        num_classes: int) -> tuple[float, ...] | None:
+    """Validate the settings every adaptation head shares; return ``class_weights`` as floats."""
+    if head not in ("linear", "mlp"):
+        raise ConfigError(f"head must be 'linear' or 'mlp', got {head!r}")
+    if focal_gamma < 0:
+        raise ConfigError(f"focal_gamma must be >= 0, got {focal_gamma}")
+    if class_weights is None:
+        return None
+    w = tuple(float(x) for x in class_weights)
+    if len(w) != num_classes or any(not x >= 0 for x in w) or not any(x > 0 for x in w):
+        raise ConfigError(f"class_weights must be {num_classes} values >= 0, not all 0, "
+                          f"got {list(class_weights)}")
+    return w
+
+
 def local_point_features(batch: PackedBatch, out: TokenOutput) -> torch.Tensor:
     """(P, 3 + C): each point's offset from its own patch centre (in patch radii) and its
     input features (``batch.feat``, by default the normalised log energy)."""

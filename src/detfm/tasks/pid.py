@@ -31,7 +31,7 @@ from detfm.models.encoder import PointMAE
 from detfm.models.layers import init_weights, seeded_init
 from detfm.models.packing import local_index
 from detfm.tasks.base import TaskOutput
-from detfm.tasks.heads import DEFAULT_K, AdaptationTask, HeadKind, SegmentationHead
+from detfm.tasks.heads import DEFAULT_K, AdaptationTask, HeadKind, SegmentationHead, check_head_settings
 from detfm.tasks.segmentation import DEFAULT_FOCAL_GAMMA, event_mean_focal_loss
 
 __all__ = ["Instances", "PIDConfig", "ParticleID", "find_instances"]
@@ -57,16 +57,8 @@ class PIDConfig:
     def __post_init__(self) -> None:
         if self.num_classes != NUM_PID:
             raise ConfigError(f"particle identification has {NUM_PID} classes, got num_classes={self.num_classes}")
-        if self.head not in ("linear", "mlp"):
-            raise ConfigError(f"head must be 'linear' or 'mlp', got {self.head!r}")
-        if self.focal_gamma < 0:
-            raise ConfigError(f"focal_gamma must be >= 0, got {self.focal_gamma}")
-        if self.class_weights is not None:
-            w = tuple(float(x) for x in self.class_weights)
-            if len(w) != self.num_classes or any(not x >= 0 for x in w) or not any(x > 0 for x in w):
-                raise ConfigError(f"class_weights must be {self.num_classes} values >= 0, not all 0, "
-                                  f"got {list(self.class_weights)}")
-            object.__setattr__(self, "class_weights", w)
+        object.__setattr__(self, "class_weights", check_head_settings(
+            self.head, self.focal_gamma, self.class_weights, self.num_classes))
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ from detfm.errors import ConfigError, DataFormatError
 from detfm.io import layout
 from detfm.models.encoder import PointMAE
 from detfm.tasks.base import TaskOutput
-from detfm.tasks.heads import DEFAULT_K, AdaptationTask, HeadKind, SegmentationHead
+from detfm.tasks.heads import DEFAULT_K, AdaptationTask, HeadKind, SegmentationHead, check_head_settings
 
 __all__ = ["SegmentationConfig", "SemanticSegmentation", "event_mean_focal_loss", "segmentation_loss"]
 
@@ -79,18 +79,10 @@ class SegmentationConfig:
     def __post_init__(self) -> None:
         if self.num_classes < 2:
             raise ConfigError(f"num_classes must be >= 2, got {self.num_classes}")
-        if self.head not in ("linear", "mlp"):
-            raise ConfigError(f"head must be 'linear' or 'mlp', got {self.head!r}")
-        if self.focal_gamma < 0:
-            raise ConfigError(f"focal_gamma must be >= 0, got {self.focal_gamma}")
+        object.__setattr__(self, "class_weights", check_head_settings(
+            self.head, self.focal_gamma, self.class_weights, self.num_classes))
         if not 0.0 < self.layer_decay <= 1.0:
             raise ConfigError(f"layer_decay must be in (0, 1], got {self.layer_decay}")
-        if self.class_weights is not None:
-            w = tuple(float(x) for x in self.class_weights)
-            if len(w) != self.num_classes or any(not x >= 0 for x in w) or not any(x > 0 for x in w):
-                raise ConfigError(f"class_weights must be {self.num_classes} values >= 0, not all 0, "
-                                  f"got {list(self.class_weights)}")
-            object.__setattr__(self, "class_weights", w)
         if self.exclude_low_energy and self.num_classes <= layout.LOW_ENERGY:
             raise ConfigError("exclude_low_energy needs the 5 semantic classes")
 
