@@ -25,6 +25,7 @@ from detfm.cli import main
 from detfm.data import EventDataset, collate
 from detfm.engine import TrainConfig, build_optimizer
 from detfm.errors import ConfigError, DataFormatError, DetfmError
+from detfm.evaluate.display import show_file
 from detfm.io import Event, layout, read_events, write_events
 from detfm.models.lora import LoRALinear
 from detfm.pretrain import DataConfig, PretrainConfig, run_pretrain
@@ -188,6 +189,11 @@ def test_eval_json_reload_and_aligned_predictions(events: Path, tmp_path: Path) 
             assert np.all(probs[np.arange(n), pred] >= probs.max(axis=1) - 1e-3)
         np.testing.assert_allclose(h5["probs"][3].reshape(-1, 5), want, atol=2e-3)
     assert report.points == sum(int((e.energy >= 0.13).sum()) for e in stored)
+    # the event display draws the prediction next to the truth; a wrong file is refused
+    png = show_file(events, 3, tmp_path / "cmp.png", predictions=tmp_path / "preds.h5")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(DetfmError, match="not a per-point prediction file"):
+        show_file(events, 0, tmp_path / "x.png", predictions=events)
 
 
 def test_predict_handles_unlabeled_files_and_empty_events(events: Path, tmp_path: Path) -> None:
@@ -296,32 +302,73 @@ def test_pid_task_through_the_recipe(events: Path, tmp_path: Path) -> None:
     assert set(ev["efficiency"]) == set(ev["purity"]) == set(ev["f1"]) == set(ev["classes"])
     assert 0.0 <= ev["macro_f1"] <= 1.0 and result.eval["task"] == "pid"
     assert len(ev["class_weights"]) == 5
-    with pytest.raises(DetfmError, match="'pid' run"):
-        predict_file(run, events, tmp_path / "p.h5")
+    # predict: per-particle probabilities, aligned with the instances of each event
+    predict_file(run, events, tmp_path / "pid.h5", dtype="float32")
+    first = read_events(events)[0]
+    with h5py.File(tmp_path / "pid.h5") as h5:
+        assert h5.attrs["task"] == "pid" and len(h5["pid_pred"]) == len(read_events(events))
+        groups = h5["group"][0]
+        kept = first.instance[first.energy >= 0.13]
+        assert list(groups) == sorted(set(kept[kept >= 0].tolist()))
+        probs = h5["pid_probs"][0].reshape(len(groups), 5)
+        np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+        assert np.array_equal(h5["pid_pred"][0], probs.argmax(axis=1))
     with pytest.raises(ConfigError, match="semseg task only"):
         config(events, task="pid", exclude_low_energy=True)
+
+
+def test_event_task_through_the_recipe(events: Path, tmp_path: Path) -> None:
+    run = tmp_path / "event"
+    result = run_finetune(config(events, task="event", mode="head", max_eval_events=None), run)
+    ev = json.loads((run / "eval.json").read_text())
+    assert result.eval["task"] == "event" and ev["classes"] == list(layout.PID_CLASSES[:5])
+    assert 0 < ev["scored_events"] <= ev["events"] and np.array(ev["confusion"]).sum() == ev["scored_events"]
+    assert 0.0 <= ev["accuracy"] <= 1.0
+    predict_file(run, events, tmp_path / "event.h5", dtype="float32")
+    with h5py.File(tmp_path / "event.h5") as h5:
+        probs = h5["event_probs"][:]
+        assert probs.shape == (len(read_events(events)), 5) and h5.attrs["task"] == "event"
+        np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+        assert np.array_equal(h5["event_pred"][:], probs.argmax(axis=1))
 
 
 def test_label_efficiency_study_grid_spread_and_continuation(events: Path, pretrained: Path, tmp_path: Path,
                                                              capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "study"
     argv = ["study", "label-efficiency", "--backbone", str(pretrained), "--data", str(events), "--labels", "2",
-            "--seeds", "0", "1", "--mode", "head", "--steps", "1", "--out", str(out)]
+            "--seeds", "0,1", "--modes", "head", "--steps", "1", "--out", str(out), "--quiet"]
     cfg_path = tmp_path / "cfg.yaml"
     cfg_path.write_text("max_eval_events: 1\ndata: {rotate: false}\n")
     assert main([*argv, "--config", str(cfg_path)]) == 0
     assert "macro_f1_4 (mean ± std over seeds)" in capsys.readouterr().out
-    study = json.loads((out / "study.json").read_text())
-    assert {(r["backbone"], r["labels"], r["seed"]) for r in study["runs"]} == {
-        (b, 2, s) for b in ("pretrained", "scratch") for s in (0, 1)}
-    for name in ("pretrained", "scratch"):
-        values = [r["macro_f1_4"] for r in study["runs"] if r["backbone"] == name]
+    study = json.loads((out / "results.json").read_text())
+    assert {(r["variant"], r["labels"], r["seed"]) for r in study["runs"]} == {
+        (f"{b}/head", 2, s) for b in ("pretrained", "scratch") for s in (0, 1)}
+    for name in ("pretrained/head", "scratch/head"):
+        values = [r["macro_f1_4"] for r in study["runs"] if r["variant"] == name]
         summary = study["summary"][name]["2"]
         assert summary["n"] == 2 and summary["mean"] == pytest.approx(np.mean(values))
         assert summary["std"] == pytest.approx(np.std(values, ddof=1))
+        track = [r["scores"]["f1_4"]["track"] for r in study["runs"] if r["variant"] == name]
+        assert study["per_class_f1"][name]["2"]["track"] == pytest.approx(np.mean(track))
+    assert (out / "label_efficiency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the scratch baseline copies the pretraining run's architecture, with other weights
-    assert (out / "scratch_n2_s0" / "backbone.yaml").read_text() == (out / "pretrained_n2_s0" / "backbone.yaml").read_text()
+    assert ((out / "scratch_head_n2_s0" / "backbone.yaml").read_text()
+            == (out / "pretrained_head_n2_s0" / "backbone.yaml").read_text())
     # a second call reads the finished points instead of retraining them
-    stamp = (out / "scratch_n2_s1" / "model.safetensors").stat().st_mtime_ns
+    stamp = (out / "scratch_head_n2_s1" / "model.safetensors").stat().st_mtime_ns
     assert main([*argv, "--config", str(cfg_path)]) == 0
-    assert (out / "scratch_n2_s1" / "model.safetensors").stat().st_mtime_ns == stamp
+    assert (out / "scratch_head_n2_s1" / "model.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_label_efficiency_study_checks_counts_and_modes_first(events: Path, pretrained: Path, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["study", "label-efficiency", "--backbone", str(pretrained), "--data", str(events), "--steps", "1",
+            "--out", str(tmp_path / "s"), "--quiet"]
+    assert main([*argv, "--labels", "2,10000"]) == 2
+    assert "10000 labeled events" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()  # nothing trained before the check
+    assert main([*argv, "--labels", "2", "--modes", "probe,tune"]) == 2
+    assert "unknown mode(s) tune" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*argv, "--labels", "2,x"])

@@ -3,8 +3,9 @@
 Sits next to :mod:`detfm.pretrain` (after the engine): it wires public pieces together.
 ``detfm finetune`` wraps :func:`run_finetune`, ``detfm predict`` wraps :func:`predict_file`.
 
-Tasks: ``semseg`` (per-point semantic segmentation, :mod:`detfm.tasks.segmentation`) and
-``pid`` (particle identification of the given particle instances, :mod:`detfm.tasks.pid`).
+Tasks: ``semseg`` (per-point semantic segmentation, :mod:`detfm.tasks.segmentation`),
+``pid`` (particle identification of the given particle instances, :mod:`detfm.tasks.pid`) and
+``event`` (event classification by the leading particle, :mod:`detfm.tasks.event`).
 
 Modes (one recipe, one switch):
 
@@ -66,19 +67,21 @@ from detfm.io import atomic_path, atomic_write_text, layout
 from detfm.models import PointMAE, PointMAEConfig, build_model, model_config
 from detfm.models.lora import apply_lora, merge_lora
 from detfm.pretrain import CONFIG_FILE, MODEL_FILE, DataConfig, build_dataset, load_backbone, load_run_config
+from detfm.tasks.event import EventClassification, EventConfig, leading_particle_label
 from detfm.tasks.heads import AdaptationTask
 from detfm.tasks.pid import NUM_PID, PIDConfig, ParticleID, find_instances
 from detfm.tasks.segmentation import SegmentationConfig, SemanticSegmentation
 
 __all__ = [
     "CPU_OVERRIDES", "EventSplit", "FinetuneConfig", "FinetuneResult", "Mode", "PredictReport",
-    "LabelEfficiencyStudy", "build_backbone", "build_task", "class_balance_weights", "evaluate_pid", "evaluate_segmentation",
+    "LabelEfficiencyStudy", "build_backbone", "build_task", "class_balance_weights", "evaluate_event", "evaluate_pid",
+    "evaluate_segmentation",
     "label_efficiency_study", "load_finetune_config", "load_finetuned", "predict_file", "run_finetune",
     "split_events",
 ]
 
 Mode = Literal["probe", "head", "finetune", "lora"]
-TaskName = Literal["semseg", "pid"]
+TaskName = Literal["semseg", "pid", "event"]
 MODES: tuple[str, ...] = get_args(Mode)
 SCRATCH = "scratch"
 
@@ -117,7 +120,8 @@ class FinetuneConfig:
         backbone: a pretraining run directory, or ``"scratch"`` for random initialisation.
         model, model_overrides: the architecture for ``"scratch"`` (registry name and
             overrides); ignored for a pretrained backbone, whose run fixes it.
-        task: ``"semseg"`` (per-point semantic segmentation) or ``"pid"`` (particle ID per instance).
+        task: ``"semseg"`` (per-point semantic segmentation), ``"pid"`` (particle ID per
+            instance) or ``"event"`` (the leading particle's ID, one label per event).
         mode: ``probe`` | ``head`` | ``finetune`` | ``lora`` (see the module docstring).
         labels: labeled training events, drawn from the train split.
         label_seed: seed of the label draw (None: ``train.seed``).
@@ -235,8 +239,8 @@ def split_events(num_events: int, cfg: FinetuneConfig) -> EventSplit:
 def class_balance_weights(dataset: EventDataset, task: TaskName = "semseg", exclude_low_energy: bool = False,
                           min_fraction: float = MIN_CLASS_FRACTION) -> tuple[float, ...]:
     """Loss weights ``1 / sqrt(max(f_c, min_fraction))`` from the class fractions ``f_c`` of
-    the dataset's points (semseg; class 4 left out when excluded) or particle instances
-    (pid). Absent classes get weight 1."""
+    the dataset's points (semseg; class 4 left out when excluded), particle instances (pid)
+    or events (event). Absent classes get weight 1."""
     n = len(layout.SEMANTIC_CLASSES) if task == "semseg" else NUM_PID
     counts = np.zeros(n, dtype=np.int64)
     for i in range(len(dataset)):
@@ -245,6 +249,9 @@ def class_balance_weights(dataset: EventDataset, task: TaskName = "semseg", excl
             raise DataFormatError("class weights need labels", field="cluster")
         if task == "semseg":
             labels = sample.semantic
+        elif task == "event":
+            labels = leading_particle_label(collate([sample])).numpy()
+            labels = labels[labels >= 0]
         else:
             inst = find_instances(torch.tensor([0, sample.n_points]), torch.from_numpy(sample.instance),
                                   torch.from_numpy(sample.pid))
@@ -298,6 +305,10 @@ def build_task(cfg: FinetuneConfig, backbone: PointMAE,
     weights = None if class_weights is None else tuple(float(w) for w in class_weights)
     frozen = cfg.mode in ("probe", "head")
     decay = cfg.layer_decay if cfg.mode == "finetune" else 1.0
+    if cfg.task == "event":
+        return EventClassification(backbone, EventConfig(
+            head=head, hidden=cfg.head_hidden, point_dim=cfg.point_dim, focal_gamma=cfg.focal_gamma,
+            class_weights=weights, freeze_backbone=frozen, layer_decay=decay, seed=cfg.train.seed))
     if cfg.task == "pid":
         return ParticleID(backbone, PIDConfig(head=head, hidden=cfg.head_hidden, point_dim=cfg.point_dim,
                                               focal_gamma=cfg.focal_gamma, class_weights=weights,
@@ -357,6 +368,8 @@ def run_finetune(cfg: FinetuneConfig, out_dir: str | os.PathLike[str], resume: b
     show = cfg.train.progress if progress is None else progress
     if isinstance(task, ParticleID):
         scores = evaluate_pid(task, test, batch_size=cfg.eval_batch_size, progress=show)
+    elif isinstance(task, EventClassification):
+        scores = evaluate_event(task, test, batch_size=cfg.eval_batch_size, progress=show)
     else:
         scores = evaluate_segmentation(task, test, batch_size=cfg.eval_batch_size, progress=show)
     scores = {"task": cfg.task, "mode": cfg.mode, "backbone": cfg.backbone, "labels": cfg.labels,
@@ -452,13 +465,42 @@ def evaluate_pid(task: ParticleID, dataset: EventDataset, batch_size: int = 8,
                 bar.update(len(batch))
     finally:
         task.train(was_training)
+    return _pid_scores(cm, dataset, "instances")
+
+
+def _pid_scores(cm: np.ndarray, dataset: EventDataset, unit: str) -> dict[str, Any]:
     classes = layout.PID_CLASSES[:NUM_PID]
     return {
-        "split": "test", "events": len(dataset), "instances": int(cm.sum()), "classes": list(classes),
+        "split": "test", "events": len(dataset), unit: int(cm.sum()), "classes": list(classes),
         "macro_f1": _json_float(macro_f1(cm)), "accuracy": _json_float(accuracy(cm)),
         "f1": _named(per_class_f1(cm), classes), "efficiency": _named(per_class_recall(cm), classes),
         "purity": _named(per_class_precision(cm), classes), "confusion": cm.tolist(),
     }
+
+
+def evaluate_event(task: EventClassification, dataset: EventDataset, batch_size: int = 8,
+                   progress: bool = False) -> dict[str, Any]:
+    """Score the leading-particle class of every event of ``dataset`` that has one (see
+    :mod:`detfm.tasks.event`): per class F1, efficiency and purity, macro-F1, accuracy."""
+    if len(dataset) == 0:
+        raise DetfmError("nothing to evaluate: the dataset has no events")
+    device = next(task.parameters()).device
+    was_training = task.training
+    task.eval()
+    cm = np.zeros((NUM_PID, NUM_PID), dtype=np.int64)
+    try:
+        with torch.no_grad(), tqdm(total=len(dataset), desc="scoring", unit="event", delay=2.0,
+                                   leave=False, disable=not progress) as bar:
+            for a in range(0, len(dataset), batch_size):
+                batch = collate([dataset[i] for i in range(a, min(a + batch_size, len(dataset)))]).to(device)
+                label = leading_particle_label(batch).cpu()
+                pred = task.forward_logits(batch).float().cpu().argmax(dim=-1)
+                scored = label >= 0
+                cm += confusion_matrix(label[scored].numpy(), pred[scored].numpy(), NUM_PID)
+                bar.update(len(batch))
+    finally:
+        task.train(was_training)
+    return _pid_scores(cm, dataset, "scored_events")
 
 
 # ----------------------------------------------------------------------------- reload
@@ -516,18 +558,22 @@ def predict_file(run_dir: str | os.PathLike[str], data: str | os.PathLike[str],
                  out_h5: str | os.PathLike[str], *, batch_size: int = 8,
                  dtype: Literal["float16", "float32"] = "float16", device: str = "cpu",
                  progress: bool = False) -> PredictReport:
-    """Per-point class probabilities and argmax for every event of ``data``, written to ``out_h5``.
+    """Run a fine-tuned model on every event of ``data`` and write its outputs to ``out_h5``.
 
-    Layout of ``out_h5`` (one row per input event, in file order; written atomically):
+    One row per input event, in file order (written atomically). Common datasets:
+    ``event_index`` (int64, the event's number in ``data``) and ``n_points`` (int64).
 
-    * ``probs``: variable-length ``dtype`` rows of ``n_points * num_classes`` values (reshape
-      to (n_points, num_classes));
-    * ``pred``: variable-length uint8 rows, the argmax class of each point;
-    * ``event_index``: int64, the event's number in ``data``; ``n_points``: int64.
+    * ``semseg`` runs: ``probs`` (variable-length ``dtype`` rows of ``n_points * 5`` values;
+      reshape to (n_points, 5)) and ``pred`` (variable-length uint8, the argmax class of each
+      point). The points of a row are the event's points with value >= the run's energy
+      threshold (attribute ``energy_threshold``), in stored order. ``data`` needs no labels.
+    * ``pid`` runs: per particle instance (the ``group`` label of ``data``, which must
+      therefore carry instance labels): ``pid_probs`` (rows of ``n_particles * 5`` values),
+      ``pid_pred`` (uint8) and ``group`` (int64 group id of each particle).
+    * ``event`` runs: ``event_probs`` ((events, 5) ``dtype``) and ``event_pred`` (int16); an
+      event with no point above the threshold gets NaN probabilities and class -1.
 
-    The points of a row are the event's points with value >= the run's energy threshold
-    (attribute ``energy_threshold``), in the order stored in ``data``. Events with no such
-    point get empty rows. ``data`` need not carry labels.
+    Events with no point above the threshold get empty rows.
     """
     if dtype not in ("float16", "float32"):
         raise ConfigError(f"dtype must be 'float16' or 'float32', got {dtype!r}")
@@ -537,53 +583,76 @@ def predict_file(run_dir: str | os.PathLike[str], data: str | os.PathLike[str],
     if dst.exists() and src.exists() and dst.resolve() == src.resolve():
         raise DetfmError(f"{dst}: the output would overwrite the input file")
     cfg = load_finetune_config(run_dir)
-    if cfg.task != "semseg":
-        raise DetfmError(f"{run_dir}: predict writes per-point semantic classes, but this is a '{cfg.task}' run")
     task = load_finetuned(run_dir, map_location=device)
-    if not isinstance(task, SemanticSegmentation):
-        raise DetfmError(f"{run_dir}: not a segmentation model")
     merge_lora(task)  # inference only: fold LoRA updates into the weights (no-op otherwise)
-    dataset = EventDataset([src], energy_threshold=cfg.data.energy_threshold, min_points=0, labels=False)
-    num_classes = task.config.num_classes
+    is_pid = isinstance(task, ParticleID)
+    is_event = isinstance(task, EventClassification)
+    dataset = EventDataset([src], energy_threshold=cfg.data.energy_threshold, min_points=0, labels=is_pid)
+    if is_pid and len(dataset) and dataset[0].instance is None:
+        raise DataFormatError(f"{src}: particle ID needs the particle instances (the cluster 'group' column)",
+                              path=str(src), field="cluster")
+    num_classes = NUM_PID if is_pid or is_event else task.config.num_classes
     import h5py
 
     t0 = time.perf_counter()
     total_points = 0
+    n = len(dataset)
     with atomic_path(dst) as tmp, h5py.File(tmp, "w") as h5, torch.no_grad(), \
-            tqdm(total=len(dataset), desc="predicting", unit="event", delay=2.0, leave=False,
-                 disable=not progress) as bar:
-        n = len(dataset)
-        probs_ds = h5.create_dataset("probs", (n,), dtype=h5py.vlen_dtype(np.dtype(dtype)))
-        pred_ds = h5.create_dataset("pred", (n,), dtype=h5py.vlen_dtype(np.uint8))
+            tqdm(total=n, desc="predicting", unit="event", delay=2.0, leave=False, disable=not progress) as bar:
+        prefix = "pid_" if is_pid else "event_" if is_event else ""
+        if is_event:  # one row of num_classes values per event
+            probs_ds = h5.create_dataset("event_probs", (n, num_classes), dtype=np.dtype(dtype))
+            pred_ds = h5.create_dataset("event_pred", (n,), dtype=np.int16)
+        else:
+            probs_ds = h5.create_dataset(f"{prefix}probs", (n,), dtype=h5py.vlen_dtype(np.dtype(dtype)))
+            pred_ds = h5.create_dataset(f"{prefix}pred", (n,), dtype=h5py.vlen_dtype(np.uint8))
+        group_ds = h5.create_dataset("group", (n,), dtype=h5py.vlen_dtype(np.int64)) if is_pid else None
         index_ds = h5.create_dataset("event_index", (n,), dtype=np.int64)
         count_ds = h5.create_dataset("n_points", (n,), dtype=np.int64)
-        h5.attrs.update({"format": PREDICT_FORMAT, "classes": json.dumps(list(layout.SEMANTIC_CLASSES)),
+        classes = layout.PID_CLASSES[:NUM_PID] if is_pid or is_event else layout.SEMANTIC_CLASSES
+        h5.attrs.update({"format": PREDICT_FORMAT, "task": cfg.task, "classes": json.dumps(list(classes)),
                          "num_classes": num_classes, "energy_threshold": dataset.energy_threshold,
                          "model_run": str(Path(run_dir).resolve()), "source_file": str(src.resolve()),
                          "point_order": "points with value >= energy_threshold, in stored order"})
         for a in range(0, n, batch_size):
             samples = [dataset[i] for i in range(a, min(a + batch_size, n))]
             full = [s for s in samples if s.n_points > 0]
-            rows: dict[int, np.ndarray] = {}
+            rows: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # event -> (probs, group ids)
             if full:
-                batch = collate(full)
-                probs = task.predict_proba(batch.to(device)).cpu().numpy()
-                for j, s in enumerate(full):
-                    rows[s.index] = probs[int(batch.offsets[j]):int(batch.offsets[j + 1])]
+                batch = collate(full).to(device)
+                if is_event:
+                    probs = torch.softmax(task.forward_logits(batch).float(), dim=-1).cpu().numpy()
+                    for j, s in enumerate(full):
+                        rows[s.index] = (probs[j:j + 1], np.zeros(0))
+                elif is_pid:
+                    logits, inst = task.forward_instances(batch)
+                    probs = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+                    event, group = inst.event.cpu().numpy(), inst.group.cpu().numpy()
+                    for j, s in enumerate(full):
+                        rows[s.index] = (probs[event == j], group[event == j])
+                else:
+                    probs = task.predict_proba(batch).cpu().numpy()
+                    for j, s in enumerate(full):
+                        rows[s.index] = (probs[int(batch.offsets[j]):int(batch.offsets[j + 1])], np.zeros(0))
             for k, s in enumerate(samples):
-                p = rows.get(s.index, np.zeros((0, num_classes), np.float32))
-                probs_ds[a + k] = p.astype(dtype).reshape(-1)
-                pred_ds[a + k] = p.argmax(axis=1).astype(np.uint8) if len(p) else np.zeros(0, np.uint8)
+                p, groups = rows.get(s.index, (np.zeros((0, num_classes), np.float32), np.zeros(0, np.int64)))
+                if is_event:  # an empty event: probabilities NaN, class -1
+                    probs_ds[a + k] = p[0].astype(dtype) if len(p) else np.full(num_classes, np.nan, dtype)
+                    pred_ds[a + k] = int(p[0].argmax()) if len(p) else -1
+                else:
+                    probs_ds[a + k] = p.astype(dtype).reshape(-1)
+                    pred_ds[a + k] = p.argmax(axis=1).astype(np.uint8) if len(p) else np.zeros(0, np.uint8)
+                if group_ds is not None:
+                    group_ds[a + k] = groups.astype(np.int64)
                 index_ds[a + k] = s.index
-                count_ds[a + k] = len(p)
-                total_points += len(p)
+                count_ds[a + k] = s.n_points
+                total_points += s.n_points
             bar.update(len(samples))
-    return PredictReport(path=dst, events=len(dataset), points=total_points,
-                         seconds=time.perf_counter() - t0)
+    return PredictReport(path=dst, events=n, points=total_points, seconds=time.perf_counter() - t0)
 
 
 # ----------------------------------------------------------------------------- label efficiency
-HEADLINE = {"semseg": "macro_f1_4", "pid": "macro_f1"}  # semseg: the reference's metric, without low-energy
+HEADLINE = {"semseg": "macro_f1_4", "pid": "macro_f1", "event": "macro_f1"}  # semseg: the reference's metric, without low-energy
 
 
 @dataclass(frozen=True)
@@ -592,87 +661,142 @@ class LabelEfficiencyStudy:
 
     Attributes:
         metric: the headline metric (``macro_f1_4`` for semseg, ``macro_f1`` for pid).
-        runs: one entry per (backbone, labels, seed): its run directory and scores.
-        summary: ``{backbone name: {labels: {"mean", "std", "n"}}}`` of the headline metric
-            over seeds (std: sample standard deviation, 0 for one seed).
+        runs: one entry per (variant, labels, seed): backbone, mode, its run directory and scores.
+        summary: ``{variant: {labels: {"mean", "std", "n"}}}`` of the headline metric over
+            seeds (std: sample standard deviation, 0 for one seed); a variant is
+            ``"<backbone>/<mode>"`` such as ``"pretrained/finetune"`` or ``"scratch/probe"``.
+        per_class: ``{variant: {labels: {class: mean F1 over seeds}}}``.
     """
 
     metric: str
     runs: list[dict[str, Any]]
     summary: dict[str, dict[int, dict[str, float]]]
+    per_class: dict[str, dict[int, dict[str, float | None]]]
     out_dir: Path
 
     def to_dict(self) -> dict[str, Any]:
-        return {"metric": self.metric, "runs": self.runs,
+        return {"kind": "detfm-label-efficiency/1", "metric": self.metric, "runs": self.runs,
                 "summary": {name: {str(n): {**v, "mean": _json_float(v["mean"])} for n, v in by_n.items()}
-                            for name, by_n in self.summary.items()}}
+                            for name, by_n in self.summary.items()},
+                "per_class_f1": {name: {str(n): v for n, v in by_n.items()} for name, by_n in self.per_class.items()}}
 
     def format(self) -> str:
-        """A table: one row per label count, one column per backbone, mean ± std over seeds."""
+        """A table: one row per label count, one column per variant, mean ± std over seeds."""
         names = list(self.summary)
         counts = sorted({n for by_n in self.summary.values() for n in by_n})
-        lines = [f"{self.metric} (mean ± std over seeds)", f"{'labels':>8}  " + "  ".join(f"{n:>18}" for n in names)]
+        width = max(18, *(len(n) for n in names))
+        lines = [f"{self.metric} (mean ± std over seeds)",
+                 f"{'labels':>8}  " + "  ".join(f"{n:>{width}}" for n in names)]
         for count in counts:
             cells = []
             for name in names:
                 v = self.summary[name].get(count)
-                cells.append(f"{'n/a':>18}" if v is None or v["n"] == 0 else
-                             f"{v['mean']:.3f} ± {v['std']:.3f} ({v['n']})".rjust(18))
+                cells.append(f"{'n/a':>{width}}" if v is None or v["n"] == 0 else
+                             f"{v['mean']:.3f} ± {v['std']:.3f} ({v['n']})".rjust(width))
             lines.append(f"{count:>8}  " + "  ".join(cells))
         return "\n".join(lines)
 
+    def plot(self, path: str | os.PathLike[str]) -> Path:
+        """Headline metric vs number of labeled events (log axis), mean ± std over seeds per variant."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6.4, 4.4))
+        for name, by_n in self.summary.items():
+            counts = sorted(n for n, v in by_n.items() if v["n"] > 0)
+            if not counts:
+                continue
+            mean = np.array([by_n[n]["mean"] for n in counts])
+            std = np.array([by_n[n]["std"] for n in counts])
+            style = "-" if name.startswith("pretrained") else "--"
+            line, = ax.plot(counts, mean, style, marker="o", label=name)
+            ax.fill_between(counts, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
+        ax.set_xscale("log")
+        ax.set_xlabel("labeled training events")
+        ax.set_ylabel(self.metric.replace("_", " ") + " (test split)")
+        ax.set_title("Label efficiency (band: ±1 std over seeds)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        out = Path(path)
+        with atomic_path(out) as tmp:
+            fig.savefig(tmp, format=out.suffix.lstrip(".") or "png", dpi=120)
+        plt.close(fig)
+        return out
+
+
+STUDY_RESULTS = "results.json"
+STUDY_TABLE = "results.txt"
+STUDY_PLOT = "label_efficiency.png"
+
 
 def label_efficiency_study(base: FinetuneConfig, labels: Sequence[int], seeds: Sequence[int],
-                           out_dir: str | os.PathLike[str], *, scratch_baseline: bool = True,
-                           progress: bool = False) -> LabelEfficiencyStudy:
-    """Fine-tune ``base.backbone`` (and, with ``scratch_baseline``, the same architecture from
-    random weights) at every label count and seed; write ``study.json`` and ``study.txt``.
+                           out_dir: str | os.PathLike[str], *, modes: Sequence[str] | None = None,
+                           scratch_baseline: bool = True, progress: bool = False) -> LabelEfficiencyStudy:
+    """Adapt ``base.backbone`` (and, with ``scratch_baseline``, the same architecture from
+    random weights) in every mode of ``modes`` (default: ``base.mode``) at every label count
+    and seed; write ``results.json``, ``results.txt`` and ``label_efficiency.png``.
 
-    Each point is one :func:`run_finetune` in ``out_dir/<name>_n<labels>_s<seed>`` with
-    ``train.seed = seed`` (label draw, head initialisation, data order) and batch size
+    Each point is one :func:`run_finetune` in ``out_dir/<backbone>_<mode>_n<labels>_s<seed>``
+    with ``train.seed = seed`` (label draw, head initialisation, data order) and batch size
     ``min(base batch size, labels)``. A point whose run already holds ``eval.json`` is read,
     not retrained, so an interrupted study continues where it stopped.
     """
+    modes = list(dict.fromkeys(modes or [base.mode]))
     if not labels or not seeds:
         raise ConfigError("a label-efficiency study needs at least one label count and one seed")
     if any(n < 1 for n in labels) or any(s < 0 for s in seeds):
         raise ConfigError(f"label counts must be >= 1 and seeds >= 0, got {list(labels)}, {list(seeds)}")
-    variants: dict[str, FinetuneConfig] = {}
+    if unknown := [m for m in modes if m not in MODES]:
+        raise ConfigError(f"unknown mode(s) {', '.join(unknown)}; choose from {', '.join(MODES)}")
+    backbones: dict[str, FinetuneConfig] = {}
     if base.scratch:
-        variants["scratch"] = base
+        backbones["scratch"] = base
     else:
         run_cfg = load_run_config(base.backbone)
-        variants["pretrained"] = base
+        backbones["pretrained"] = base
         if scratch_baseline:
-            variants["scratch"] = dataclasses.replace(base, backbone=SCRATCH, model=run_cfg.model,
-                                                      model_overrides=dict(run_cfg.model_overrides))
+            backbones["scratch"] = dataclasses.replace(base, backbone=SCRATCH, model=run_cfg.model,
+                                                       model_overrides=dict(run_cfg.model_overrides))
+    # check every label count against the data before the first (long) run starts
+    split_events(len(_labeled_dataset(base)), dataclasses.replace(base, labels=max(labels)))
     out = Path(out_dir)
     metric = HEADLINE[base.task]
     runs: list[dict[str, Any]] = []
-    for name, variant in variants.items():
-        for count in sorted(set(labels)):
-            for seed in seeds:
-                cfg = dataclasses.replace(variant, labels=count, label_seed=None,
-                                          train=dataclasses.replace(variant.train, seed=seed,
-                                                                    batch_size=min(variant.train.batch_size, count)))
-                run = out / f"{name}_n{count}_s{seed}"
-                if (run / EVAL_FILE).is_file():
-                    scores = json.loads((run / EVAL_FILE).read_text(encoding="utf-8"))
-                else:
-                    scores = run_finetune(cfg, run, progress=progress).eval
-                runs.append({"backbone": name, "labels": count, "seed": seed, "run": str(run),
-                             metric: scores.get(metric), "scores": scores})
+    grid = [(b, m, n, s) for b in backbones for m in modes for n in sorted(set(labels)) for s in seeds]
+    for name, mode, count, seed in tqdm(grid, desc="label-efficiency", unit="run", disable=not progress):
+        variant = backbones[name]
+        cfg = dataclasses.replace(variant, mode=mode, labels=count, label_seed=None,
+                                  train=dataclasses.replace(variant.train, seed=seed,
+                                                            batch_size=min(variant.train.batch_size, count)))
+        run = out / f"{name}_{mode}_n{count}_s{seed}"
+        if (run / EVAL_FILE).is_file():
+            scores = json.loads((run / EVAL_FILE).read_text(encoding="utf-8"))
+        else:
+            scores = run_finetune(cfg, run, progress=False).eval
+        runs.append({"variant": f"{name}/{mode}", "backbone": name, "mode": mode, "labels": count, "seed": seed,
+                     "run": str(run), metric: scores.get(metric), "scores": scores})
     summary: dict[str, dict[int, dict[str, float]]] = {}
-    for name in variants:
-        summary[name] = {}
+    per_class: dict[str, dict[int, dict[str, float | None]]] = {}
+    f1_key = "f1_4" if base.task == "semseg" else "f1"
+    for variant_name in dict.fromkeys(r["variant"] for r in runs):
+        summary[variant_name], per_class[variant_name] = {}, {}
         for count in sorted(set(labels)):
-            values = np.array([r[metric] for r in runs if r["backbone"] == name and r["labels"] == count
-                               and r[metric] is not None], dtype=np.float64)
-            summary[name][count] = {"mean": float(values.mean()) if values.size else float("nan"),
-                                    "std": float(values.std(ddof=1)) if values.size > 1 else 0.0,
-                                    "n": int(values.size)}
-    study = LabelEfficiencyStudy(metric=metric, runs=runs, summary=summary, out_dir=out)
+            chosen = [r for r in runs if r["variant"] == variant_name and r["labels"] == count]
+            values = np.array([r[metric] for r in chosen if r[metric] is not None], dtype=np.float64)
+            summary[variant_name][count] = {"mean": float(values.mean()) if values.size else float("nan"),
+                                            "std": float(values.std(ddof=1)) if values.size > 1 else 0.0,
+                                            "n": int(values.size)}
+            classes = chosen[0]["scores"].get(f1_key, {}) if chosen else {}
+            per_class[variant_name][count] = {
+                c: _json_float(float(np.mean(v))) if (v := [r["scores"][f1_key][c] for r in chosen
+                                                            if r["scores"][f1_key].get(c) is not None]) else None
+                for c in classes}
+    study = LabelEfficiencyStudy(metric=metric, runs=runs, summary=summary, per_class=per_class, out_dir=out)
     if _is_main_process():
-        atomic_write_text(out / "study.json", json.dumps(study.to_dict(), indent=2) + "\n")
-        atomic_write_text(out / "study.txt", study.format() + "\n")
+        atomic_write_text(out / STUDY_RESULTS, json.dumps(study.to_dict(), indent=2) + "\n")
+        atomic_write_text(out / STUDY_TABLE, study.format() + "\n")
+        study.plot(out / STUDY_PLOT)
     return study

@@ -12,6 +12,12 @@ import sys
 from collections.abc import Callable, Sequence
 
 from detfm import __version__
+from detfm.commands import anomalies as anomalies_cmd
+from detfm.commands import audit as audit_cmd
+from detfm.commands import card as card_cmd
+from detfm.commands import evaluate as evaluate_cmd
+from detfm.commands import registry as registry_cmd
+from detfm.commands import report as report_cmd
 from detfm.errors import DetfmError
 
 Handler = Callable[[argparse.Namespace], int]
@@ -107,6 +113,8 @@ def _add_show(sub: argparse._SubParsersAction) -> None:
     p.add_argument("file", metavar="FILE")
     p.add_argument("--event", type=int, default=0, help="event index (default 0)")
     p.add_argument("--color", default="semantic", choices=["semantic", "energy", "pid", "instance"])
+    p.add_argument("--predictions", metavar="PREDS.h5",
+                   help="a `detfm predict` output for FILE: draw the prediction next to the truth")
     p.add_argument("--out", required=True, help="OUT.html or OUT.png")
     p.set_defaults(func=_show)
 
@@ -114,7 +122,7 @@ def _add_show(sub: argparse._SubParsersAction) -> None:
 def _show(args: argparse.Namespace) -> int:
     from detfm.evaluate.display import show_file
 
-    out = show_file(args.file, args.event, args.out, color=args.color)
+    out = show_file(args.file, args.event, args.out, color=args.color, predictions=args.predictions)
     print(f"wrote {out}")
     return 0
 
@@ -209,8 +217,9 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--arch", metavar="RUN_DIR", help="scratch only: copy the architecture of this pretraining run")
     p.add_argument("--model", help="scratch only: backbone name (default pointmae_micro with CPU-sized patches)")
     p.add_argument("--data", nargs="+", metavar="FILE", help="labeled event files (PILArNet-M layout)")
-    p.add_argument("--task", choices=["semseg", "pid"],
-                   help="semseg (default): per-point semantic classes; pid: particle ID of each particle instance")
+    p.add_argument("--task", choices=["semseg", "pid", "event"],
+                   help="semseg (default): per-point semantic classes; pid: particle ID of each particle "
+                        "instance; event: the leading particle's ID, one label per event")
     p.add_argument("--labels", type=int, help="labeled training events (default 100)")
     p.add_argument("--mode", choices=["probe", "head", "finetune", "lora"], help="what trains (default finetune)")
     p.add_argument("--exclude-low-energy", action="store_true", default=None,
@@ -272,6 +281,9 @@ def _finetune(args: argparse.Namespace) -> int:
           f"{result.train.seconds:.0f} s, final loss {result.train.final_loss}")
     if cfg.task == "pid":
         print(f"test ({ev['events']} events, {ev['instances']} particles): macro-F1 {_fmt(ev['macro_f1'])}")
+    elif cfg.task == "event":
+        print(f"test ({ev['scored_events']} events): macro-F1 {_fmt(ev['macro_f1'])}, "
+              f"accuracy {_fmt(ev['accuracy'])}")
     else:
         print(f"test ({ev['events']} events, {ev['points']} points): macro-F1 {_fmt(ev['macro_f1_5'])} "
               f"(5 classes), {_fmt(ev['macro_f1_4'])} (without low-energy)")
@@ -285,9 +297,11 @@ def _fmt(x: float | None) -> str:
 
 # ----------------------------------------------------------------------------- predict
 def _add_predict(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("predict", help="per-point class probabilities from a fine-tuned model",
-                       description="Write per-point class probabilities and the argmax class of every event "
-                                   "of FILE to an HDF5 file, one row per event in file order.")
+    p = sub.add_parser("predict", help="class probabilities from a fine-tuned model (per point or per particle)",
+                       description="Write the model's class probabilities and argmax class for every event of "
+                                   "FILE to an HDF5 file, one row per event in file order: per point for a "
+                                   "semseg run, per particle instance for a pid run (FILE must then carry the "
+                                   "instance labels).")
     p.add_argument("--model", required=True, metavar="RUN_DIR", help="a run directory of `detfm finetune`")
     p.add_argument("--data", required=True, metavar="FILE", help="event file (labels not needed)")
     p.add_argument("--out", required=True, help="output HDF5 file, e.g. preds.h5 (written atomically)")
@@ -315,23 +329,47 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------- study
+def _int_list(text: str) -> list[int]:
+    """``"10,100,1000"`` -> [10, 100, 1000] (argparse type; spaces allowed after commas)."""
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _seed_list(text: str) -> list[int]:
+    """``--seeds 3`` means seeds 0, 1, 2; ``--seeds 4,7`` lists the seeds."""
+    values = _int_list(text)
+    if len(values) == 1 and "," not in text:
+        if values[0] < 1:
+            raise argparse.ArgumentTypeError(f"--seeds N needs N >= 1, got {values[0]}")
+        return list(range(values[0]))
+    return values
+
+
 def _add_study(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("study", help="studies made of many fine-tuning runs (label efficiency)",
-                       description="label-efficiency: fine-tune a pretrained backbone and the same architecture "
-                                   "from scratch at several label counts and seeds; write OUT/study.json and "
-                                   "OUT/study.txt (mean ± std over seeds). Finished points are not rerun.")
+                       description="label-efficiency: adapt a pretrained backbone and the same architecture "
+                                   "from scratch at several label counts, modes and seeds; write "
+                                   "OUT/results.json, OUT/results.txt (mean ± std over seeds) and "
+                                   "OUT/label_efficiency.png. Finished points are not rerun.")
     p.add_argument("study", choices=["label-efficiency"], help="which study")
     p.add_argument("--backbone", required=True, metavar="RUN_DIR|scratch", help="a pretraining run, or 'scratch'")
     p.add_argument("--data", nargs="+", required=True, metavar="FILE", help="labeled event files")
-    p.add_argument("--labels", nargs="+", type=int, required=True, metavar="N", help="label counts, e.g. 10 100 1000")
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds (default 0 1 2)")
-    p.add_argument("--task", choices=["semseg", "pid"], default="semseg")
-    p.add_argument("--mode", choices=["probe", "head", "finetune", "lora"], default="finetune")
+    p.add_argument("--labels", nargs="+", type=_int_list, required=True, metavar="N[,N...]",
+                   help="label counts, e.g. 10,100,1000,10000")
+    p.add_argument("--seeds", type=_seed_list, default=[0, 1, 2], metavar="N|S,S...",
+                   help="number of seeds (3: seeds 0,1,2; the default) or a comma list of seeds")
+    p.add_argument("--task", choices=["semseg", "pid", "event"], default="semseg")
+    p.add_argument("--modes", "--mode", dest="modes", type=lambda t: [m.strip() for m in t.split(",") if m.strip()],
+                   default=None, metavar="MODE[,MODE...]",
+                   help="adaptation modes among probe, head, finetune, lora (default finetune)")
     p.add_argument("--steps", type=int, help="optimiser steps per run")
     p.add_argument("--batch-size", type=int, help="events per step (capped at the label count)")
     p.add_argument("--lr", type=float, help="peak learning rate")
     p.add_argument("--no-scratch", action="store_true", help="skip the from-scratch baseline")
     p.add_argument("--config", help="YAML FinetuneConfig for everything else")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--out", required=True, help="study directory")
     p.set_defaults(func=_study)
 
@@ -342,21 +380,27 @@ def _study(args: argparse.Namespace) -> int:
     from detfm.adapt import FinetuneConfig, label_efficiency_study
     from detfm.engine import load_config
 
+    labels = [n for group in args.labels for n in group]
+    if not labels:
+        raise DetfmError("study: --labels needs at least one count, e.g. --labels 10,100,1000")
     cfg = load_config(FinetuneConfig, args.config) if args.config else FinetuneConfig()
+    modes = args.modes or [cfg.mode]
     train_over = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size), ("lr", args.lr))
                   if v is not None}
-    cfg = dataclasses.replace(cfg, backbone=args.backbone, task=args.task, mode=args.mode,
-                              labels=min(args.labels), data=dataclasses.replace(cfg.data, paths=tuple(args.data)),
+    cfg = dataclasses.replace(cfg, backbone=args.backbone, task=args.task, mode=modes[0],
+                              labels=min(labels), data=dataclasses.replace(cfg.data, paths=tuple(args.data)),
                               train=dataclasses.replace(cfg.train, progress=False, **train_over))
-    study = label_efficiency_study(cfg, args.labels, args.seeds, args.out, scratch_baseline=not args.no_scratch)
+    study = label_efficiency_study(cfg, labels, args.seeds, args.out, modes=modes,
+                                   scratch_baseline=not args.no_scratch, progress=not args.quiet)
     print(study.format())
-    print(f"wrote {args.out}/study.json")
+    print(f"wrote {args.out}/results.json and {args.out}/label_efficiency.png")
     return 0
 
 
 # ----------------------------------------------------------------------------- main
 COMMANDS = (_add_simulate, _add_info, _add_validate, _add_show, _add_pretrain, _add_probe, _add_finetune,
-            _add_predict, _add_study)
+            _add_predict, _add_study, evaluate_cmd.add_parser, anomalies_cmd.add_parser, registry_cmd.add_parser,
+            card_cmd.add_parser, audit_cmd.add_parser, report_cmd.add_parser)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     import plotly.graph_objects as go
     from matplotlib.figure import Figure, SubFigure
 
-__all__ = ["COLOR_SCHEMES", "HTML_MAX_POINTS", "ColorScheme", "render_event", "show_file"]
+__all__ = ["COLOR_SCHEMES", "HTML_MAX_POINTS", "ColorScheme", "read_predicted_classes", "render_event", "show_file"]
 
 ColorScheme = Literal["semantic", "energy", "pid", "instance"]
 COLOR_SCHEMES: tuple[str, ...] = get_args(ColorScheme)
@@ -135,10 +135,12 @@ def render_event(event: Event, out: str | os.PathLike[str], *, color: ColorSchem
 
 
 def show_file(path: str | os.PathLike[str], event_index: int, out: str | os.PathLike[str],
-              color: ColorScheme = "semantic") -> Path:
+              color: ColorScheme = "semantic", predictions: str | os.PathLike[str] | None = None) -> Path:
     """Draw event ``event_index`` of an event file to ``out`` (see :func:`render_event`).
 
     Negative indices count from the end, as in Python. Errors name the file and event.
+    With ``predictions`` (a file written by ``detfm predict`` for this event file), the
+    event is drawn at the prediction's energy threshold, truth next to prediction.
     """
     _output_kind(Path(out))  # fail before opening the file
     _check_color(color)
@@ -150,8 +152,36 @@ def show_file(path: str | os.PathLike[str], event_index: int, out: str | os.Path
                              f"event(s) (valid indices: {valid})")
         index = event_index % n
         event = f[index]
-    return _render(event, Path(out), color, f"{Path(path).name} - event {index}", None,
-                   HTML_MAX_POINTS, source=(str(path), index))
+    title = f"{Path(path).name} - event {index}"
+    predicted = None
+    if predictions is not None:
+        predicted, threshold = read_predicted_classes(predictions, index, n)
+        event = event.select(event.energy >= threshold)
+        if len(predicted) != event.n_points:
+            raise DetfmError(f"{predictions}: event {index} has {len(predicted)} predicted points, but {path} "
+                             f"has {event.n_points} points above {threshold} MeV; were the predictions "
+                             f"made for this file?")
+        title += " - truth (left) and prediction (right)"
+    return _render(event, Path(out), color, title, predicted, HTML_MAX_POINTS, source=(str(path), index))
+
+
+def read_predicted_classes(path: str | os.PathLike[str], index: int, expected_events: int | None = None
+                           ) -> tuple[np.ndarray, float]:
+    """The per-point predicted classes of event ``index`` in a ``detfm predict`` file, and the
+    energy threshold the predictions were made at."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as h5:
+            if "pred" not in h5 or "energy_threshold" not in h5.attrs:
+                raise DetfmError(f"{path}: not a per-point prediction file (no 'pred' dataset); write one "
+                                 f"with `detfm predict`")
+            n = len(h5["pred"])
+            if expected_events is not None and n != expected_events:
+                raise DetfmError(f"{path}: predictions for {n} events, but the event file has {expected_events}")
+            return np.asarray(h5["pred"][index], dtype=np.int64), float(h5.attrs["energy_threshold"])
+    except OSError as exc:
+        raise DetfmError(f"{path}: cannot read predictions ({exc})") from None
 
 
 def _render(event: Event, path: Path, color: str, title: str | None, predicted: np.ndarray | None,

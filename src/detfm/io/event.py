@@ -75,6 +75,20 @@ class Event:
         counts = self.clusters[:, layout.C_NPOINTS].astype(np.int64)
         return np.repeat(np.arange(len(counts)), counts)
 
+    def select(self, keep: np.ndarray) -> Event:
+        """The event restricted to the points where ``keep`` (an (N,) bool mask) is true.
+
+        Points stay in stored order and every cluster row is kept, with its point count
+        updated (a cluster may end with 0 points). The event itself is not changed.
+        """
+        keep = np.asarray(keep, dtype=bool)
+        if keep.shape != (self.n_points,):
+            raise ValueError(f"keep mask has shape {keep.shape}, expected ({self.n_points},)")
+        clusters = self.clusters.copy()
+        counts = np.bincount(self.cluster_index[keep], minlength=len(clusters))
+        clusters[:, layout.C_NPOINTS] = counts.astype(np.float32)
+        return Event(self.points[keep].copy(), clusters, self.cluster_extra.copy())
+
     @staticmethod
     def empty() -> Event:
         """An event with no points and only the (empty) low-energy cluster row."""
