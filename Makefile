@@ -17,15 +17,20 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/detfm simulate --events 200 --seed 1 --workers 2 --out $(DEMO)/events.h5 --overwrite
+	$(BIN)/detfm simulate --events 1000 --seed 1 --workers 2 --out $(DEMO)/events.h5 --overwrite
 	$(BIN)/detfm validate $(DEMO)/events.h5
 	$(BIN)/detfm info $(DEMO)/events.h5
 	$(BIN)/detfm show $(DEMO)/events.h5 --event 0 --color semantic --out $(DEMO)/event0.html
-	$(BIN)/detfm show $(DEMO)/events.h5 --event 0 --color semantic --out $(DEMO)/event0.png
-	rm -rf $(DEMO)/pretrain
+	rm -rf $(DEMO)/pretrain $(DEMO)/finetune
 	$(BIN)/detfm pretrain --config configs/pretrain_micro_cpu.yaml --data $(DEMO)/events.h5 \
-		--steps 30 --batch-size 8 --out $(DEMO)/pretrain
-	@echo "demo outputs in $(DEMO)/ (open $(DEMO)/event0.html in a browser; the run is in $(DEMO)/pretrain)"
+		--steps 200 --batch-size 8 --out $(DEMO)/pretrain
+	$(BIN)/detfm finetune --backbone $(DEMO)/pretrain --data $(DEMO)/events.h5 --task semseg \
+		--labels 100 --mode finetune --steps 200 --out $(DEMO)/finetune
+	$(BIN)/detfm predict --model $(DEMO)/finetune --data $(DEMO)/events.h5 --out $(DEMO)/preds.h5 --overwrite
+	$(BIN)/detfm show $(DEMO)/events.h5 --predictions $(DEMO)/preds.h5 --out $(DEMO)/prediction.png \
+		--event $$($(BIN)/python -c "import json; print(json.load(open('$(DEMO)/finetune/split.json'))['test'][0])")
+	@echo "demo outputs in $(DEMO)/: event0.html (event display), pretrain/ and finetune/ (runs),"
+	@echo "  preds.h5 (per-point predictions), prediction.png (truth next to prediction of a test event)"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -37,6 +37,9 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
                    help="event mix: multi-particle vertex + rain (default), either alone, or a particle gun")
     p.add_argument("--gun", metavar="PARTICLE:KINETIC_MEV",
                    help="single particles from the box centre in random directions, e.g. mu-:500")
+    p.add_argument("--anomaly", choices=["hsip", "fractional", "displaced_vertex"], default=None,
+                   help="inject one rare signature per event: a slow heavily ionising particle, a "
+                        "fractionally charged track or a displaced two-track vertex (see docs/anomalies.md)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.add_argument("--list-detectors", action="store_true", help="list the detector models and exit")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -59,7 +62,7 @@ def _simulate(args: argparse.Namespace) -> int:
     from detfm.sim.simulate import SimConfig, simulate_to_file
 
     cfg = SimConfig(events=args.events, seed=args.seed, mix="gun" if args.gun else args.mix,
-                    gun=args.gun, detector=args.detector)
+                    gun=args.gun, detector=args.detector, anomaly=args.anomaly)
     report = simulate_to_file(cfg, args.out, workers=args.workers, progress=not args.quiet)
     print(f"wrote {report.events} events ({report.points} points) to {report.path} "
           f"in {report.seconds:.1f} s ({report.events_per_second:.1f} events/s)")
@@ -348,12 +351,24 @@ def _seed_list(text: str) -> list[int]:
 
 
 def _add_study(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("study", help="studies made of many fine-tuning runs (label efficiency)",
-                       description="label-efficiency: adapt a pretrained backbone and the same architecture "
-                                   "from scratch at several label counts, modes and seeds; write "
-                                   "OUT/results.json, OUT/results.txt (mean ± std over seeds) and "
-                                   "OUT/label_efficiency.png. Finished points are not rerun.")
-    p.add_argument("study", choices=["label-efficiency"], help="which study")
+    from detfm.sim_to_data import add_sim_to_data_arguments, run_sim_to_data_from_args
+
+    study = sub.add_parser("study", help="studies made of many fine-tuning runs (label efficiency, sim-to-data)",
+                           description="Studies made of many runs; each resumes where it stopped.")
+    studies = study.add_subparsers(dest="study", metavar="STUDY")
+    study.set_defaults(func=lambda args: _missing_subcommand(study))
+    q = studies.add_parser("sim-to-data", help="does pretraining on unlabeled 'data' close the sim-to-data gap?",
+                           description="A: scratch on labeled nominal simulation; B: pretrained on unlabeled "
+                                       "events of a shifted detector ('data'), fine-tuned on the same labels. "
+                                       "Both scored on nominal and on the 'data' twins of the test events; "
+                                       "writes OUT/results.json with the gaps over seeds.")
+    add_sim_to_data_arguments(q)
+    q.set_defaults(func=run_sim_to_data_from_args)
+    p = studies.add_parser("label-efficiency", help="pretrained vs scratch over label counts, modes and seeds",
+                           description="Adapt a pretrained backbone and the same architecture from scratch at "
+                                       "several label counts, modes and seeds; write OUT/results.json, "
+                                       "OUT/results.txt (mean ± std over seeds) and OUT/label_efficiency.png. "
+                                       "Finished points are not rerun.")
     p.add_argument("--backbone", required=True, metavar="RUN_DIR|scratch", help="a pretraining run, or 'scratch'")
     p.add_argument("--data", nargs="+", required=True, metavar="FILE", help="labeled event files")
     p.add_argument("--labels", nargs="+", type=_int_list, required=True, metavar="N[,N...]",
@@ -372,6 +387,11 @@ def _add_study(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--out", required=True, help="study directory")
     p.set_defaults(func=_study)
+
+
+def _missing_subcommand(parser: argparse.ArgumentParser) -> int:
+    parser.print_help(sys.stderr)
+    raise DetfmError("choose a study, e.g. `detfm study label-efficiency --help`")
 
 
 def _study(args: argparse.Namespace) -> int:

@@ -1,9 +1,103 @@
-"""`detfm audit`."""
+"""`detfm audit`: seed sensitivity of a fine-tuning recipe; diversity of fine-tuned models."""
 
 from __future__ import annotations
 
 import argparse
 
+from detfm.errors import DetfmError
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    """Register the sub-command (being written)."""
+    """Register ``detfm audit sensitivity`` and ``detfm audit diversity``."""
+    p = sub.add_parser("audit", help="audits: seed sensitivity, model diversity (correlated failures)",
+                       description="sensitivity: retrain one fine-tuning config with several seeds and "
+                                   "report the spread of every score and whether conclusions hold for "
+                                   "every seed. diversity: do several segmentation models fail on the "
+                                   "same points?")
+    p.set_defaults(func=_no_audit)
+    audits = p.add_subparsers(dest="audit", metavar="AUDIT")
+    _add_sensitivity(audits)
+    _add_diversity(audits)
+
+
+def _no_audit(args: argparse.Namespace) -> int:
+    raise DetfmError("choose an audit: sensitivity or diversity (see detfm audit --help)")
+
+
+# ----------------------------------------------------------------------------- sensitivity
+def _add_sensitivity(audits: argparse._SubParsersAction) -> None:
+    p = audits.add_parser("sensitivity", help="spread of scores and conclusions over training seeds",
+                          description="Train the fine-tuning config once per seed (train.seed = 0..S-1) into "
+                                      "OUT/seed_<s>, report mean, std, min, max and spread of every score, "
+                                      "and check 'pretrained beats scratch' seed by seed. Finished seeds are "
+                                      "read, not retrained. Writes OUT/sensitivity.json and OUT/sensitivity.md.")
+    p.add_argument("--config", required=True, help="YAML FinetuneConfig (as a run's config.yaml)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[5], metavar="S",
+                   help="one number S: seeds 0..S-1 (default 5); several numbers: those seeds")
+    p.add_argument("--out", required=True, help="audit directory")
+    p.add_argument("--data", nargs="+", metavar="FILE", help="labeled event files (replace data.paths)")
+    p.add_argument("--backbone", metavar="RUN_DIR|scratch", help="replace the config's backbone")
+    p.add_argument("--compare-scratch", action=argparse.BooleanOptionalAction, default=None,
+                   help="also train the backbone's architecture from scratch with the same seeds and check "
+                        "'pretrained beats scratch' per seed (default: on for a pretrained backbone)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_sensitivity)
+
+
+def _seed_list(values: list[int]) -> list[int]:
+    if len(values) == 1:
+        if values[0] < 2:
+            raise DetfmError(f"--seeds {values[0]}: a sensitivity audit needs at least 2 seeds")
+        return list(range(values[0]))
+    return values
+
+
+def _sensitivity(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from detfm.adapt import FinetuneConfig
+    from detfm.audit.sensitivity import REPORT_FILE, TABLE_FILE, sensitivity_audit
+    from detfm.engine import load_config
+
+    seeds = _seed_list(args.seeds)
+    cfg = load_config(FinetuneConfig, args.config)
+    if args.data:
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, paths=tuple(args.data)))
+    if args.backbone:
+        cfg = dataclasses.replace(cfg, backbone=args.backbone)
+    compare = (not cfg.scratch) if args.compare_scratch is None else args.compare_scratch
+    report = sensitivity_audit(cfg, seeds, args.out, compare_scratch=compare, progress=not args.quiet)
+    print(report.format())
+    print(f"wrote {args.out}/{REPORT_FILE} and {args.out}/{TABLE_FILE}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- diversity
+def _add_diversity(audits: argparse._SubParsersAction) -> None:
+    p = audits.add_parser("diversity", help="correlated failures of several segmentation models",
+                          description="Score fine-tuned semseg models on the same points (the test split of "
+                                      "the first model when it split FILE, else all events of FILE) and "
+                                      "report per-model scores, pairwise error correlation, Cohen's kappa of "
+                                      "errors, disagreement, per-event error correlation and the gain of the "
+                                      "ensemble (mean probabilities). Writes OUT/diversity.json and "
+                                      "OUT/diversity.png.")
+    p.add_argument("--models", nargs="+", required=True, metavar="RUN_DIR",
+                   help="two or more run directories of `detfm finetune --task semseg`")
+    p.add_argument("--data", required=True, metavar="FILE", help="labeled event file")
+    p.add_argument("--max-events", type=int, help="compare on the first N events only")
+    p.add_argument("--batch-size", type=int, default=8, help="events per forward pass (default 8)")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_diversity)
+
+
+def _diversity(args: argparse.Namespace) -> int:
+    from detfm.audit.diversity import diversity_audit
+
+    report = diversity_audit(args.models, args.data, max_events=args.max_events, batch_size=args.batch_size,
+                             device=args.device, progress=not args.quiet)
+    written = report.save(args.out)
+    print(report.format())
+    print("wrote " + " and ".join(str(p) for p in written))
+    return 0

@@ -1,4 +1,4 @@
-"""`detfm card`."""
+"""`detfm card`: the Markdown model card of a registered version."""
 
 from __future__ import annotations
 
@@ -6,4 +6,28 @@ import argparse
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    """Register the sub-command (being written)."""
+    """Register ``detfm card REF``."""
+    p = sub.add_parser("card", help="write the model card of a registered version",
+                       description="A Markdown model card (intended use, training data by hash, metrics with "
+                                   "spread, systematics, calibration, failure modes, lineage) built from what "
+                                   "the registry stored for REF (NAME, NAME:VERSION or NAME@ALIAS).")
+    p.add_argument("ref", metavar="REF")
+    p.add_argument("--registry", metavar="DIR", help="registry folder (default: $DETFM_REGISTRY, else the "
+                                                     "per-user data folder)")
+    p.add_argument("--out", metavar="FILE", help="write the card here (default: print it)")
+    p.set_defaults(func=_card)
+
+
+def _card(args: argparse.Namespace) -> int:
+    from detfm.audit.card import model_card
+    from detfm.audit.registry import Registry
+    from detfm.io import atomic_write_text
+
+    entry = Registry(args.registry).get(args.ref)
+    text = model_card(entry)
+    if args.out:
+        atomic_write_text(args.out, text)
+        print(f"wrote the model card of {entry.ref} to {args.out}")
+    else:
+        print(text, end="")
+    return 0

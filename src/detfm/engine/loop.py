@@ -20,6 +20,8 @@ The run directory::
         step_00000500/           model.safetensors, state.safetensors, state.json
         last -> step_00000500    the newest checkpoint (relative symlink)
       model.safetensors          final weights, written when the run finishes
+      manifest.json              inputs by SHA-256, code version, environment, seeds, times
+                                 (see :mod:`detfm.audit.manifest`; rewritten at the end)
 
 Loss scaling (why DDP and accumulation give the single-process gradient)
     ``batch_size`` events per step are cut into ``world_size * accum_steps`` equal
@@ -43,6 +45,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import math
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -136,9 +139,14 @@ def _train(task: nn.Module, dataset: MapDataset, collate: Callable[[list[Any]], 
         apply_checkpoint(checkpoint, task, optimizer, device)
         start, record = checkpoint.step, dict(checkpoint.info.get("metrics") or {})
         checkpoint_path = checkpoint.path
+    started = time.time()
+    manifest = _RunManifest(out, dataset, cfg, run_config, device, started, resume,
+                            {"start_step": start, "steps": cfg.steps, "dataset_len": len(dataset),
+                             "world_size": dist.world_size})
     if dist.is_main:
         save_config(cfg if run_config is None else run_config, out / "config.yaml")
         truncate_metrics(out / "metrics.jsonl", start)
+        manifest.write(ended=None)
     barrier(dist)
 
     model = (DistributedDataParallel(task, device_ids=[device.index] if device.type == "cuda" else None,
@@ -205,6 +213,7 @@ def _train(task: nn.Module, dataset: MapDataset, collate: Callable[[list[Any]], 
     bar.close()
     if dist.is_main:
         save_weights(task, out / MODEL_FILE, metadata={"step": str(cfg.steps)})
+        manifest.write(ended=time.time(), final_step=cfg.steps, final_loss=record.get("loss"))
     barrier(dist)
     seconds = time.perf_counter() - t_begin
     rate = cfg.batch_size * (cfg.steps - start) / max(seconds, 1e-9)
@@ -214,6 +223,48 @@ def _train(task: nn.Module, dataset: MapDataset, collate: Callable[[list[Any]], 
 
 
 # ----------------------------------------------------------------------------- helpers
+@dataclass
+class _RunManifest:
+    """Writes the run's manifest.json (rank 0): at the start, and with the end time when done."""
+
+    out: Path
+    dataset: Any
+    cfg: TrainConfig
+    run_config: Any
+    device: torch.device
+    started: float
+    resume: bool
+    extra: dict[str, Any]
+
+    def write(self, ended: float | None, **extra: Any) -> None:
+        # The audit layer sits below the engine: imported where it is used.
+        from detfm.audit.manifest import file_sha256, find_seeds, write_manifest
+
+        seeds = {"train.seed": self.cfg.seed,
+                 **(find_seeds(self.run_config) if self.run_config is not None else {})}
+        if ended is not None and (self.out / MODEL_FILE).is_file():
+            extra["outputs"] = {MODEL_FILE: file_sha256(self.out / MODEL_FILE)}
+        write_manifest(self.out, inputs=_dataset_paths(self.dataset), seeds=seeds,
+                       config=self.cfg if self.run_config is None else self.run_config,
+                       device=str(self.device), started=self.started, ended=ended,
+                       extra={**self.extra, **extra}, resume=self.resume)
+
+
+def _dataset_paths(dataset: Any) -> list[Path]:
+    """The files behind a dataset (its ``paths``, or those of a wrapped ``.dataset``); [] if unknown."""
+    for obj in (dataset, getattr(dataset, "dataset", None)):
+        paths = getattr(obj, "paths", None)
+        if paths is None:
+            continue
+        if isinstance(paths, (str, os.PathLike)):
+            paths = [paths]
+        try:
+            return [Path(p) for p in paths]
+        except TypeError:
+            return []
+    return []
+
+
 _RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoints", MODEL_FILE)
 
 

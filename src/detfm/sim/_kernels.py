@@ -33,8 +33,9 @@ import math
 import numpy as np
 from numba import njit
 
-from detfm.sim.particles import (ELECTRON_MASS_MEV, MUON_MASS_MEV, PI0_MASS_MEV, PION_MASS_MEV,
-                                 PROTON_MASS_MEV)
+from detfm.sim.particles import (ELECTRON_MASS_MEV, HSIP_CHARGE, HSIP_MASS_MEV, HSIP_PDG, LIP_MASS_MEV,
+                                 LIP_THIRD_PDG, LIP_TWO_THIRDS_PDG, MUON_MASS_MEV, PI0_MASS_MEV,
+                                 PION_MASS_MEV, PROTON_MASS_MEV)
 from detfm.sim.physics import (HEAVY_STOP_BETA_GAMMA, HIGHLAND_LOG, HIGHLAND_MEV, K_BETHE, MICHEL_EMAX_MEV,
                                MUON_LIFETIME_NS, MUON_MINUS_AR_DECAY_FRACTION, MUON_MINUS_AR_LIFETIME_NS,
                                PION_DECAY_MUON_KINETIC_MEV, PION_LIFETIME_NS, RANGE_POWER,
@@ -48,11 +49,15 @@ NEUTRON_MASS_MEV = 939.56542052  # PDG
 # Particle kinds (rows of the tables below) and roles.
 # ---------------------------------------------------------------------------------------
 GAMMA, ELECTRON, POSITRON, MU_MINUS, MU_PLUS, PI_PLUS, PI_MINUS, PROTON, PI0, NEUTRON = range(10)
+# Exotic kinds, only made on request by detfm.sim.exotic: a slow heavy stable particle and
+# muon-mass leptons of charge 1/3 and 2/3. Stable, no nuclear interactions: they step,
+# ionise (Bethe with z^2), scatter and stop like any other charged track.
+HSIP, LIP_THIRD, LIP_TWO_THIRDS = range(10, 13)
 NO_KIND = -1   # fragment kind of the LOW_ENERGY buckets (a mix of particles)
 KIND_MASS = np.array([0.0, ME, ME, MUON_MASS_MEV, MUON_MASS_MEV, PION_MASS_MEV, PION_MASS_MEV,
-                      PROTON_MASS_MEV, PI0_MASS_MEV, NEUTRON_MASS_MEV])
-KIND_CHARGE = np.array([0.0, -1.0, 1.0, -1.0, 1.0, 1.0, -1.0, 1.0, 0.0, 0.0])
-KIND_PDG = np.array([22, 11, -11, 13, -13, 211, -211, 2212, 111, 2112])
+                      PROTON_MASS_MEV, PI0_MASS_MEV, NEUTRON_MASS_MEV, HSIP_MASS_MEV, LIP_MASS_MEV, LIP_MASS_MEV])
+KIND_CHARGE = np.array([0.0, -1.0, 1.0, -1.0, 1.0, 1.0, -1.0, 1.0, 0.0, 0.0, HSIP_CHARGE, -1.0 / 3.0, -2.0 / 3.0])
+KIND_PDG = np.array([22, 11, -11, 13, -13, 211, -211, 2212, 111, 2112, HSIP_PDG, LIP_THIRD_PDG, LIP_TWO_THIRDS_PDG])
 PDG_TO_KIND = {int(p): k for k, p in enumerate(KIND_PDG)}
 
 ROLE_TRACK, ROLE_SHOWER, ROLE_MICHEL = int(Role.TRACK), int(Role.SHOWER), int(Role.MICHEL)
@@ -90,6 +95,9 @@ DEEXCITATION_GAMMA_MIN_MEV, DEEXCITATION_GAMMA_MAX_MEV = 0.5, 3.0
 PI_CAPTURE_PROTONS_MEAN = 0.7
 PI_CAPTURE_PROTON_MEAN_MEV = 15.0
 PROTON_STUB_MEV = 10.0       # nuclear-breakup protons below this (range ~1 mm) are LOW_ENERGY
+# The heavy slow particle is stepped down to this beta gamma (not HEAVY_STOP_BETA_GAMMA): at
+# 0.1 its residual range would put ~250 MeV into one 1.3 cm deposit; at 0.05, 62 MeV in 2 mm.
+HSIP_STOP_BETA_GAMMA = 0.05
 
 # Buffer layouts.
 # stack rows: kind, T, x, y, z, ux, uy, uz, time, fragment, group, flags, cm to nuclear interaction
@@ -273,7 +281,8 @@ def stop_kinetic(kind):
     if kind == ELECTRON or kind == POSITRON:
         return ELECTRON_CUT_MEV
     m = KIND_MASS[kind]
-    return m * (math.sqrt(1.0 + HEAVY_STOP_BETA_GAMMA * HEAVY_STOP_BETA_GAMMA) - 1.0)
+    bg = HSIP_STOP_BETA_GAMMA if kind == HSIP else HEAVY_STOP_BETA_GAMMA
+    return m * (math.sqrt(1.0 + bg * bg) - 1.0)
 
 
 @njit(cache=True)

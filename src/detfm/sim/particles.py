@@ -55,3 +55,16 @@ def species(name_or_pdg: str | int) -> Species:
     if key in BY_NAME:
         return BY_NAME[key]
     raise DetfmError(f"unknown particle '{name_or_pdg}'; known names: {', '.join(sorted(BY_NAME))}")
+
+
+# Exotic particles for anomaly studies (:mod:`detfm.sim.exotic`). They are not in the species
+# table above: the standard generators never make them and ``--gun`` cannot shoot them.
+# The masses are model choices. PDG numbers: 1000015 is the stau_1, the usual candidate for
+# a slow, stable, singly charged massive particle; fractionally charged leptons have no PDG
+# number, so 9913013 (charge 1/3) and 9923013 (charge 2/3) are this project's own.
+HSIP_MASS_MEV = 50_000.0
+HSIP_PDG = 1000015
+HSIP_CHARGE = -1.0
+LIP_MASS_MEV = MUON_MASS_MEV
+LIP_THIRD_PDG = 9913013
+LIP_TWO_THIRDS_PDG = 9923013

@@ -1,7 +1,8 @@
 """Run the simulator end to end: generator -> transport -> detector response -> file.
 
 Seeding: event ``i`` of a run with seed ``s`` draws its physics (generator and transport)
-from ``SeedSequence([s, i, 0])`` and its detector response from ``SeedSequence([s, i, 1])``.
+from ``SeedSequence([s, i, 0])`` and its detector response from ``SeedSequence([s, i, 1])``;
+an injected anomaly (``SimConfig.anomaly``) from ``SeedSequence([s, i, 2])``.
 The physics therefore never depends on the detector model (exact twins across detector
 variations) nor on how events are spread over worker processes (same seed, same file).
 """
@@ -22,6 +23,7 @@ from detfm import __version__
 from detfm.errors import DetfmError
 from detfm.io import Event, EventWriter, layout
 from detfm.sim.detector import DetectorModel, get_detector
+from detfm.sim.exotic import anomaly_rng, check_anomaly, inject
 from detfm.sim.generator import MIXES, generate, parse_gun
 from detfm.sim.response import render
 from detfm.sim.transport import World, transport
@@ -35,13 +37,19 @@ MIN_VISIBLE_MEV = 1.0
 
 @dataclass(frozen=True)
 class SimConfig:
-    """What to simulate. ``gun`` is ``"PARTICLE:KINETIC_MEV"`` and implies ``mix="gun"``."""
+    """What to simulate. ``gun`` is ``"PARTICLE:KINETIC_MEV"`` and implies ``mix="gun"``.
+
+    ``anomaly`` (``"hsip"``, ``"fractional"``, ``"displaced_vertex"``; see
+    :mod:`detfm.sim.exotic`) adds one rare signature to every event. The rest of each event is
+    the exact physics twin of the same event without it (the signature has its own stream).
+    """
 
     events: int = 100
     seed: int = 0
     mix: str = "mpvmpr"
     gun: str | None = None
     detector: str = "nominal"
+    anomaly: str | None = None
 
     def __post_init__(self) -> None:
         if self.events < 0:
@@ -55,6 +63,7 @@ class SimConfig:
         if self.mix == "gun" and self.gun is None:
             raise DetfmError("--mix gun needs --gun PARTICLE:KINETIC_MEV, e.g. --gun mu-:500")
         get_detector(self.detector)
+        check_anomaly(self.anomaly)
 
 
 def event_rngs(seed: int, index: int, attempt: int = 0) -> tuple[np.random.Generator, np.random.Generator]:
@@ -80,7 +89,9 @@ def simulate_truth(cfg: SimConfig, index: int) -> tuple[TruthEvent, np.random.Ge
         physics_rng, detector_rng = event_rngs(cfg.seed, index, attempt)
         truth = transport(generate(mix, physics_rng, gun), physics_rng, World())
         if _inside_box(truth):
-            return truth, detector_rng
+            break
+    if cfg.anomaly is not None:
+        truth = inject(truth, cfg.anomaly, anomaly_rng(cfg.seed, index, attempt))
     return truth, detector_rng
 
 
@@ -112,11 +123,14 @@ def iter_events(cfg: SimConfig, workers: int = 1, chunk: int = 16) -> Iterator[E
 def file_attributes(cfg: SimConfig) -> dict[str, object]:
     """HDF5 attributes recording how a file was made."""
     det = get_detector(cfg.detector)
+    sim_config = dataclasses.asdict(cfg)
+    if cfg.anomaly is None:  # files of the standard mixes keep their attributes
+        del sim_config["anomaly"]
     return {
         "generator": "detfm.sim",
         "detfm_version": __version__,
         "seed": cfg.seed,
-        "sim_config": dataclasses.asdict(cfg),
+        "sim_config": sim_config,
         "detector": cfg.detector,
         "detector_config": dataclasses.asdict(det),
     }

@@ -160,9 +160,10 @@ def _deposits(dep: np.ndarray) -> Deposits:
 
 
 # Kernel particle kind -> (PDG code, io.layout PID); the LOW_ENERGY buckets (kind -1) have neither.
+# The exotic kinds (heavy slow particle, fractional charges) have no PID class of their own: "none".
 _KIND_PID = np.array([layout.PID_PHOTON, layout.PID_ELECTRON, layout.PID_ELECTRON, layout.PID_MUON,
                       layout.PID_MUON, layout.PID_PION, layout.PID_PION, layout.PID_PROTON, layout.PID_NONE,
-                      layout.PID_NONE])
+                      layout.PID_NONE, layout.PID_NONE, layout.PID_NONE, layout.PID_NONE])
 
 
 def _fragments(f: np.ndarray) -> Fragments:
