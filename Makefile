@@ -10,7 +10,7 @@ DEMO   := demo_out
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pip install --quiet -e ".[test,mlflow]"
 	$(BIN)/python -c "import torch; print('installed torch', torch.__version__)"
 	touch $(STAMP)
 
@@ -29,13 +29,17 @@ demo: $(STAMP)
 	$(BIN)/detfm predict --model $(DEMO)/finetune --data $(DEMO)/events.h5 --out $(DEMO)/preds.h5 --overwrite
 	$(BIN)/detfm show $(DEMO)/events.h5 --predictions $(DEMO)/preds.h5 --out $(DEMO)/prediction.png \
 		--event $$($(BIN)/python -c "import json; print(json.load(open('$(DEMO)/finetune/split.json'))['test'][0])")
+	$(BIN)/detfm report $(DEMO)/pretrain $(DEMO)/finetune --out $(DEMO)/report.html --max-events 20
 	@echo "demo outputs in $(DEMO)/: event0.html (event display), pretrain/ and finetune/ (runs),"
 	@echo "  preds.h5 (per-point predictions), prediction.png (truth next to prediction of a test event)"
+	@echo "report: $(DEMO)/report.html"
 
 test: $(STAMP)
+	bash scripts/install_test_browser.sh
 	$(BIN)/python -m pytest -q -m "not slow"
 
 test-all: $(STAMP)
+	bash scripts/install_test_browser.sh
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

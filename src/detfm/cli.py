@@ -130,6 +130,32 @@ def _show(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- experiment tracking
+def _add_tracking(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tracking", metavar="URI",
+                   help="also log the finished run to MLflow, e.g. sqlite:///mlflow.db (needs detfm[mlflow])")
+    p.add_argument("--register-as", metavar="NAME", help="with --tracking: register the weights under NAME")
+
+
+def _check_tracking(args: argparse.Namespace) -> None:
+    """Fail before training when --tracking cannot work."""
+    if getattr(args, "register_as", None) and not getattr(args, "tracking", None):
+        raise DetfmError("--register-as needs --tracking URI")
+    if getattr(args, "tracking", None):
+        from detfm.audit.tracking import require_mlflow
+
+        require_mlflow()
+
+
+def _log_tracking(args: argparse.Namespace, run_dir: str) -> None:
+    if getattr(args, "tracking", None):
+        from detfm.audit.tracking import log_run
+
+        run_id = log_run(args.tracking, run_dir, register_as=args.register_as)
+        if run_id:
+            print(f"logged to {args.tracking} (MLflow run {run_id})")
+
+
 # ----------------------------------------------------------------------------- pretrain
 def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pretrain", help="pretrain a backbone by masked point modeling",
@@ -147,6 +173,7 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="run directory, e.g. runs/NAME")
     p.add_argument("--config", help="YAML config (as written to a run's config.yaml)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    _add_tracking(p)
     p.add_argument("--list-models", action="store_true", help="list the registered backbones and exit")
     p.set_defaults(func=_pretrain)
 
@@ -178,11 +205,14 @@ def _pretrain(args: argparse.Namespace) -> int:
         cfg, model=args.model or cfg.model,
         data=dataclasses.replace(cfg.data, paths=tuple(args.data)) if args.data else cfg.data,
         train=dataclasses.replace(cfg.train, **train_over))
+    _check_tracking(args)
     result = run_pretrain(cfg, args.out, resume=args.resume)
     print(f"pretrained {cfg.model} for {result.steps} steps in {result.seconds:.0f} s "
           f"({result.events_per_second:.1f} events/s), final loss {result.final_loss}")
     print(f"run directory: {args.out}")
+    _log_tracking(args, args.out)
     return 0
+
 
 # ----------------------------------------------------------------------------- probe
 def _add_probe(sub: argparse._SubParsersAction) -> None:
@@ -235,6 +265,7 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="run directory, e.g. runs/NAME")
     p.add_argument("--config", help="YAML config (as written to a run's config.yaml)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    _add_tracking(p)
     p.set_defaults(func=_finetune)
 
 
@@ -278,6 +309,7 @@ def _finetune(args: argparse.Namespace) -> int:
     cfg = dataclasses.replace(
         cfg, **top, data=dataclasses.replace(cfg.data, paths=tuple(args.data)) if args.data else cfg.data,
         train=dataclasses.replace(cfg.train, **train_over))
+    _check_tracking(args)
     result = run_finetune(cfg, args.out, resume=args.resume)
     ev = result.eval
     print(f"{cfg.mode} of {cfg.backbone} on {cfg.labels} labeled events: {result.train.steps} steps in "
@@ -291,6 +323,7 @@ def _finetune(args: argparse.Namespace) -> int:
         print(f"test ({ev['events']} events, {ev['points']} points): macro-F1 {_fmt(ev['macro_f1_5'])} "
               f"(5 classes), {_fmt(ev['macro_f1_4'])} (without low-energy)")
     print(f"run directory: {args.out} (scores in eval.json)")
+    _log_tracking(args, args.out)
     return 0
 
 
