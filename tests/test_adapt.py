@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -359,6 +360,16 @@ def test_label_efficiency_study_grid_spread_and_continuation(events: Path, pretr
     stamp = (out / "scratch_head_n2_s1" / "model.safetensors").stat().st_mtime_ns
     assert main([*argv, "--config", str(cfg_path)]) == 0
     assert (out / "scratch_head_n2_s1" / "model.safetensors").stat().st_mtime_ns == stamp
+    # --collect rebuilds the summary from the finished runs alone, also of runs added by hand
+    before = json.loads((out / "results.json").read_text())
+    shutil.copytree(out / "scratch_head_n2_s1", out / "scratch_head_n3_s0")
+    (out / "results.json").unlink()
+    assert main(["study", "label-efficiency", "--collect", "--out", str(out)]) == 0
+    after = json.loads((out / "results.json").read_text())
+    assert after["summary"]["pretrained/head"] == before["summary"]["pretrained/head"]
+    assert after["summary"]["scratch/head"]["3"]["n"] == 1
+    assert main(["study", "label-efficiency", "--out", str(out)]) == 2
+    assert "--backbone, --data, --labels required" in capsys.readouterr().err
 
 
 def test_label_efficiency_study_checks_counts_and_modes_first(events: Path, pretrained: Path, tmp_path: Path,

@@ -42,6 +42,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -74,9 +75,8 @@ from detfm.tasks.segmentation import SegmentationConfig, SemanticSegmentation
 
 __all__ = [
     "CPU_OVERRIDES", "EventSplit", "FinetuneConfig", "FinetuneResult", "Mode", "PredictReport",
-    "LabelEfficiencyStudy", "build_backbone", "build_task", "class_balance_weights", "evaluate_event", "evaluate_pid",
-    "evaluate_segmentation",
-    "label_efficiency_study", "load_finetune_config", "load_finetuned", "predict_file", "run_finetune",
+    "LabelEfficiencyStudy", "build_backbone", "build_task", "class_balance_weights", "collect_label_efficiency",
+    "evaluate_event", "evaluate_pid", "evaluate_segmentation", "label_efficiency_study", "load_finetune_config", "load_finetuned", "predict_file", "run_finetune",
     "split_events",
 ]
 
@@ -778,12 +778,17 @@ def label_efficiency_study(base: FinetuneConfig, labels: Sequence[int], seeds: S
             scores = run_finetune(cfg, run, progress=False).eval
         runs.append({"variant": f"{name}/{mode}", "backbone": name, "mode": mode, "labels": count, "seed": seed,
                      "run": str(run), metric: scores.get(metric), "scores": scores})
+    return _finish_study(runs, metric, base.task, out)
+
+
+def _finish_study(runs: list[dict[str, Any]], metric: str, task: str, out: Path) -> LabelEfficiencyStudy:
+    """Summarise finished grid points (mean ± std over seeds, per-class F1) and write the outputs."""
     summary: dict[str, dict[int, dict[str, float]]] = {}
     per_class: dict[str, dict[int, dict[str, float | None]]] = {}
-    f1_key = "f1_4" if base.task == "semseg" else "f1"
+    f1_key = "f1_4" if task == "semseg" else "f1"
     for variant_name in dict.fromkeys(r["variant"] for r in runs):
         summary[variant_name], per_class[variant_name] = {}, {}
-        for count in sorted(set(labels)):
+        for count in sorted({r["labels"] for r in runs if r["variant"] == variant_name}):
             chosen = [r for r in runs if r["variant"] == variant_name and r["labels"] == count]
             values = np.array([r[metric] for r in chosen if r[metric] is not None], dtype=np.float64)
             summary[variant_name][count] = {"mean": float(values.mean()) if values.size else float("nan"),
@@ -800,3 +805,33 @@ def label_efficiency_study(base: FinetuneConfig, labels: Sequence[int], seeds: S
         atomic_write_text(out / STUDY_TABLE, study.format() + "\n")
         study.plot(out / STUDY_PLOT)
     return study
+
+
+_RUN_NAME = re.compile(r"^(?P<backbone>pretrained|scratch)_(?P<mode>[a-z]+)_n(?P<labels>\d+)_s(?P<seed>\d+)$")
+
+
+def collect_label_efficiency(out_dir: str | os.PathLike[str]) -> LabelEfficiencyStudy:
+    """Rebuild ``results.json``, the table and the plot of a study directory from its finished
+    runs (those with ``eval.json``), without training anything: for grids filled by several
+    calls, or by runs made with ``detfm finetune --out DIR/<backbone>_<mode>_n<N>_s<seed>``."""
+    out = Path(out_dir)
+    if not out.is_dir():
+        raise DetfmError(f"{out}: no such study directory")
+    runs: list[dict[str, Any]] = []
+    task: str | None = None
+    for run in sorted(out.iterdir()):
+        match = _RUN_NAME.match(run.name)
+        if not match or not (run / EVAL_FILE).is_file():
+            continue
+        scores = json.loads((run / EVAL_FILE).read_text(encoding="utf-8"))
+        if task is not None and scores.get("task") != task:
+            raise DetfmError(f"{run}: a '{scores.get('task')}' run in a '{task}' study directory")
+        task = scores.get("task", "semseg")
+        metric = HEADLINE[task]
+        runs.append({"variant": f"{match['backbone']}/{match['mode']}", "backbone": match["backbone"],
+                     "mode": match["mode"], "labels": int(match["labels"]), "seed": int(match["seed"]),
+                     "run": str(run), metric: scores.get(metric), "scores": scores})
+    if task is None:
+        raise DetfmError(f"{out}: no finished runs (<backbone>_<mode>_n<labels>_s<seed>/eval.json) to collect")
+    runs.sort(key=lambda r: (r["backbone"] != "pretrained", r["mode"], r["labels"], r["seed"]))
+    return _finish_study(runs, HEADLINE[task], task, out)

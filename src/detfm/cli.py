@@ -402,10 +402,10 @@ def _add_study(sub: argparse._SubParsersAction) -> None:
                                        "several label counts, modes and seeds; write OUT/results.json, "
                                        "OUT/results.txt (mean ± std over seeds) and OUT/label_efficiency.png. "
                                        "Finished points are not rerun.")
-    p.add_argument("--backbone", required=True, metavar="RUN_DIR|scratch", help="a pretraining run, or 'scratch'")
-    p.add_argument("--data", nargs="+", required=True, metavar="FILE", help="labeled event files")
-    p.add_argument("--labels", nargs="+", type=_int_list, required=True, metavar="N[,N...]",
-                   help="label counts, e.g. 10,100,1000,10000")
+    p.add_argument("--backbone", metavar="RUN_DIR|scratch", help="a pretraining run, or 'scratch' (required)")
+    p.add_argument("--data", nargs="+", metavar="FILE", help="labeled event files (required)")
+    p.add_argument("--labels", nargs="+", type=_int_list, metavar="N[,N...]",
+                   help="label counts, e.g. 10,100,1000,10000 (required)")
     p.add_argument("--seeds", type=_seed_list, default=[0, 1, 2], metavar="N|S,S...",
                    help="number of seeds (3: seeds 0,1,2; the default) or a comma list of seeds")
     p.add_argument("--task", choices=["semseg", "pid", "event"], default="semseg")
@@ -418,6 +418,8 @@ def _add_study(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-scratch", action="store_true", help="skip the from-scratch baseline")
     p.add_argument("--config", help="YAML FinetuneConfig for everything else")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--collect", action="store_true",
+                   help="train nothing: rebuild results.json, the table and the plot from the finished runs in --out")
     p.add_argument("--out", required=True, help="study directory")
     p.set_defaults(func=_study)
 
@@ -433,6 +435,17 @@ def _study(args: argparse.Namespace) -> int:
     from detfm.adapt import FinetuneConfig, label_efficiency_study
     from detfm.engine import load_config
 
+    if args.collect:
+        from detfm.adapt import collect_label_efficiency
+
+        study = collect_label_efficiency(args.out)
+        print(study.format())
+        print(f"wrote {args.out}/results.json and {args.out}/label_efficiency.png")
+        return 0
+    missing = [f"--{name}" for name in ("backbone", "data", "labels") if not getattr(args, name)]
+    if missing:
+        raise DetfmError(f"study label-efficiency: {', '.join(missing)} required (or --collect to summarise "
+                         f"finished runs)")
     labels = [n for group in args.labels for n in group]
     if not labels:
         raise DetfmError("study: --labels needs at least one count, e.g. --labels 10,100,1000")
