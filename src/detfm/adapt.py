@@ -44,7 +44,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -53,7 +53,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from detfm.data import EventDataset, collate, split_indices
+from detfm.data import EventDataset, PackedBatch, collate, split_indices
 from detfm.engine import TrainConfig, TrainResult, load_config, load_weights, train
 from detfm.errors import ConfigError, DataFormatError, DetfmError
 from detfm.evaluate.metrics import (
@@ -440,34 +440,6 @@ def evaluate_segmentation(task: SemanticSegmentation, dataset: EventDataset, bat
     }
 
 
-def evaluate_pid(task: ParticleID, dataset: EventDataset, batch_size: int = 8,
-                 progress: bool = False) -> dict[str, Any]:
-    """Score every particle instance with a PID label (see :mod:`detfm.tasks.pid`) of ``dataset``.
-
-    Per class: F1, efficiency (recall: fraction of true particles of the class found) and
-    purity (precision: fraction of particles called the class that are), plus macro-F1.
-    """
-    if len(dataset) == 0:
-        raise DetfmError("nothing to evaluate: the dataset has no events")
-    device = next(task.parameters()).device
-    was_training = task.training
-    task.eval()
-    cm = np.zeros((NUM_PID, NUM_PID), dtype=np.int64)
-    try:
-        with torch.no_grad(), tqdm(total=len(dataset), desc="scoring", unit="event", delay=2.0,
-                                   leave=False, disable=not progress) as bar:
-            for a in range(0, len(dataset), batch_size):
-                batch = collate([dataset[i] for i in range(a, min(a + batch_size, len(dataset)))])
-                logits, inst = task.forward_instances(batch.to(device))
-                scored = (inst.label >= 0).cpu()
-                truth = inst.label.cpu()[scored].numpy()
-                cm += confusion_matrix(truth, logits.float().cpu()[scored].argmax(dim=-1).numpy(), NUM_PID)
-                bar.update(len(batch))
-    finally:
-        task.train(was_training)
-    return _pid_scores(cm, dataset, "instances")
-
-
 def _pid_scores(cm: np.ndarray, dataset: EventDataset, unit: str) -> dict[str, Any]:
     classes = layout.PID_CLASSES[:NUM_PID]
     return {
@@ -478,10 +450,10 @@ def _pid_scores(cm: np.ndarray, dataset: EventDataset, unit: str) -> dict[str, A
     }
 
 
-def evaluate_event(task: EventClassification, dataset: EventDataset, batch_size: int = 8,
-                   progress: bool = False) -> dict[str, Any]:
-    """Score the leading-particle class of every event of ``dataset`` that has one (see
-    :mod:`detfm.tasks.event`): per class F1, efficiency and purity, macro-F1, accuracy."""
+def _class_confusion(task: AdaptationTask, dataset: EventDataset, batch_size: int, progress: bool,
+                     truth_and_logits: Callable[[PackedBatch], tuple[torch.Tensor, torch.Tensor]]) -> np.ndarray:
+    """(5, 5) confusion matrix over a dataset; ``truth_and_logits(batch)`` gives the scored
+    items' labels (-1: not scored) and logits. Eval mode, no gradients; the mode is restored."""
     if len(dataset) == 0:
         raise DetfmError("nothing to evaluate: the dataset has no events")
     device = next(task.parameters()).device
@@ -493,13 +465,36 @@ def evaluate_event(task: EventClassification, dataset: EventDataset, batch_size:
                                    leave=False, disable=not progress) as bar:
             for a in range(0, len(dataset), batch_size):
                 batch = collate([dataset[i] for i in range(a, min(a + batch_size, len(dataset)))]).to(device)
-                label = leading_particle_label(batch).cpu()
-                pred = task.forward_logits(batch).float().cpu().argmax(dim=-1)
-                scored = label >= 0
-                cm += confusion_matrix(label[scored].numpy(), pred[scored].numpy(), NUM_PID)
+                truth, logits = truth_and_logits(batch)
+                truth, pred = truth.cpu(), logits.float().cpu().argmax(dim=-1)
+                scored = truth >= 0
+                cm += confusion_matrix(truth[scored].numpy(), pred[scored].numpy(), NUM_PID)
                 bar.update(len(batch))
     finally:
         task.train(was_training)
+    return cm
+
+
+def evaluate_pid(task: ParticleID, dataset: EventDataset, batch_size: int = 8,
+                 progress: bool = False) -> dict[str, Any]:
+    """Score every particle instance with a PID label (see :mod:`detfm.tasks.pid`) of ``dataset``.
+
+    Per class: F1, efficiency (recall: fraction of true particles of the class found) and
+    purity (precision: fraction of particles called the class that are), plus macro-F1.
+    """
+    def instances(batch: PackedBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, inst = task.forward_instances(batch)
+        return inst.label, logits
+
+    return _pid_scores(_class_confusion(task, dataset, batch_size, progress, instances), dataset, "instances")
+
+
+def evaluate_event(task: EventClassification, dataset: EventDataset, batch_size: int = 8,
+                   progress: bool = False) -> dict[str, Any]:
+    """Score the leading-particle class of every event of ``dataset`` that has one (see
+    :mod:`detfm.tasks.event`): per class F1, efficiency and purity, macro-F1, accuracy."""
+    cm = _class_confusion(task, dataset, batch_size, progress,
+                          lambda batch: (leading_particle_label(batch), task.forward_logits(batch)))
     return _pid_scores(cm, dataset, "scored_events")
 
 

@@ -19,41 +19,22 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from detfm.data import PackedBatch
-from detfm.errors import ConfigError, DataFormatError
+from detfm.errors import DataFormatError
 from detfm.models.encoder import PointMAE
-from detfm.models.layers import init_weights, seeded_init
 from detfm.models.packing import local_index
 from detfm.tasks.base import TaskOutput
-from detfm.tasks.heads import DEFAULT_K, AdaptationTask, HeadKind, SegmentationHead, check_head_settings
-from detfm.tasks.pid import NUM_PID, find_instances
+from detfm.tasks.pid import PIDConfig, PooledClassifier, find_instances
 from detfm.tasks.segmentation import DEFAULT_FOCAL_GAMMA
 
 __all__ = ["EventClassification", "EventConfig", "event_focal_loss", "leading_particle_label"]
 
 
 @dataclass(frozen=True)
-class EventConfig:
-    """Settings of :class:`EventClassification` (fields as in :class:`~detfm.tasks.pid.PIDConfig`)."""
-
-    num_classes: int = NUM_PID
-    head: HeadKind = "mlp"
-    hidden: int = 128
-    point_dim: int = 32
-    k: int = DEFAULT_K
-    focal_gamma: float = DEFAULT_FOCAL_GAMMA
-    class_weights: tuple[float, ...] | None = None
-    freeze_backbone: bool = False
-    layer_decay: float = 1.0
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.num_classes != NUM_PID:
-            raise ConfigError(f"event classification has {NUM_PID} classes, got num_classes={self.num_classes}")
-        object.__setattr__(self, "class_weights", check_head_settings(
-            self.head, self.focal_gamma, self.class_weights, self.num_classes))
+class EventConfig(PIDConfig):
+    """Settings of :class:`EventClassification`: the fields of :class:`~detfm.tasks.pid.PIDConfig`
+    (5 classes: the leading particle's PID)."""
 
 
 def leading_particle_label(batch: PackedBatch) -> torch.Tensor:
@@ -92,31 +73,16 @@ def event_focal_loss(logits: torch.Tensor, label: torch.Tensor, class_weights: t
     return torch.where(label >= 0, alpha[safe] * loss, 0.0).mean()
 
 
-class EventClassification(AdaptationTask):
+class EventClassification(PooledClassifier):
     """Backbone + per-point features + mean pooling over the event + classifier."""
 
     def __init__(self, backbone: PointMAE, cfg: EventConfig | None = None) -> None:
-        cfg = cfg or EventConfig()
-        super().__init__(backbone, cfg.freeze_backbone, cfg.layer_decay)
-        self.config = cfg
-        width = cfg.num_classes if cfg.head == "linear" else cfg.hidden
-        self.head = SegmentationHead(backbone.num_features, backbone.default_cfg.in_channels, width, cfg.head,
-                                     cfg.hidden, cfg.point_dim, cfg.k, cfg.seed)
-        with seeded_init(cfg.seed + 1):
-            self.classifier: nn.Module = (nn.Identity() if cfg.head == "linear" else
-                                          nn.Sequential(nn.LayerNorm(cfg.hidden), nn.GELU(),
-                                                        nn.Linear(cfg.hidden, cfg.num_classes)))
-            self.classifier.apply(init_weights)
-        weights = torch.ones(cfg.num_classes) if cfg.class_weights is None else torch.tensor(cfg.class_weights)
-        self.register_buffer("class_weights", weights.float())
+        super().__init__(backbone, cfg or EventConfig())
 
     def forward_logits(self, batch: PackedBatch, generator: torch.Generator | None = None) -> torch.Tensor:
         """(B, 5) logits, one row per event."""
-        point = self.head(batch, self.encode(batch, generator))
         event, _ = local_index(batch.offsets)
-        pooled = point.new_zeros(len(batch), point.shape[1]).index_add(0, event, point)
-        sizes = (batch.offsets[1:] - batch.offsets[:-1]).clamp(min=1)
-        return self.classifier(pooled / sizes[:, None].to(pooled.dtype))
+        return self.pooled_logits(batch, event, len(batch), generator)
 
     def forward(self, batch: PackedBatch, generator: torch.Generator | None = None) -> TaskOutput:
         label = leading_particle_label(batch)

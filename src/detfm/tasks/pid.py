@@ -34,7 +34,7 @@ from detfm.tasks.base import TaskOutput
 from detfm.tasks.heads import DEFAULT_K, AdaptationTask, HeadKind, SegmentationHead, check_head_settings
 from detfm.tasks.segmentation import DEFAULT_FOCAL_GAMMA, event_mean_focal_loss
 
-__all__ = ["Instances", "PIDConfig", "ParticleID", "find_instances"]
+__all__ = ["Instances", "PIDConfig", "ParticleID", "PooledClassifier", "find_instances"]
 
 NUM_PID = layout.PID_NONE  # photon, electron, muon, pion, proton; 5 is "none"
 
@@ -56,7 +56,7 @@ class PIDConfig:
 
     def __post_init__(self) -> None:
         if self.num_classes != NUM_PID:
-            raise ConfigError(f"particle identification has {NUM_PID} classes, got num_classes={self.num_classes}")
+            raise ConfigError(f"the PID classifiers have {NUM_PID} classes (photon ... proton), got num_classes={self.num_classes}")
         object.__setattr__(self, "class_weights", check_head_settings(
             self.head, self.focal_gamma, self.class_weights, self.num_classes))
 
@@ -102,11 +102,12 @@ def find_instances(offsets: torch.Tensor, instance: torch.Tensor, pid: torch.Ten
                      size=size)
 
 
-class ParticleID(AdaptationTask):
-    """Backbone + per-point features + mean pooling per instance + classifier."""
+class PooledClassifier(AdaptationTask):
+    """What particle ID and event classification share: per-point features
+    (:class:`~detfm.tasks.heads.SegmentationHead`) to be mean-pooled over groups of points,
+    and a classifier of the pooled feature (identity for ``head="linear"``)."""
 
-    def __init__(self, backbone: PointMAE, cfg: PIDConfig | None = None) -> None:
-        cfg = cfg or PIDConfig()
+    def __init__(self, backbone: PointMAE, cfg: PIDConfig) -> None:
         super().__init__(backbone, cfg.freeze_backbone, cfg.layer_decay)
         self.config = cfg
         width = cfg.num_classes if cfg.head == "linear" else cfg.hidden
@@ -120,6 +121,23 @@ class ParticleID(AdaptationTask):
         weights = torch.ones(cfg.num_classes) if cfg.class_weights is None else torch.tensor(cfg.class_weights)
         self.register_buffer("class_weights", weights.float())
 
+    def pooled_logits(self, batch: PackedBatch, group: torch.Tensor, num_groups: int,
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+        """(num_groups, num_classes) logits of the mean point feature of each group; ``group``
+        gives each point's group (-1: in none)."""
+        point = self.head(batch, self.encode(batch, generator))
+        inside = group >= 0
+        pooled = point.new_zeros(num_groups, point.shape[1]).index_add(0, group[inside], point[inside])
+        size = torch.bincount(group[inside], minlength=num_groups).clamp(min=1)
+        return self.classifier(pooled / size[:, None].to(pooled.dtype))
+
+
+class ParticleID(PooledClassifier):
+    """Backbone + per-point features + mean pooling per instance + classifier."""
+
+    def __init__(self, backbone: PointMAE, cfg: PIDConfig | None = None) -> None:
+        super().__init__(backbone, cfg or PIDConfig())
+
     def forward_instances(self, batch: PackedBatch, generator: torch.Generator | None = None
                           ) -> tuple[torch.Tensor, Instances]:
         """(M, 5) logits of every instance of the batch, and the instances."""
@@ -127,11 +145,7 @@ class ParticleID(AdaptationTask):
             raise DataFormatError("particle identification needs per-point instance and pid labels; this "
                                   "batch has none (open the dataset with labels=True)", field="instance")
         inst = find_instances(batch.offsets, batch.instance, batch.pid)
-        point = self.head(batch, self.encode(batch, generator))
-        inside = inst.point_instance >= 0
-        pooled = point.new_zeros(len(inst), point.shape[1]).index_add(0, inst.point_instance[inside], point[inside])
-        pooled = pooled / inst.size.clamp(min=1)[:, None].to(pooled.dtype)
-        return self.classifier(pooled), inst
+        return self.pooled_logits(batch, inst.point_instance, len(inst), generator), inst
 
     def forward(self, batch: PackedBatch, generator: torch.Generator | None = None) -> TaskOutput:
         logits, inst = self.forward_instances(batch, generator)
