@@ -5,13 +5,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 import torch
+from detfm_testing import TINY
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -29,36 +29,19 @@ from detfm.errors import ConfigError, DataFormatError, DetfmError
 from detfm.evaluate.display import show_file
 from detfm.io import Event, layout, read_events, write_events
 from detfm.models.lora import LoRALinear
-from detfm.pretrain import DataConfig, PretrainConfig, run_pretrain
-from detfm.sim.simulate import SimConfig, simulate_to_file
-
-TINY = {"num_groups": 32, "radius": 12.0, "cover_radius": 12.0, "group_size": 16, "depth": 2}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from detfm.pretrain import DataConfig
 
 
 @pytest.fixture(scope="module")
-def events(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("adapt") / "ev.h5"
-    simulate_to_file(SimConfig(events=20, seed=5), path, progress=False)
-    return path
+def events(tiny_events: Path) -> Path:
+    """The shared 20-event file (read-only)."""
+    return tiny_events
 
 
 @pytest.fixture(scope="module")
-def pretrained(events: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A (barely) pretrained backbone run: 2 steps of masked point modeling."""
-    torch.set_num_threads(1)
-    out = tmp_path_factory.mktemp("adapt") / "pre"
-    run_pretrain(PretrainConfig(model="pointmae_micro", model_overrides=TINY,
-                                data=DataConfig(paths=(str(events),), rotate=False),
-                                train=TrainConfig(steps=2, batch_size=2, warmup_steps=1, progress=False)), out)
-    return out
+def pretrained(tiny_pretrained: Path) -> Path:
+    """A (barely) pretrained backbone run: 2 steps of masked point modeling (shared, read-only)."""
+    return tiny_pretrained
 
 
 def config(events: Path, backbone: str | Path = "scratch", **kw: object) -> FinetuneConfig:

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
+from detfm_testing import TINY_SHALLOW
 
 from detfm.adapt import FinetuneConfig, load_finetune_config
 from detfm.engine import TrainConfig
@@ -24,16 +23,6 @@ from detfm.sim_to_data import (
     run_sim_to_data_from_args,
     sim_to_data_study,
 )
-
-TINY = {"num_groups": 16, "radius": 12.0, "cover_radius": 12.0, "group_size": 16, "depth": 1}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_gap_arithmetic_ratio_and_goal() -> None:
@@ -74,7 +63,7 @@ def test_inputs_are_checked_before_anything_runs(tmp_path: Path) -> None:
 def test_tiny_study_end_to_end_and_resumable(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     nominal = tmp_path / "nominal.h5"
     simulate_to_file(SimConfig(events=20, seed=7), nominal, progress=False)
-    pre = PretrainConfig(model="pointmae_micro", model_overrides=TINY, data=DataConfig(rotate=False),
+    pre = PretrainConfig(model="pointmae_micro", model_overrides=TINY_SHALLOW, data=DataConfig(rotate=False),
                          train=TrainConfig(steps=2, batch_size=2, warmup_steps=1, progress=False))
     base = FinetuneConfig(labels=4, data=DataConfig(rotate=False), max_eval_events=2,
                           train=TrainConfig(steps=2, batch_size=2, warmup_steps=1, progress=False))

@@ -5,12 +5,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+from detfm_testing import TINY, one_torch_thread
 
 from detfm.adapt import FinetuneConfig, run_finetune
 from detfm.audit.diversity import DiversityAccumulator, diversity_audit
@@ -18,39 +17,21 @@ from detfm.cli import main
 from detfm.engine import TrainConfig
 from detfm.errors import DetfmError
 from detfm.pretrain import DataConfig
-from detfm.sim.simulate import SimConfig, simulate_to_file
-
-TINY = {"num_groups": 32, "radius": 12.0, "cover_radius": 12.0, "group_size": 16, "depth": 2}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
-def events(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("div") / "ev.h5"
-    simulate_to_file(SimConfig(events=20, seed=5), path, progress=False)
-    return path
-
-
-@pytest.fixture(scope="module")
-def runs(events: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+def runs(tiny_events: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """Two tiny scratch segmentation runs that differ only in the seed."""
-    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("div")
-    base = FinetuneConfig(model_overrides=TINY, mode="head", labels=4, data=DataConfig(paths=(str(events),),
-                          rotate=False), train=TrainConfig(steps=2, batch_size=2, warmup_steps=0, lr=3e-3,
-                                                           progress=False))
+    base = FinetuneConfig(model_overrides=TINY, mode="head", labels=4,
+                          data=DataConfig(paths=(str(tiny_events),), rotate=False),
+                          train=TrainConfig(steps=2, batch_size=2, warmup_steps=0, lr=3e-3, progress=False))
     out = []
-    for seed in (0, 1):
-        cfg = dataclasses.replace(base, train=dataclasses.replace(base.train, seed=seed))
-        run_finetune(cfg, root / f"s{seed}")
-        out.append(root / f"s{seed}")
+    with one_torch_thread():
+        for seed in (0, 1):
+            cfg = dataclasses.replace(base, train=dataclasses.replace(base.train, seed=seed))
+            run_finetune(cfg, root / f"s{seed}")
+            out.append(root / f"s{seed}")
     return out[0], out[1]
 
 

@@ -5,20 +5,18 @@ from __future__ import annotations
 import multiprocessing
 import os
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from detfm_testing import TINY, one_torch_thread
 from safetensors.numpy import save_file
 
 from detfm.audit.manifest import file_sha256, write_manifest
 from detfm.audit.registry import Registry, blob_path, default_registry_dir, parse_ref
 from detfm.cli import main
 from detfm.errors import DetfmError
-
-TINY = {"num_groups": 32, "radius": 12.0, "cover_radius": 12.0, "group_size": 16, "depth": 2}
 
 
 # ----------------------------------------------------------------------------- fake runs (fast)
@@ -163,30 +161,19 @@ def test_concurrent_adds_keep_the_registry_consistent(reg: Registry, tmp_path: P
 
 # ----------------------------------------------------------------------------- real runs
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
-    """A 2-step pretraining run and a 3-step fine-tuning run on it (20 simulated events)."""
-    import torch
-
+def runs(tiny_events: Path, tiny_pretrained: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The shared 2-step pretraining run and a 3-step fine-tuning run on it (20 simulated events)."""
     from detfm.adapt import FinetuneConfig, run_finetune
     from detfm.engine import TrainConfig
-    from detfm.pretrain import DataConfig, PretrainConfig, run_pretrain
-    from detfm.sim.simulate import SimConfig, simulate_to_file
+    from detfm.pretrain import DataConfig
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("runs")
-    events = root / "ev.h5"
-    simulate_to_file(SimConfig(events=20, seed=5), events, progress=False)
-    data = DataConfig(paths=(str(events),), rotate=False)
-    pre = root / "pre"
-    run_pretrain(PretrainConfig(model="pointmae_micro", model_overrides=TINY, data=data,
-                                train=TrainConfig(steps=2, batch_size=2, warmup_steps=1, progress=False)), pre)
-    ft = root / "ft"
+    ft = tmp_path_factory.mktemp("runs") / "ft"
     train = TrainConfig(steps=3, batch_size=2, warmup_steps=1, lr=3e-3, progress=False, log_every=1)
-    run_finetune(FinetuneConfig(backbone=str(pre), model_overrides=TINY, labels=4, data=data, train=train,
-                                max_eval_events=2), ft)
-    yield {"events": events, "pre": pre, "ft": ft}
-    torch.set_num_threads(before)
+    with one_torch_thread():
+        run_finetune(FinetuneConfig(backbone=str(tiny_pretrained), model_overrides=TINY, labels=4,
+                                    data=DataConfig(paths=(str(tiny_events),), rotate=False), train=train,
+                                    max_eval_events=2), ft)
+    return {"events": tiny_events, "pre": tiny_pretrained, "ft": ft}
 
 
 def test_export_round_trip_loads_identical_weights(runs: dict[str, Path], reg: Registry, tmp_path: Path) -> None:

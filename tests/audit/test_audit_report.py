@@ -9,12 +9,11 @@ import io
 import json
 import re
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+from detfm_testing import TINY_SHALLOW, one_torch_thread
 from PIL import Image
 
 from detfm.adapt import FinetuneConfig, run_finetune
@@ -23,18 +22,8 @@ from detfm.cli import main
 from detfm.engine import TrainConfig
 from detfm.errors import DetfmError
 from detfm.pretrain import DataConfig
-from detfm.sim.simulate import SimConfig, simulate_to_file
 
-TINY = {"num_groups": 16, "radius": 12.0, "cover_radius": 12.0, "group_size": 16, "depth": 1}
 CLASSES5 = ["shower", "track", "michel", "delta", "low_energy"]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 # ----------------------------------------------------------------------------- run files
@@ -104,22 +93,15 @@ def make_anomalies(d: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def events_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("report_data") / "ev.h5"
-    simulate_to_file(SimConfig(events=20, seed=5), path, progress=False)
-    return path
-
-
-@pytest.fixture(scope="module")
-def finetune_run(events_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def finetune_run(tiny_events: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real (3-step) semantic-segmentation fine-tune run from scratch, with 8 test events."""
-    torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("report_runs") / "ft"
-    cfg = FinetuneConfig(model_overrides=TINY, labels=4, max_eval_events=2, split=(0.5, 0.1, 0.4),
-                         data=DataConfig(paths=(str(events_file),), rotate=False),
+    cfg = FinetuneConfig(model_overrides=TINY_SHALLOW, labels=4, max_eval_events=2, split=(0.5, 0.1, 0.4),
+                         data=DataConfig(paths=(str(tiny_events),), rotate=False),
                          train=TrainConfig(steps=3, batch_size=2, warmup_steps=1, lr=3e-3, progress=False,
                                            log_every=1))
-    run_finetune(cfg, out)
+    with one_torch_thread():
+        run_finetune(cfg, out)
     return out
 
 

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+from detfm_testing import one_torch_thread
 
 from detfm.adapt import FinetuneConfig, load_finetune_config
 from detfm.audit.sensitivity import (
@@ -22,50 +21,23 @@ from detfm.audit.sensitivity import (
 from detfm.cli import main
 from detfm.engine import TrainConfig, save_config
 from detfm.errors import DetfmError
-from detfm.pretrain import DataConfig, PretrainConfig, run_pretrain
-from detfm.sim.simulate import SimConfig, simulate_to_file
+from detfm.pretrain import DataConfig
 
-TINY = {"num_groups": 32, "radius": 12.0, "cover_radius": 12.0, "group_size": 16, "depth": 2}
 SEEDS = (0, 1)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
-def events(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("sens") / "ev.h5"
-    simulate_to_file(SimConfig(events=20, seed=5), path, progress=False)
-    return path
-
-
-@pytest.fixture(scope="module")
-def pretrained(events: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.set_num_threads(1)
-    out = tmp_path_factory.mktemp("sens") / "pre"
-    run_pretrain(PretrainConfig(model="pointmae_micro", model_overrides=TINY,
-                                data=DataConfig(paths=(str(events),), rotate=False),
-                                train=TrainConfig(steps=1, batch_size=2, warmup_steps=0, progress=False)), out)
-    return out
-
-
-@pytest.fixture(scope="module")
-def base_config(events: Path, pretrained: Path) -> FinetuneConfig:
-    return FinetuneConfig(backbone=str(pretrained), mode="head", labels=4, label_seed=0,
-                          data=DataConfig(paths=(str(events),), rotate=False), max_eval_events=2,
+def base_config(tiny_events: Path, tiny_pretrained: Path) -> FinetuneConfig:
+    return FinetuneConfig(backbone=str(tiny_pretrained), mode="head", labels=4, label_seed=0,
+                          data=DataConfig(paths=(str(tiny_events),), rotate=False), max_eval_events=2,
                           train=TrainConfig(steps=2, batch_size=2, warmup_steps=0, lr=3e-3, progress=False))
 
 
 @pytest.fixture(scope="module")
 def audit(base_config: FinetuneConfig, tmp_path_factory: pytest.TempPathFactory) -> SensitivityReport:
-    torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("sens") / "audit"
-    return sensitivity_audit(base_config, SEEDS, out, compare_scratch=True)
+    with one_torch_thread():
+        return sensitivity_audit(base_config, SEEDS, out, compare_scratch=True)
 
 
 def _evals(out: Path, prefix: str) -> list[dict]:

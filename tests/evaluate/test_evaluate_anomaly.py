@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from detfm_testing import one_torch_thread
 
 from detfm.cli import main
 from detfm.data import EventDataset
@@ -20,14 +20,6 @@ from detfm.pretrain import DataConfig, PretrainConfig, run_pretrain
 from detfm.sim.simulate import SimConfig, simulate_to_file
 
 TINY = {"num_groups": 16, "radius": 12.0, "cover_radius": 12.0, "group_size": 16}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -44,15 +36,13 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def run(files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("anomaly_run") / "run"
     cfg = PretrainConfig(model="pointmae_micro", model_overrides=TINY,
                          data=DataConfig(paths=(str(files["train"]),)),
                          train=TrainConfig(steps=2, batch_size=4, warmup_steps=1, log_every=1,
                                            checkpoint_every=2, progress=False, lr=1e-3))
-    run_pretrain(cfg, out)
-    torch.set_num_threads(before)
+    with one_torch_thread():
+        run_pretrain(cfg, out)
     return out
 
 

@@ -4,12 +4,12 @@ atomically; bad requests get clear errors."""
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from detfm_testing import TINY_NARROW
 from torch import nn
 
 from detfm.data import EventDataset, PackedBatch
@@ -17,16 +17,6 @@ from detfm.errors import DetfmError
 from detfm.evaluate.feature_viz import MAX_EVENTS, feature_pca_figure, pca_colors
 from detfm.models import TokenOutput, create_model
 from detfm.sim.simulate import SimConfig, simulate_to_file
-
-TINY = {"depth": 1, "num_groups": 128, "embed_dim": 48, "pointnet_hidden": (32, 64)}
-
-
-@pytest.fixture(autouse=True)
-def _few_threads() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +113,7 @@ def test_pca_rejects_bad_features(x: np.ndarray, match: str) -> None:
 # ----------------------------------------------------------------------------- figures
 def test_figure_with_random_init_backbone(events: Path, tmp_path: Path) -> None:
     ds = EventDataset(events)
-    model = create_model("pointmae_micro", **TINY)
+    model = create_model("pointmae_micro", **TINY_NARROW)
     model.train()
     one, three = tmp_path / "one.png", tmp_path / "three.png"
     c1 = feature_pca_figure(model, ds, [0], one)
@@ -154,7 +144,7 @@ def test_pipeline_colours_follow_label_carrying_features(events: Path, tmp_path:
 def test_unlabeled_dataset_draws_energy(events: Path, tmp_path: Path) -> None:
     ds = EventDataset(events, labels=False)
     out = tmp_path / "unlabeled.png"
-    feature_pca_figure(create_model("pointmae_micro", **TINY), ds, [2], out, projection="xz")
+    feature_pca_figure(create_model("pointmae_micro", **TINY_NARROW), ds, [2], out, projection="xz")
     assert png_size(out)[0] > 0
 
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from detfm_testing import TINY_SHALLOW
 
 from detfm.data import EventDataset, collate
 from detfm.errors import DataFormatError, DetfmError
@@ -16,16 +16,6 @@ from detfm.models import PointMAE, create_model
 from detfm.sim.simulate import SimConfig, simulate_to_file
 from detfm.tasks.pid import PIDConfig, ParticleID, find_instances
 from detfm.tasks.segmentation import SegmentationConfig, SemanticSegmentation
-
-TINY = {"num_groups": 16, "radius": 12.0, "cover_radius": 12.0, "group_size": 16, "depth": 1}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +26,7 @@ def events(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def backbone() -> PointMAE:
-    m = create_model("pointmae_micro", seed=0, **TINY)
+    m = create_model("pointmae_micro", seed=0, **TINY_SHALLOW)
     assert isinstance(m, PointMAE)
     return m
 

@@ -4,12 +4,12 @@ scores every test point, leaves the backbone untouched, and rejects bad input cl
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from detfm_testing import TINY_NARROW
 from torch import nn
 
 from detfm.data import EventDataset, PackedBatch
@@ -28,17 +28,6 @@ from detfm.sim.simulate import SimConfig, simulate_to_file
 
 N_CLASSES = len(layout.SEMANTIC_CLASSES)
 FOUR = ("shower", "track", "michel", "delta")
-
-# A small random-init backbone: one block, few patches, narrow (0.2 s for 8 events on 1 core).
-TINY = {"depth": 1, "num_groups": 128, "embed_dim": 48, "pointnet_hidden": (32, 64)}
-
-
-@pytest.fixture(autouse=True)
-def _few_threads() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +148,7 @@ def test_class_balancing_raises_recall_of_a_rare_class() -> None:
 # ----------------------------------------------------------------------------- a real backbone
 def test_probe_on_random_init_backbone_is_deterministic(split: tuple[EventDataset, EventDataset]) -> None:
     train, test = split
-    model = create_model("pointmae_micro", **TINY)
+    model = create_model("pointmae_micro", **TINY_NARROW)
     model.train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     kwargs = {"progress": False, "max_points_per_event": 300, "epochs": 30}
@@ -172,13 +161,13 @@ def test_probe_on_random_init_backbone_is_deterministic(split: tuple[EventDatase
     assert all(p.grad is None for p in model.parameters())
     # Consistent bookkeeping: every test point in the confusion matrix.
     assert first.n_test_points == total_points(test) == first.confusion.sum()
-    assert first.feature_dim == TINY["embed_dim"]
+    assert first.feature_dim == TINY_NARROW["embed_dim"]
     assert 0.0 <= first.macro_f1 <= 1.0
 
 
 def test_subsample_is_seeded_and_keeps_full_event_context(split: tuple[EventDataset, EventDataset]) -> None:
     train, _ = split
-    model = create_model("pointmae_micro", **TINY)
+    model = create_model("pointmae_micro", **TINY_NARROW)
     full = extract_point_features(model, train, progress=False)
     a = extract_point_features(model, train, max_points_per_event=100, seed=0, progress=False)
     b = extract_point_features(model, train, max_points_per_event=100, seed=0, progress=False)
@@ -200,7 +189,7 @@ def test_subsample_is_seeded_and_keeps_full_event_context(split: tuple[EventData
 
 def test_features_do_not_depend_on_batch_size(split: tuple[EventDataset, EventDataset]) -> None:
     _, test = split
-    model = create_model("pointmae_micro", **TINY)
+    model = create_model("pointmae_micro", **TINY_NARROW)
     one = extract_point_features(model, test, batch_size=1, progress=False)
     two = extract_point_features(model, test, batch_size=2, progress=False)
     np.testing.assert_allclose(one.features, two.features, atol=1e-4)
@@ -249,7 +238,7 @@ def test_compare_probes_rejects_mismatched_or_empty() -> None:
 def test_unlabeled_dataset_is_rejected(events: Path) -> None:
     unlabeled = EventDataset(events, labels=False)
     with pytest.raises(DetfmError, match="labels=True"):
-        extract_point_features(create_model("pointmae_micro", **TINY), unlabeled, progress=False)
+        extract_point_features(create_model("pointmae_micro", **TINY_NARROW), unlabeled, progress=False)
 
 
 @pytest.mark.parametrize(("kwargs", "match"), [

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+from detfm_testing import TINY_SHALLOW, one_torch_thread
 
 from detfm.adapt import FinetuneConfig, run_finetune
 from detfm.cli import main
@@ -32,29 +31,20 @@ from detfm.evaluate.systematics import (
 from detfm.pretrain import DataConfig
 from detfm.sim.simulate import SimConfig, simulate_to_file
 
-TINY = {"num_groups": 16, "radius": 12.0, "cover_radius": 12.0, "group_size": 16, "depth": 1}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A training file, a nominal evaluation file and a tiny fine-tuned model."""
-    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("syst")
     train, nominal = root / "train.h5", root / "nominal.h5"
     simulate_to_file(SimConfig(events=12, seed=21), train, progress=False)
     simulate_to_file(SimConfig(events=8, seed=22), nominal, progress=False)
-    cfg = FinetuneConfig(model_overrides=TINY, labels=4, data=DataConfig(paths=(str(train),), rotate=False),
+    cfg = FinetuneConfig(model_overrides=TINY_SHALLOW, labels=4,
+                         data=DataConfig(paths=(str(train),), rotate=False),
                          train=TrainConfig(steps=2, batch_size=2, warmup_steps=1, progress=False),
                          max_eval_events=1)
-    run_finetune(cfg, root / "run")
+    with one_torch_thread():
+        run_finetune(cfg, root / "run")
     return {"train": train, "nominal": nominal, "run": root / "run", "root": root}
 
 
