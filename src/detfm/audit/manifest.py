@@ -28,21 +28,12 @@ from pathlib import Path
 from typing import Any
 
 from detfm.errors import DetfmError
-from detfm.io import atomic_write_text
+from detfm.io import atomic_write_text, file_sha256
 
 SCHEMA = "detfm-manifest/1"
 MANIFEST_FILE = "manifest.json"
 CHUNK = 1 << 20            # bytes per read when hashing (1 MiB)
 GIT_TIMEOUT_S = 10.0       # per git call; a slow or hung git gives null, never an error
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """The SHA-256 (hex) of a file's bytes, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def file_record(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -30,7 +30,6 @@ given, to ``mlartifacts/`` beside the database file.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -41,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from detfm.errors import DetfmError
+from detfm.io import file_sha256
 
 __all__ = ["flatten", "is_main_process", "log_run", "require_mlflow"]
 
@@ -168,20 +168,10 @@ def _params(run: Path) -> dict[str, str]:
 def _metric_steps(run: Path) -> list[tuple[int, dict[str, float]]]:
     """(step, numeric fields) of each metrics.jsonl line (unreadable lines skipped, as a
     crash can leave a partial last line)."""
-    path = run / METRICS_FILE
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if not isinstance(record, dict) or not _numeric(record.get("step")):
-            continue
-        values = {_key(k): float(v) for k, v in record.items() if k != "step" and _numeric(v)}
-        out.append((int(record["step"]), values))
-    return out
+    from detfm.engine.progress import read_metrics  # here: importing detfm.engine loads torch
+
+    return [(int(record["step"]), {_key(k): float(v) for k, v in record.items() if k != "step" and _numeric(v)})
+            for record in read_metrics(run / METRICS_FILE) if _numeric(record.get("step"))]
 
 
 def _eval_scores(run: Path) -> dict[str, float]:
@@ -273,14 +263,6 @@ def _log_artifacts(client: Any, run_id: str, run: Path) -> None:
             client.log_artifact(run_id, str(run / name), MODEL_ARTIFACT_PATH)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _register(client: Any, run_id: str, artifact_uri: str, name: str, run: Path) -> None:
     from mlflow.exceptions import MlflowException
 
@@ -291,5 +273,5 @@ def _register(client: Any, run_id: str, artifact_uri: str, name: str, run: Path)
             raise
         client.create_registered_model(name, description="detfm model (safetensors weights and configs)")
     client.create_model_version(name, source=f"{artifact_uri.rstrip('/')}/{MODEL_ARTIFACT_PATH}", run_id=run_id,
-                                tags={"detfm.weights_sha256": _sha256(run / MODEL_FILE),
+                                tags={"detfm.weights_sha256": file_sha256(run / MODEL_FILE),
                                       "detfm.format": "safetensors"})

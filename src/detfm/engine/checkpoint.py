@@ -18,7 +18,6 @@ unpickled.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -34,7 +33,7 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
 from detfm.errors import DetfmError
-from detfm.io import atomic_path, atomic_write_text
+from detfm.io import atomic_path, atomic_write_text, file_sha256
 
 FORMAT = "detfm-checkpoint/1"
 MODEL_FILE = "model.safetensors"
@@ -131,14 +130,6 @@ def _optimizer_from_flat(optimizer: torch.optim.Optimizer, tensors: dict[str, to
 
 
 # ----------------------------------------------------------------------------- save / read
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def save_checkpoint(folder: str | os.PathLike[str], module: nn.Module, optimizer: torch.optim.Optimizer,
                     info: dict[str, Any]) -> Path:
     """Write a checkpoint folder atomically; ``info`` (JSON-able, with ``step``) goes into state.json."""
@@ -152,7 +143,7 @@ def save_checkpoint(folder: str | os.PathLike[str], module: nn.Module, optimizer
         with atomic_path(tmp / STATE_FILE) as path:
             save_file(tensors, str(path))
         record = {"format": FORMAT, **info, "optimizer_scalars": scalars, "param_group_sizes": sizes,
-                  "files": {name: sha256_file(tmp / name) for name in (MODEL_FILE, STATE_FILE)}}
+                  "files": {name: file_sha256(tmp / name) for name in (MODEL_FILE, STATE_FILE)}}
         atomic_write_text(tmp / INFO_FILE, json.dumps(record, indent=1, allow_nan=False) + "\n")
         if folder.exists():  # a leftover of an abandoned timeline (a resume from an older step)
             shutil.rmtree(folder)
@@ -208,7 +199,7 @@ def read_checkpoint(folder: str | os.PathLike[str]) -> Checkpoint:
         path = folder / name
         if not path.is_file():
             raise DetfmError(f"checkpoint {folder} is incomplete: {name} is missing")
-        if sha256_file(path) != info["files"].get(name):
+        if file_sha256(path) != info["files"].get(name):
             raise DetfmError(f"checkpoint {folder} is corrupt: {name} does not match the SHA-256 "
                              f"recorded in {INFO_FILE}")
     try:

@@ -1,4 +1,5 @@
-"""Atomic file writes: write to a temporary name beside the target, fsync, rename.
+"""Atomic file writes (write to a temporary name beside the target, fsync, rename) and
+whole-file SHA-256 hashes.
 
 An interrupted write never leaves a partial file under the final name and never damages
 an existing file there.
@@ -7,6 +8,7 @@ an existing file there.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from collections.abc import Iterator
@@ -62,3 +64,12 @@ def _fsync_dir(folder: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def file_sha256(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+    """The SHA-256 (hex) of a file's bytes, read ``chunk`` bytes at a time."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
