@@ -586,7 +586,7 @@ def predict_file(run_dir: str | os.PathLike[str], data: str | os.PathLike[str],
     if is_pid and len(dataset) and dataset[0].instance is None:
         raise DataFormatError(f"{src}: particle ID needs the particle instances (the cluster 'group' column)",
                               path=str(src), field="cluster")
-    num_classes = NUM_PID if is_pid or is_event else task.config.num_classes
+    num_classes = task.config.num_classes
     import h5py
 
     t0 = time.perf_counter()
@@ -647,7 +647,8 @@ def predict_file(run_dir: str | os.PathLike[str], data: str | os.PathLike[str],
 
 
 # ----------------------------------------------------------------------------- label efficiency
-HEADLINE = {"semseg": "macro_f1_4", "pid": "macro_f1", "event": "macro_f1"}  # semseg: the reference's metric, without low-energy
+# The metric a study summarises; for semseg the reference's, without low-energy deposits.
+HEADLINE = {"semseg": "macro_f1_4", "pid": "macro_f1", "event": "macro_f1"}
 
 
 @dataclass(frozen=True)
