@@ -333,11 +333,11 @@ def _fmt(x: float | None) -> str:
 
 # ----------------------------------------------------------------------------- predict
 def _add_predict(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("predict", help="class probabilities from a fine-tuned model (per point or per particle)",
+    p = sub.add_parser("predict", help="class probabilities from a fine-tuned model (per point, particle or event)",
                        description="Write the model's class probabilities and argmax class for every event of "
                                    "FILE to an HDF5 file, one row per event in file order: per point for a "
                                    "semseg run, per particle instance for a pid run (FILE must then carry the "
-                                   "instance labels).")
+                                   "instance labels), one row of class probabilities for an event run.")
     p.add_argument("--model", required=True, metavar="RUN_DIR", help="a run directory of `detfm finetune`")
     p.add_argument("--data", required=True, metavar="FILE", help="event file (labels not needed)")
     p.add_argument("--out", required=True, help="output HDF5 file, e.g. preds.h5 (written atomically)")
