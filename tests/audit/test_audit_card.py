@@ -126,3 +126,37 @@ def test_pretraining_card_and_cli(registry: Registry, tmp_path: Path, capsys: py
     assert "| macro_f1_4 | 0.6123 |" in capsys.readouterr().out
     assert main(["card", "seg:4", "--registry", str(registry.root)]) == 2
     assert "has no version 4" in capsys.readouterr().err
+
+
+def test_an_attached_sensitivity_audit_gives_the_spread_and_conclusions(registry: Registry, tmp_path: Path) -> None:
+    from detfm.audit.card import SENSITIVITY_KIND
+    from detfm.audit.sensitivity import KIND
+
+    assert SENSITIVITY_KIND == KIND
+
+    def spread(values: list[float]) -> dict[str, object]:
+        arr = np.array(values)
+        return {"mean": float(arr.mean()), "std": float(arr.std(ddof=1)), "min": float(arr.min()),
+                "max": float(arr.max()), "spread": float(arr.max() - arr.min()), "values": values}
+
+    report = {"kind": KIND, "seeds": [0, 1, 2], "headline": "macro_f1_4",
+              "metrics": {"macro_f1_4": spread([0.5, 0.6, 0.7]), "f1.track": spread([0.8, 0.9, 0.85]),
+                          "precision.track": spread([0.1, 0.2, 0.3])},
+              "scratch_metrics": {"macro_f1_4": spread([0.4, 0.5, 0.45])},
+              "conclusions": [{"statement": "pretrained beats scratch on macro_f1_4", "holds_for_all_seeds": True,
+                               "holding_seeds": 3, "per_seed": [{}, {}, {}]},
+                              {"statement": "pretrained beats scratch on f1.track", "holds_for_all_seeds": False,
+                               "holding_seeds": 1, "per_seed": [{}, {}, {}]}],
+              "runs": {"model": ["/audit/seed_0", "/audit/ft", "/audit/seed_2"], "scratch": []}}
+    path = tmp_path / "sensitivity.json"
+    path.write_text(json.dumps(report))
+    entry, _ = registry.add(tmp_path / "ft", "seg", attach={"sensitivity": path})
+    card = model_card(entry)
+    spread_section = card[card.index("### Spread over seeds"):].split("\n##", 1)[0]
+    assert "over 3 seeds (0, 1, 2)" in spread_section
+    assert "| macro_f1_4 | 0.6000 | 0.1000 | 0.5000 | 0.7000 | 0.4500 |" in spread_section
+    assert "| f1.track | 0.8500 | 0.0500 | 0.8000 | 0.9000 | - |" in spread_section
+    assert "precision.track" not in spread_section                      # per-class F1 and headline only
+    assert "macro_f1_4: holds for every seed" in spread_section
+    assert "f1.track: **does not hold for every seed** (1/3)" in spread_section
+    assert "replica `ft`" in spread_section and "not evaluated" not in spread_section

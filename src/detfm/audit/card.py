@@ -24,6 +24,8 @@ NOT_EVALUATED = "not evaluated"
 MAX_ROWS = 30              # rows of a generic results table before it is cut
 CONFUSIONS_SHOWN = 3       # largest off-diagonal confusions listed as failure modes
 WEAKEST_SHOWN = 2          # lowest-F1 classes listed as failure modes
+# detfm.audit.sensitivity.KIND, written out: importing that module pulls in the training code.
+SENSITIVITY_KIND = "detfm-sensitivity/1"
 CALIBRATION_KEYS = ("ece", "calibration", "temperature", "coverage", "brier", "nll")
 
 
@@ -132,9 +134,46 @@ def _metrics(entry: ModelVersion, eval_: dict[str, Any]) -> str:
 
 
 def _spread(entry: ModelVersion) -> str:
+    parts = [text for text in (_sensitivity_spread(entry), _study_spread(entry)) if text]
+    if not parts:
+        return f"Spread over seeds and label counts: {NOT_EVALUATED} (a single run)."
+    return "\n\n".join(parts)
+
+
+def _sensitivity_spread(entry: ModelVersion) -> str | None:
+    """The attached seed-sensitivity audit: headline and per-class F1 over the replicas, and
+    whether each 'pretrained beats scratch' conclusion held for every seed."""
+    report = entry.read_json("sensitivity")
+    if not isinstance(report, Mapping) or report.get("kind") != SENSITIVITY_KIND:
+        return None
+    seeds = report.get("seeds") or []
+    headline = str(report.get("headline", ""))
+    metrics, scratch = _as_dict(report.get("metrics")), _as_dict(report.get("scratch_metrics"))
+    names = [k for k in metrics if k == headline or k.startswith("f1.")]
+    rows = []
+    for name in names:
+        mine, other = _as_dict(metrics[name]), _as_dict(scratch.get(name))
+        rows.append((name, _num(mine.get("mean")), _num(mine.get("std")), _num(mine.get("min")),
+                     _num(mine.get("max")), _num(other.get("mean")) if other else "-"))
+    text = (f"Seed-sensitivity audit over {len(seeds)} seeds ({', '.join(map(str, seeds))}), "
+            "sample std; the last column is the same configuration trained from scratch:\n\n"
+            + _table(("metric", "mean", "std", "min", "max", "scratch mean"), rows))
+    verdicts = [f"- {c.get('statement')}: "
+                + ("holds for every seed" if c.get("holds_for_all_seeds")
+                   else f"**does not hold for every seed** ({c.get('holding_seeds')}/{len(c.get('per_seed') or [])})")
+                for c in report.get("conclusions") or [] if isinstance(c, Mapping)]
+    if verdicts:
+        text += "\n\nConclusions checked seed by seed:\n\n" + "\n".join(verdicts)
+    replicas = [PurePath(str(r)).name for r in _as_dict(report.get("runs")).get("model") or []]
+    if entry.run_dir is not None and PurePath(entry.run_dir).name in replicas:
+        text += f"\n\nThis model is the audit's replica `{PurePath(entry.run_dir).name}`."
+    return text
+
+
+def _study_spread(entry: ModelVersion) -> str | None:
     study = entry.read_json("label_efficiency")
     if not isinstance(study, Mapping):
-        return f"Spread over seeds and label counts: {NOT_EVALUATED} (a single run)."
+        return None
     metric = study.get("metric", "metric")
     summary = study.get("summary", study)
     rows = [(" / ".join(path), _num(leaf.get("mean")), _num(leaf.get("std")), str(leaf.get("n", "?")))
