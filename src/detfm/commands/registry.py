@@ -34,7 +34,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--name", required=True, help="model name (letters, digits, '.', '_', '-')")
     a.add_argument("--alias", help="point NAME@ALIAS at this version (e.g. production)")
     a.add_argument("--attach", action="append", default=[], metavar="ROLE=FILE",
-                   help="keep a results file with the version (roles: label_efficiency, systematics, "
+                   help="keep a results file with the version (roles: label_efficiency, sensitivity, systematics, "
                         "calibration, or any lower-case name); repeatable")
     a.set_defaults(func=_add)
 
