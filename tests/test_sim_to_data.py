@@ -56,6 +56,8 @@ def test_inputs_are_checked_before_anything_runs(tmp_path: Path) -> None:
         sim_to_data_study(PretrainConfig(), base, tmp_path / "sim.h5", tmp_path / "out", data_detector="real")
     with pytest.raises(ConfigError, match="seeds"):
         sim_to_data_study(PretrainConfig(), base, tmp_path / "sim.h5", tmp_path / "out", seeds=(1, 1))
+    with pytest.raises(ConfigError, match="b_mode must be one of"):
+        sim_to_data_study(PretrainConfig(), base, tmp_path / "sim.h5", tmp_path / "out", b_mode="frozen")
     assert not (tmp_path / "out").exists()
 
 
@@ -98,3 +100,12 @@ def test_tiny_study_end_to_end_and_resumable(tmp_path: Path, capsys: pytest.Capt
     assert {p: p.stat().st_mtime_ns for p in out.glob("*_s*/eval.json")} == stamps
     again = json.loads((out / "results.json").read_text())
     assert again["A"] == results["A"] and again["B"] == results["B"]
+
+    # B adapted another way shares the study: A is reused, B's runs and results are separate
+    head = sim_to_data_study(pre, base, nominal, out, seeds=(0, 1), pretrain_run=out / "pretrain", b_mode="head")
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    assert head["A"] == results["A"] and head["modes"] == {"A": "finetune", "B": "head"}
+    assert load_finetune_config(out / "B_head_s1").mode == "head"
+    assert json.loads((out / "results.head.json").read_text()) == head
+    assert json.loads((out / "results.json").read_text()) == again
+    assert "B pretrained on data, head" in (out / "results.head.txt").read_text()

@@ -8,7 +8,9 @@ the nominal simulation.
 * A (baseline): the backbone architecture trained from scratch on labeled nominal events.
 * B: the same architecture pretrained by masked point modeling on *unlabeled data* events
   (a separate simulated file under the data detector), then fine-tuned on the same labeled
-  nominal events (same recipe, same label draw).
+  nominal events (same recipe, same label draw). ``b_mode`` adapts B differently from A
+  (e.g. ``lora`` or ``head``, which keep the backbone learned on data); A always trains
+  the whole network, as a supervised model would.
 
 Both are scored on the test split of the labeled nominal file and on the *same events*
 rendered through the data detector (exact twins, :mod:`detfm.evaluate.twins`). The gap of a
@@ -22,7 +24,8 @@ continues where it stopped)::
     data/unlabeled.<detector>.h5        unlabeled data events for pretraining
     pretrain/                           the pretraining run (unless one is given)
     A_s<seed>/, B_s<seed>/              fine-tuning runs (eval.json: nominal test split)
-    results.json, results.txt, sim_to_data.png
+    B_<mode>_s<seed>/                   B runs adapted with ``b_mode`` instead
+    results.json, results.txt, sim_to_data.png   (results.<mode>.json, ... with ``b_mode``)
 """
 
 from __future__ import annotations
@@ -111,14 +114,14 @@ def _pretrain(pretrain_config: Any, unlabeled: Path, run: Path) -> Path:
 
 
 # ----------------------------------------------------------------------------- runs
-def _variants(base: Any, pretrain_run: Path) -> dict[str, Any]:
+def _variants(base: Any, pretrain_run: Path, b_mode: str | None) -> dict[str, Any]:
     from detfm.adapt import SCRATCH
     from detfm.pretrain import load_run_config
 
     arch = load_run_config(pretrain_run)
     return {"A": dataclasses.replace(base, backbone=SCRATCH, model=arch.model,
                                      model_overrides=dict(arch.model_overrides)),
-            "B": dataclasses.replace(base, backbone=str(pretrain_run))}
+            "B": dataclasses.replace(base, backbone=str(pretrain_run), mode=b_mode or base.mode)}
 
 
 def _finetune(cfg: Any, run: Path, progress: bool) -> None:
@@ -169,7 +172,7 @@ def sim_to_data_study(pretrain_config: Any, finetune_base: Any, nominal_file: st
                       out_dir: str | os.PathLike[str], *, data_detector: str = "data_like",
                       seeds: Sequence[int] = (0, 1, 2), unlabeled_events: int = 1000,
                       unlabeled_seed: int | None = None, pretrain_run: str | os.PathLike[str] | None = None,
-                      workers: int = 1, progress: bool = False) -> dict[str, Any]:
+                      b_mode: str | None = None, workers: int = 1, progress: bool = False) -> dict[str, Any]:
     """Run the study (see the module docstring) and write ``out_dir/results.json``.
 
     Args:
@@ -184,8 +187,11 @@ def sim_to_data_study(pretrain_config: Any, finetune_base: Any, nominal_file: st
         unlabeled_events, unlabeled_seed: size and simulation seed of the unlabeled data file
             (default seed: the nominal file's seed + 1, so its events differ from the labeled ones).
         pretrain_run: reuse this pretraining run instead of pretraining.
+        b_mode: how B is adapted when it should differ from ``finetune_base.mode`` (A keeps
+            ``finetune_base.mode``); B's runs are then ``B_<b_mode>_s<seed>`` and the results
+            ``results.<b_mode>.json``, so both variants can share one study directory.
     """
-    from detfm.adapt import FinetuneConfig
+    from detfm.adapt import MODES, FinetuneConfig
     from detfm.evaluate.twins import make_twins, sim_config_of
     from detfm.sim.detector import get_detector
 
@@ -197,6 +203,8 @@ def sim_to_data_study(pretrain_config: Any, finetune_base: Any, nominal_file: st
         raise ConfigError(f"seeds must be distinct integers >= 0, got {list(seeds)}")
     if unlabeled_events < 1:
         raise ConfigError(f"unlabeled_events must be >= 1, got {unlabeled_events}")
+    if b_mode is not None and b_mode not in MODES:
+        raise ConfigError(f"b_mode must be one of {', '.join(MODES)}, got {b_mode!r}")
     get_detector(data_detector)
     nominal, out = Path(nominal_file), Path(out_dir)
     if not nominal.is_file():
@@ -225,9 +233,9 @@ def sim_to_data_study(pretrain_config: Any, finetune_base: Any, nominal_file: st
     scores: dict[str, dict[str, list[float | None]]] = {k: {"nominal": [], "data": []} for k in ("A", "B")}
     runs: dict[str, list[str]] = {"A": [], "B": []}
     for seed in seeds:
-        for name, variant in _variants(base, pre).items():
+        for name, variant in _variants(base, pre, b_mode).items():
             cfg = dataclasses.replace(variant, train=dataclasses.replace(variant.train, seed=int(seed)))
-            run = out / f"{name}_s{seed}"
+            run = out / (f"B_{b_mode}_s{seed}" if name == "B" and b_mode else f"{name}_s{seed}")
             _finetune(cfg, run, progress)
             result = _score_twins(run, nominal, data_twin, progress)
             scores[name]["nominal"].append(result["nominal"])
@@ -237,10 +245,12 @@ def sim_to_data_study(pretrain_config: Any, finetune_base: Any, nominal_file: st
     results = {"kind": RESULTS_KIND, "seeds": [int(s) for s in seeds], "A": summary["A"], "B": summary["B"],
                "gap_ratio": summary["gap_ratio"], "goal_met": summary["goal_met"], "metric": METRIC,
                "data_detector": data_detector, "goal_fraction": GOAL_FRACTION,
+               "modes": {"A": base.mode, "B": b_mode or base.mode},
                "files": {"nominal": str(nominal), "data": str(data_twin)}, "pretrain_run": str(pre), "runs": runs}
-    atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
-    atomic_write_text(out / "results.txt", format_sim_to_data(results) + "\n")
-    plot_sim_to_data(results, out / "sim_to_data.png")
+    stem = f"results.{b_mode}" if b_mode else "results"
+    atomic_write_text(out / f"{stem}.json", json.dumps(results, indent=2) + "\n")
+    atomic_write_text(out / f"{stem}.txt", format_sim_to_data(results) + "\n")
+    plot_sim_to_data(results, out / ("sim_to_data.png" if not b_mode else f"sim_to_data.{b_mode}.png"))
     return results
 
 
@@ -254,7 +264,10 @@ def format_sim_to_data(results: dict[str, Any]) -> str:
     lines = [f"{results.get('metric', METRIC)} on nominal test events and their "
              f"'{results.get('data_detector', 'data')}' twins, seeds {results['seeds']}",
              f"{'':<28}{'nominal':>10}{'data':>10}{'gap':>10}   gap per seed"]
+    modes = results.get("modes", {})
     labels = {"A": "A scratch (nominal labels)", "B": "B pretrained on data"}
+    if modes.get("B") and modes.get("B") != modes.get("A"):
+        labels["B"] = f"B pretrained on data, {modes['B']}"
     for key in ("A", "B"):
         side = results[key]
         per_seed = " ".join(_fmt(g, sign=True) for g in side["gap"])
@@ -310,7 +323,9 @@ def add_sim_to_data_arguments(parser: argparse.ArgumentParser) -> None:
                         help="unlabeled data events to pretrain on (default 1000)")
     parser.add_argument("--finetune-config", metavar="YAML", help="FinetuneConfig shared by A and B")
     parser.add_argument("--labels", type=int, help="labeled nominal training events")
-    parser.add_argument("--mode", choices=["probe", "head", "finetune", "lora"], help="what trains in B (and A)")
+    parser.add_argument("--mode", choices=["probe", "head", "finetune", "lora"], help="what trains in A and B")
+    parser.add_argument("--b-mode", choices=["probe", "head", "finetune", "lora"],
+                        help="adapt B this way instead (A keeps --mode); results go to results.<mode>.json")
     parser.add_argument("--steps", type=int, help="fine-tuning steps per run")
     parser.add_argument("--batch-size", type=int, help="fine-tuning events per step (capped at --labels)")
     parser.add_argument("--workers", type=int, default=1, help="simulation worker processes (default 1)")
@@ -341,7 +356,8 @@ def run_sim_to_data_from_args(args: argparse.Namespace) -> int:
     base = dataclasses.replace(base, train=dataclasses.replace(base.train, **train_over))
     results = sim_to_data_study(pre_cfg, base, args.data, args.out, data_detector=args.data_detector,
                                 seeds=args.seeds, unlabeled_events=args.unlabeled_events,
-                                pretrain_run=args.pretrain_run, workers=args.workers, progress=not args.quiet)
+                                pretrain_run=args.pretrain_run, b_mode=args.b_mode, workers=args.workers,
+                                progress=not args.quiet)
     print(format_sim_to_data(results))
-    print(f"wrote {Path(args.out) / 'results.json'}")
+    print(f"wrote {Path(args.out) / (f'results.{args.b_mode}.json' if args.b_mode else 'results.json')}")
     return 0
