@@ -46,6 +46,17 @@ def file_record(path: str | os.PathLike[str]) -> dict[str, Any]:
         return {"path": str(p), "size": None, "sha256": None, "error": exc.strerror or type(exc).__name__}
 
 
+def run_inputs(run_dir: str | os.PathLike[str]) -> list[Path]:
+    """The files of a training run that a command evaluating its model reads: the weights
+    (``model.safetensors``, else the last checkpoint's, as the loaders pick them) and
+    ``config.yaml``, those that exist."""
+    run = Path(run_dir)
+    weights = run / "model.safetensors"
+    if not weights.is_file():
+        weights = run / "checkpoints" / "last" / "model.safetensors"
+    return [p for p in (weights, run / "config.yaml") if p.is_file()]
+
+
 def iso_utc(t: float | None) -> str | None:
     """A POSIX time as ISO-8601 in UTC (millisecond precision), or None."""
     if t is None:
@@ -155,8 +166,8 @@ def find_seeds(config: Any, prefix: str = "") -> dict[str, int]:
 def write_manifest(out_dir: str | os.PathLike[str], *, inputs: Sequence[str | os.PathLike[str]],
                    seeds: Mapping[str, Any], config: Any = None, device: str, started: float,
                    ended: float | None = None, extra: Mapping[str, Any] | None = None,
-                   resume: bool = False) -> Path:
-    """Write ``out_dir/manifest.json`` atomically and return its path.
+                   resume: bool = False, name: str = MANIFEST_FILE) -> Path:
+    """Write ``out_dir/manifest.json`` (or ``out_dir/<name>``) atomically and return its path.
 
     Args:
         inputs: files the run read; each is hashed now (SHA-256, nothing cached).
@@ -168,9 +179,13 @@ def write_manifest(out_dir: str | os.PathLike[str], *, inputs: Sequence[str | os
         resume: this call belongs to a resumed run: an existing manifest's first start time
             and ``resumes`` list are kept, and a resume entry for ``started`` is added (or,
             once it exists, completed with ``ended``).
+        name: the file name, for a folder holding the outputs of several commands (e.g.
+            ``ranked.manifest.json`` beside ``ranked.csv``); a plain file name, no folders.
     """
+    if name in ("", ".", "..") or Path(name).name != name:
+        raise DetfmError(f"manifest name must be a plain file name, got {name!r}")
     out = Path(out_dir)
-    previous = _previous(out) if resume else None
+    previous = _previous(out, name) if resume else None
     config_data, config_sha = _config_entry(config)
     record: dict[str, Any] = {
         "schema": SCHEMA,
@@ -189,14 +204,14 @@ def write_manifest(out_dir: str | os.PathLike[str], *, inputs: Sequence[str | os
     }
     if resume:
         record.update(_merge_resume(previous, record, started, ended))
-    atomic_write_text(out / MANIFEST_FILE, json.dumps(record, indent=2) + "\n")
-    return out / MANIFEST_FILE
+    atomic_write_text(out / name, json.dumps(record, indent=2) + "\n")
+    return out / name
 
 
-def _previous(out: Path) -> dict[str, Any] | None:
-    """The manifest already in ``out`` (None if absent or unreadable: a resume then starts one)."""
+def _previous(out: Path, name: str = MANIFEST_FILE) -> dict[str, Any] | None:
+    """The manifest ``name`` already in ``out`` (None if absent or unreadable: a resume then starts one)."""
     try:
-        data = json.loads((out / MANIFEST_FILE).read_text(encoding="utf-8"))
+        data = json.loads((out / name).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) and data.get("schema") == SCHEMA else None
@@ -238,4 +253,4 @@ def read_manifest(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 __all__ = ["MANIFEST_FILE", "SCHEMA", "code_version", "environment", "file_record", "file_sha256",
-           "find_seeds", "iso_utc", "read_manifest", "write_manifest"]
+           "find_seeds", "iso_utc", "read_manifest", "run_inputs", "write_manifest"]

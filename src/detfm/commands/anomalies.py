@@ -7,13 +7,17 @@
     detfm anomalies study --model RUN --normal FILE --anomalous NAME=FILE [NAME=FILE ...]
                     --reference FILE --out DIR
 
-The scores are those of :mod:`detfm.evaluate.anomaly`.
+The scores are those of :mod:`detfm.evaluate.anomaly`. The ranking writes a run manifest
+beside the CSV (``ranked.csv`` -> ``ranked.manifest.json``, as several lists may share a
+folder); the study writes ``DIR/manifest.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
+from typing import Any
 
 from detfm.errors import DetfmError
 
@@ -35,8 +39,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "anomalies", help="rank events by anomaly score, or measure how well rare signatures are found",
         description="Score every event of --data with a pretraining run (masked reconstruction error, "
                     "feature density against --reference, or the energy/size baseline) and write them "
-                    "ranked, most anomalous first, to --out (CSV). 'detfm anomalies study' compares "
-                    "normal and anomalous files instead.")
+                    "ranked, most anomalous first, to --out (CSV), with a run manifest beside it "
+                    "(ranked.csv: ranked.manifest.json). 'detfm anomalies study' compares normal and "
+                    "anomalous files instead.")
     p.add_argument("--model", metavar="RUN_DIR", help="pretraining run directory")
     p.add_argument("--data", metavar="FILE", help="event file to score")
     p.add_argument("--out", metavar="CSV", help="ranked scores (columns: " + ", ".join(CSV_COLUMNS) + ")")
@@ -52,7 +57,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "study", help="AUC and efficiency at 1%% false positives for files of rare signatures",
         description="Score a normal file and anomalous files with every method and the baseline, and "
                     "write DIR/anomalies.json (ROC AUC, efficiency at 1% false-positive rate) and "
-                    "DIR/scores.npz.")
+                    "DIR/scores.npz and DIR/manifest.json.")
     s.add_argument("--model", metavar="RUN_DIR", required=True, help="pretraining run directory")
     s.add_argument("--normal", metavar="FILE", required=True, help="held-out normal events")
     s.add_argument("--anomalous", metavar="NAME=FILE", required=True, nargs="+", action="extend",
@@ -71,6 +76,7 @@ def _fmt(x: float) -> str:
 
 
 def _rank(args: argparse.Namespace) -> int:
+    started = time.time()
     missing = [f"--{name}" for name in ("model", "data", "out") if not getattr(args, name)]
     if missing:
         raise DetfmError(f"anomalies: {', '.join(missing)} required (or use 'detfm anomalies study')")
@@ -96,11 +102,42 @@ def _rank(args: argparse.Namespace) -> int:
     for rank, i in enumerate(order, start=1):
         lines.append(f"{rank},{i},{_fmt(float(scores[i]))},{int(n_points[i])},{float(energy[i]):.6g}")
     atomic_write_text(out, "\n".join(lines) + "\n")
-    print(f"scored {len(scores)} events of {data} ({args.method}); ranked list in {out}")
+    manifest = _rank_manifest(args, out, started)
+    print(f"scored {len(scores)} events of {data} ({args.method}); ranked list in {out} (manifest {manifest})")
     print(f"{'rank':>4} {'event':>7} {'score':>12} {'points':>7} {'energy/MeV':>11}")
     for rank, i in enumerate(order[:args.top], start=1):
         print(f"{rank:>4} {i:>7} {_fmt(float(scores[i])):>12} {int(n_points[i]):>7} {float(energy[i]):>11.1f}")
     return 0
+
+
+def manifest_path(out: Path) -> Path:
+    """Where the ranking writes its manifest: ``ranked.csv`` -> ``ranked.manifest.json``."""
+    return out.with_suffix(".manifest.json")
+
+
+def _scoring_config(args: argparse.Namespace) -> dict[str, Any]:
+    """The options every scoring command resolves (model, masks, seed, ...), as plain data."""
+    return {"model": str(args.model), "masks": args.masks, "seed": args.seed, "neighbours": args.neighbours,
+            "batch_size": args.batch_size, "device": args.device}
+
+
+def _rank_manifest(args: argparse.Namespace, out: Path, started: float) -> Path:
+    """Write the ranking's manifest beside ``out``: the run's weights, the scored and reference files."""
+    from detfm.audit.manifest import run_inputs, write_manifest
+
+    # the reference is read by the density and baseline scores only
+    reference = [Path(args.reference)] if args.reference and args.method != "reconstruction" else []
+    config = {**_scoring_config(args), "method": args.method, "data": str(args.data),
+              "reference": None if args.reference is None else str(args.reference), "out": str(out)}
+    return write_manifest(out.parent, name=manifest_path(out).name,
+                          inputs=_unique([*run_inputs(args.model), Path(args.data), *reference]),
+                          seeds={"masks": args.seed}, config=config, device=args.device, started=started,
+                          ended=time.time(), extra={"output": out.name})
+
+
+def _unique(paths: list[Path]) -> list[Path]:
+    """``paths`` without repeats, in order (a file given twice is read, and hashed, once)."""
+    return list(dict.fromkeys(paths))
 
 
 def _named_files(items: list[str]) -> dict[str, str]:
@@ -116,8 +153,10 @@ def _named_files(items: list[str]) -> dict[str, str]:
 
 
 def _study(args: argparse.Namespace) -> int:
-    from detfm.evaluate.anomaly import anomaly_study
+    from detfm.audit.manifest import run_inputs, write_manifest
+    from detfm.evaluate.anomaly import ANOMALIES_KIND, anomaly_study
 
+    started = time.time()
     files = _named_files(args.anomalous)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     doc = anomaly_study(args.model, args.normal, files, args.reference, args.out, methods=methods,
@@ -128,5 +167,11 @@ def _study(args: argparse.Namespace) -> int:
         for method in doc["methods"]:
             r = entry[method]
             print(f"{name:<20} {method:<15} {r['auc']:>6.3f} {r['eff_at_1pct_fpr']:>10.3f}")
-    print(f"wrote {Path(args.out) / 'anomalies.json'}")
+    inputs = [*run_inputs(args.model), Path(args.normal), *(Path(p) for p in files.values()), Path(args.reference)]
+    config = {**_scoring_config(args), "methods": methods, "normal": str(args.normal), "anomalous": files,
+              "reference": str(args.reference), "out": str(args.out)}
+    manifest = write_manifest(args.out, inputs=_unique(inputs), seeds={"masks": args.seed}, config=config,
+                              device=args.device, started=started, ended=time.time(),
+                              extra={"report": "anomalies.json", "scores": "scores.npz", "kind": ANOMALIES_KIND})
+    print(f"wrote {Path(args.out) / 'anomalies.json'} and {manifest}")
     return 0

@@ -1,8 +1,14 @@
-"""`detfm audit`: seed sensitivity of a fine-tuning recipe; diversity of fine-tuned models."""
+"""`detfm audit`: seed sensitivity of a fine-tuning recipe; diversity of fine-tuned models.
+
+Both write a run manifest, ``OUT/manifest.json``, for the audit as a whole (each replica
+of a sensitivity audit has its own in ``OUT/seed_<s>``).
+"""
 
 from __future__ import annotations
 
 import argparse
+import time
+from pathlib import Path
 
 from detfm.errors import DetfmError
 
@@ -30,7 +36,8 @@ def _add_sensitivity(audits: argparse._SubParsersAction) -> None:
                           description="Train the fine-tuning config once per seed (train.seed = 0..S-1) into "
                                       "OUT/seed_<s>, report mean, std, min, max and spread of every score, "
                                       "and check 'pretrained beats scratch' seed by seed. Finished seeds are "
-                                      "read, not retrained. Writes OUT/sensitivity.json and OUT/sensitivity.md.")
+                                      "read, not retrained. Writes OUT/sensitivity.json, OUT/sensitivity.md "
+                                      "and OUT/manifest.json.")
     p.add_argument("--config", required=True, help="YAML FinetuneConfig (as a run's config.yaml)")
     p.add_argument("--seeds", nargs="+", type=int, default=[5], metavar="S",
                    help="one number S: seeds 0..S-1 (default 5); several numbers: those seeds")
@@ -56,9 +63,11 @@ def _sensitivity(args: argparse.Namespace) -> int:
     import dataclasses
 
     from detfm.adapt import FinetuneConfig
+    from detfm.audit.manifest import run_inputs, write_manifest
     from detfm.audit.sensitivity import REPORT_FILE, TABLE_FILE, sensitivity_audit
     from detfm.engine import load_config
 
+    started = time.time()
     seeds = _seed_list(args.seeds)
     cfg = load_config(FinetuneConfig, args.config)
     if args.data:
@@ -67,9 +76,34 @@ def _sensitivity(args: argparse.Namespace) -> int:
         cfg = dataclasses.replace(cfg, backbone=args.backbone)
     compare = (not cfg.scratch) if args.compare_scratch is None else args.compare_scratch
     report = sensitivity_audit(cfg, seeds, args.out, compare_scratch=compare, progress=not args.quiet)
+    backbone = [] if cfg.scratch else run_inputs(cfg.backbone)
+    inputs = list(dict.fromkeys([Path(args.config), *(Path(p) for p in cfg.data.paths), *backbone]))
+    config = {"config": str(args.config), "seeds": seeds, "compare_scratch": compare, "out": str(args.out),
+              "finetune": cfg}
+    # label seed None: each replica draws its labels with its own train seed
+    manifest = write_manifest(
+        args.out, inputs=inputs, seeds={"train": seeds, "split": cfg.split_seed, "labels": cfg.label_seed},
+        config=config, device=_replica_device(report.runs, cfg.train.device), started=started,
+        ended=time.time(), extra={"report": REPORT_FILE, "table": TABLE_FILE, "runs": report.runs})
     print(report.format())
-    print(f"wrote {args.out}/{REPORT_FILE} and {args.out}/{TABLE_FILE}")
+    print(f"wrote {args.out}/{REPORT_FILE}, {args.out}/{TABLE_FILE} and {manifest}")
     return 0
+
+
+def _replica_device(runs: dict[str, list[str]], configured: str) -> str:
+    """Where the replicas ran, from their manifests (several: comma-separated); ``configured``
+    (the config's ``train.device``) when no replica manifest names one."""
+    from detfm.audit.manifest import read_manifest
+
+    devices: set[str] = set()
+    for run in (r for variant in runs.values() for r in variant):
+        try:
+            device = read_manifest(run).get("device")
+        except DetfmError:
+            continue  # a replica without a readable manifest names no device
+        if isinstance(device, str) and device:
+            devices.add(device)
+    return ",".join(sorted(devices)) or configured
 
 
 # ----------------------------------------------------------------------------- diversity
@@ -79,8 +113,8 @@ def _add_diversity(audits: argparse._SubParsersAction) -> None:
                                       "the first model when it split FILE, else all events of FILE) and "
                                       "report per-model scores, pairwise error correlation, Cohen's kappa of "
                                       "errors, disagreement, per-event error correlation and the gain of the "
-                                      "ensemble (mean probabilities). Writes OUT/diversity.json and "
-                                      "OUT/diversity.png.")
+                                      "ensemble (mean probabilities). Writes OUT/diversity.json, "
+                                      "OUT/diversity.png and OUT/manifest.json.")
     p.add_argument("--models", nargs="+", required=True, metavar="RUN_DIR",
                    help="two or more run directories of `detfm finetune --task semseg`")
     p.add_argument("--data", required=True, metavar="FILE", help="labeled event file")
@@ -93,11 +127,24 @@ def _add_diversity(audits: argparse._SubParsersAction) -> None:
 
 
 def _diversity(args: argparse.Namespace) -> int:
-    from detfm.audit.diversity import diversity_audit
+    from detfm.adapt import SPLIT_FILE
+    from detfm.audit.diversity import KIND, REPORT_FILE, diversity_audit
+    from detfm.audit.manifest import run_inputs, write_manifest
 
+    started = time.time()
     report = diversity_audit(args.models, args.data, max_events=args.max_events, batch_size=args.batch_size,
                              device=args.device, progress=not args.quiet)
     written = report.save(args.out)
+    split = Path(args.models[0]) / SPLIT_FILE  # may choose the points (the first model's test split)
+    inputs = [*(p for run in args.models for p in run_inputs(run)), *([split] if split.is_file() else []),
+              Path(args.data)]
+    config = {"models": [str(m) for m in args.models], "data": str(args.data), "max_events": args.max_events,
+              "batch_size": args.batch_size, "device": args.device, "out": str(args.out)}
+    # scoring the same points with fixed weights draws no random numbers: no seeds
+    written.append(write_manifest(args.out, inputs=list(dict.fromkeys(inputs)), seeds={}, config=config,
+                                  device=args.device, started=started, ended=time.time(),
+                                  extra={"report": REPORT_FILE, "kind": KIND, "events": report.events,
+                                         "points": report.points}))
     print(report.format())
     print("wrote " + " and ".join(str(p) for p in written))
     return 0

@@ -585,11 +585,9 @@ def _save(fig: Any, path: Path, plt: Any) -> Path:
 
 def _manifest(out: Path, run: Path, files: Mapping[str, Path], *, seed: int, started: float, device: str,
               config: Mapping[str, Any]) -> None:
-    try:
-        from detfm.audit.manifest import write_manifest
-    except ImportError:
-        return
-    inputs = [p for p in (run / "model.safetensors", run / "config.yaml") if p.is_file()]
+    from detfm.audit.manifest import run_inputs, write_manifest
+
+    inputs = run_inputs(run)
     inputs += sorted({Path(p) for p in files.values()})
     write_manifest(out, inputs=inputs, seeds={"bootstrap": seed}, config=dict(config), device=device,
                    started=started, ended=time.time(), extra={"report": "report.json", "kind": REPORT_KIND})
