@@ -79,3 +79,23 @@ def test_validate_exit_status_on_bad_file(tmp_path: Path, capsys: pytest.Capture
     assert main(["validate", str(path)]) == 1
     out = capsys.readouterr().out
     assert "event 0" in out and "non-finite" in out
+
+
+def test_every_help_page_renders_without_escaped_percent_signs() -> None:
+    """Descriptions are printed as written, help strings are %-formatted: '%%' must not show."""
+    import argparse
+
+    from detfm.cli import build_parser
+
+    pages = []
+
+    def walk(parser: argparse.ArgumentParser) -> None:
+        pages.append((parser.prog, parser.format_help()))
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for child in dict.fromkeys(action.choices.values()):
+                    walk(child)
+
+    walk(build_parser())
+    assert len(pages) > 20
+    assert [prog for prog, text in pages if "%%" in text] == []

@@ -14,7 +14,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "evaluate", help="systematics: score a model on nominal events and their detector twins",
         description="Score a fine-tuned segmentation model on the events of --data and on the same events "
-                    "rendered through shifted detector models (twins): every metric with a 68 %% bootstrap "
+                    "rendered through shifted detector models (twins): every metric with a 68 % bootstrap "
                     "interval over events, the paired shift from nominal, the fraction of voxels whose "
                     "predicted class flips, calibration (ECE before/after temperature scaling) and conformal "
                     "coverage. Twins of a file made by `detfm simulate` are re-simulated (cached in OUT/twins); "
