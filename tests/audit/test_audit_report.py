@@ -92,6 +92,57 @@ def make_anomalies(d: Path) -> None:
     (d / "ranked.csv").write_text("rank,event,score,n_points,total_energy\n" + rows, encoding="utf-8")
 
 
+def make_sensitivity(d: Path) -> None:
+    """A seed-sensitivity audit over 3 seeds with a scratch comparison (the layout of
+    ``SensitivityReport.to_dict``); the michel conclusion fails for seeds 0 and 2."""
+    def spread(values: list[float | None], mean: float, std: float) -> dict[str, object]:
+        kept = [v for v in values if v is not None]
+        return {"mean": mean, "std": std, "min": min(kept), "max": max(kept), "spread": max(kept) - min(kept),
+                "values": values}
+
+    write_json(d / "sensitivity.json", {
+        "kind": "detfm-sensitivity/1", "seeds": [0, 1, 2], "headline": "macro_f1_4",
+        "metrics": {"macro_f1_4": spread([0.5, 0.52, 0.57], 0.53, 0.03606),
+                    "accuracy_4": spread([0.8, 0.81, 0.82], 0.81, 0.01),
+                    "f1.track": spread([0.8, 0.81, 0.8275], 0.8125, 0.01392),
+                    "f1.michel": spread([0.1, 0.3, None], 0.2, 0.1414),
+                    "precision.track": spread([0.7, 0.7, 0.7], 0.7, 0.0)},
+        "scratch_metrics": {"macro_f1_4": spread([0.45, 0.47, 0.45], 0.4567, 0.01155),
+                            "f1.track": spread([0.7, 0.7, 0.7], 0.7, 0.0),
+                            "f1.michel": spread([0.2, 0.1, 0.2], 0.1667, 0.05774)},
+        "conclusions": [
+            {"statement": "pretrained beats scratch on macro_f1_4", "metric": "macro_f1_4",
+             "holds_for_all_seeds": True, "holding_seeds": 3, "per_seed": [
+                 {"seed": s, "pretrained": p, "scratch": q, "holds": True}
+                 for s, p, q in ((0, 0.5, 0.45), (1, 0.52, 0.47), (2, 0.57, 0.45))]},
+            {"statement": "pretrained beats scratch on michel F1", "metric": "f1.michel",
+             "holds_for_all_seeds": False, "holding_seeds": 1, "per_seed": [
+                 {"seed": 0, "pretrained": 0.1, "scratch": 0.2, "holds": False},
+                 {"seed": 1, "pretrained": 0.3, "scratch": 0.1, "holds": True},
+                 {"seed": 2, "pretrained": None, "scratch": 0.2, "holds": None}]}],
+        "runs": {"model": ["seed_0", "seed_1", "seed_2"], "scratch": ["scratch_seed_0", "scratch_seed_1",
+                                                                      "scratch_seed_2"]}})
+
+
+def make_diversity(d: Path) -> None:
+    """A diversity audit of two models (the layout of ``DiversityReport.to_dict``)."""
+    write_json(d / "diversity.json", {
+        "kind": "detfm-diversity/1", "events": 4, "points": 4321,
+        "source": {"data": "events.h5", "selection": "test split of ma", "energy_threshold": 0.13,
+                   "event_ids": [0, 1, 2, 3]},
+        "names": ["ma", "mb"],
+        "models": [{"name": "ma", "accuracy": 0.7111, "macro_f1": 0.4222, "accuracy_4": 0.8333,
+                    "macro_f1_4": 0.5444, "error_rate": 0.2889, "run": "runs/ma"},
+                   {"name": "mb", "accuracy": 0.6999, "macro_f1": 0.4111, "accuracy_4": 0.8222,
+                    "macro_f1_4": 0.5333, "error_rate": 0.3001, "run": "runs/mb"}],
+        "pairs": [{"a": "ma", "b": "mb", "error_correlation": 0.8123, "error_kappa": 0.7981,
+                   "disagreement": 0.0456, "both_wrong": 0.25, "event_error_correlation": None}],
+        "error_correlation": [[1.0, 0.8123], [0.8123, 1.0]], "event_error_correlation": [[None, None], [None, None]],
+        "ensemble": {"accuracy": 0.7234, "macro_f1": 0.4199, "accuracy_4": 0.84, "macro_f1_4": 0.55,
+                     "gain_accuracy": 0.0123, "best_accuracy_model": "ma", "gain_macro_f1": -0.0023,
+                     "best_macro_f1_model": "ma"}})
+
+
 @pytest.fixture(scope="module")
 def finetune_run(tiny_events: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real (3-step) semantic-segmentation fine-tune run from scratch, with 8 test events."""
@@ -113,6 +164,8 @@ def full_report(finetune_run: Path, tmp_path_factory: pytest.TempPathFactory) ->
     make_study(root / "study")
     make_systematics(root / "syst")
     make_anomalies(root / "anom")
+    make_sensitivity(root / "sens")
+    make_diversity(root / "div")
     out = build_report([root, finetune_run], root / "out" / "report.html", max_events=6, title="Test <report>")
     return out, out.read_text(encoding="utf-8")
 
@@ -191,8 +244,68 @@ def test_every_section_is_filled_from_its_inputs(full_report: tuple[Path, str]) 
     scores = [float(x) for x in re.findall(r"\b\d+ \d+ (\d\.\d) 100 5\.0", " ".join(anomalies.split()))]
     assert len(scores) == 20 and scores == sorted(scores, reverse=True) and scores[0] == 2.9
     # at least one picture per plotting section
-    for sid in ("training", "evaluation", "label-efficiency", "systematics", "calibration", "anomalies"):
+    for sid in ("training", "evaluation", "label-efficiency", "sensitivity", "systematics", "calibration",
+                "anomalies"):
         assert p.images[sid], sid
+
+
+def test_sensitivity_section_shows_seed_spread_conclusions_and_diversity(full_report: tuple[Path, str]) -> None:
+    _, page = full_report
+    assert page.index('id="label-efficiency"') < page.index('id="sensitivity"') < page.index('id="systematics"')
+    p = parse(page)
+    text = " ".join(p.text("sensitivity").split())
+    # seed spread: metric, mean, std, min, max, scratch mean; per-class F1 rows, not precision
+    assert "macro_f1_4 0.53 0.03606 0.5 0.57 0.4567" in text
+    assert "f1.track 0.8125 0.01392 0.8 0.8275 0.7" in text and "f1.michel 0.2 0.1414 0.1 0.3 0.1667" in text
+    assert "precision.track" not in text and "accuracy_4 0.81" not in text
+    # conclusions: verdict with holding seeds, and the seeds that break it
+    assert "pretrained beats scratch on macro_f1_4 yes (3/3) –" in text
+    assert "pretrained beats scratch on michel F1 no (1/3) 0, 2" in text
+    # diversity: per-model scores and the ensemble, its gain, the pairs (undefined as n/a)
+    assert "ma 0.7111 0.4222 0.8333 0.5444 0.2889" in text
+    assert "ensemble (mean probabilities) 0.7234 0.4199 0.84 0.55 –" in text
+    assert "accuracy 0.7234 ma +0.0123" in text and "macro-F1 0.4199 ma -0.0023" in text
+    assert "error correlation (points) error correlation (events) error kappa disagreement both wrong" in text
+    assert "ma mb 0.8123 n/a 0.7981 0.0456 0.25" in text
+    assert "4 events, 4,321 points" in text and "test split of ma" in text
+    assert len(p.images["sensitivity"]) == 1  # the per-seed headline values
+    assert decode_png(p.images["sensitivity"][0]).width > 100
+
+
+def test_sensitivity_section_reads_what_the_audits_write(tmp_path: Path) -> None:
+    from detfm.audit.diversity import DiversityAccumulator
+    from detfm.audit.sensitivity import SensitivityReport, aggregate_metrics, compare_to_scratch
+
+    evals = [{"macro_f1_4": 0.6, "f1": {"track": 0.9}}, {"macro_f1_4": 0.62, "f1": {"track": 0.7}}]
+    scratch = [{"macro_f1_4": 0.4, "f1": {"track": 0.8}}, {"macro_f1_4": 0.41, "f1": {"track": 0.8}}]
+    report = SensitivityReport(seeds=(3, 7), headline="macro_f1_4", metrics=aggregate_metrics(evals),
+                               scratch_metrics=aggregate_metrics(scratch),
+                               conclusions=compare_to_scratch(evals, scratch, (3, 7), "macro_f1_4"),
+                               runs={}, out_dir=tmp_path)
+    write_json(tmp_path / "sens" / "sensitivity.json", report.to_dict())
+    acc = DiversityAccumulator(["m1", "m2"])
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 5, size=60)
+    acc.add([rng.dirichlet(np.ones(5), size=60), rng.dirichlet(np.ones(5), size=60)], truth,
+            np.array([0, 20, 40, 60]))
+    acc.report().save(tmp_path / "div", heatmap=False)
+    p = parse(build_report([tmp_path], tmp_path / "r.html").read_text(encoding="utf-8"))
+    text = " ".join(p.text("sensitivity").split())
+    assert "macro_f1_4 0.61 " in text and "0.405" in text  # replica mean, scratch mean
+    assert "pretrained beats scratch on track F1 no (1/2) 7" in text
+    assert "m1 m2 " in text and "ensemble (mean probabilities)" in text and "best single model" in text
+    assert len(p.images["sensitivity"]) == 1
+
+
+def test_sensitivity_file_of_another_kind_is_noted(tmp_path: Path) -> None:
+    write_json(tmp_path / "a" / "sensitivity.json", {"kind": "detfm-systematics/1", "metrics": {}})
+    write_json(tmp_path / "a" / "diversity.json", {"models": []})
+    p = parse(build_report([tmp_path], tmp_path / "r.html").read_text(encoding="utf-8"))
+    text = " ".join(p.text("sensitivity").split())
+    assert "Not available" not in text
+    assert "sensitivity.json: kind 'detfm-systematics/1', this report reads detfm-sensitivity/1; not shown" in text
+    assert "diversity.json: kind None, this report reads detfm-diversity/1; not shown" in text
+    assert not p.images["sensitivity"]
 
 
 def test_report_is_self_contained_and_its_images_decode(full_report: tuple[Path, str]) -> None:
@@ -257,6 +370,8 @@ def test_missing_data_files_are_reported_in_the_events_section(finetune_run: Pat
 
 @pytest.mark.parametrize("name, content", [("eval.json", '{"macro_f1": 0.5,'),
                                            ("manifest.json", "[1, 2"),
+                                           ("sensitivity.json", '{"kind": "detfm-sensitivity/1"'),
+                                           ("diversity.json", "{]"),
                                            ("results.json", "not json")])
 def test_corrupt_json_is_a_clear_error_naming_the_file(tmp_path: Path, name: str, content: str) -> None:
     run = tmp_path / "run"
