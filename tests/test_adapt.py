@@ -366,3 +366,21 @@ def test_label_efficiency_study_checks_counts_and_modes_first(events: Path, pret
     assert "unknown mode(s) tune" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main([*argv, "--labels", "2,x"])
+
+
+@pytest.mark.parametrize("backbone", ["scratch", "pretrained"])
+def test_same_seed_same_config_same_data_same_numbers(events: Path, pretrained: Path, tmp_path: Path,
+                                                      backbone: str) -> None:
+    """Two fine-tuning runs of one config give identical weights and scores; another seed does not."""
+    source = "scratch" if backbone == "scratch" else pretrained
+    runs = {}
+    for name, seed in (("a", 3), ("b", 3), ("c", 4)):
+        runs[name] = tmp_path / name
+        run_finetune(config(events, source, train_seed=seed, data=DataConfig(paths=(str(events),), rotate=True)),
+                     runs[name], progress=False)
+    weights = {k: load_file(str(p / "model.safetensors")) for k, p in runs.items()}
+    assert weights["a"].keys() == weights["b"].keys()
+    assert all(torch.equal(weights["a"][k], weights["b"][k]) for k in weights["a"])
+    assert not all(torch.equal(weights["a"][k], weights["c"][k]) for k in weights["a"])
+    scores = {k: json.loads((p / "eval.json").read_text()) for k, p in runs.items()}
+    assert scores["a"] == scores["b"]
