@@ -107,6 +107,11 @@ def test_manifest_records_hashes_code_environment_and_times(data_files: list[Pat
         assert host not in path.read_text()
     assert not list((tmp_path / "out").glob(".*.tmp"))  # written atomically
 
+    # a file given twice (as str and as Path) is listed and hashed once, in the given order
+    again = write_manifest(tmp_path / "again", inputs=[data_files[1], str(data_files[0]), data_files[1]], seeds={},
+                           device="cpu", started=1.0)
+    assert [r["path"] for r in read_manifest(again)["inputs"]] == [str(data_files[1]), str(data_files[0])]
+
 
 def test_missing_input_is_recorded_not_fatal_and_bad_manifest_is_refused(tmp_path: Path) -> None:
     write_manifest(tmp_path, inputs=[tmp_path / "gone.h5"], seeds={}, device="cpu", started=0.0)

@@ -170,7 +170,8 @@ def write_manifest(out_dir: str | os.PathLike[str], *, inputs: Sequence[str | os
     """Write ``out_dir/manifest.json`` (or ``out_dir/<name>``) atomically and return its path.
 
     Args:
-        inputs: files the run read; each is hashed now (SHA-256, nothing cached).
+        inputs: files the run read; each is hashed now (SHA-256, nothing cached) and listed
+            once, in the given order, however often it is given.
         seeds: the seeds that fix the run's randomness, by name.
         config: the run's config (a dataclass, mapping or None), stored with its hash.
         device: where it ran (``"cpu"``, ``"cuda:0"``, ...).
@@ -197,7 +198,7 @@ def write_manifest(out_dir: str | os.PathLike[str], *, inputs: Sequence[str | os
         "started": iso_utc(started),
         "ended": iso_utc(ended),
         "wall_seconds": None if ended is None else round(ended - started, 3),
-        "inputs": [file_record(p) for p in inputs],
+        "inputs": [file_record(p) for p in dict.fromkeys(Path(p) for p in inputs)],  # each file once
         "config_sha256": config_sha,
         "config": config_data,
         "extra": _plain(dict(extra or {})),

@@ -130,14 +130,9 @@ def _rank_manifest(args: argparse.Namespace, out: Path, started: float) -> Path:
     config = {**_scoring_config(args), "method": args.method, "data": str(args.data),
               "reference": None if args.reference is None else str(args.reference), "out": str(out)}
     return write_manifest(out.parent, name=manifest_path(out).name,
-                          inputs=_unique([*run_inputs(args.model), Path(args.data), *reference]),
+                          inputs=[*run_inputs(args.model), Path(args.data), *reference],
                           seeds={"masks": args.seed}, config=config, device=args.device, started=started,
                           ended=time.time(), extra={"output": out.name})
-
-
-def _unique(paths: list[Path]) -> list[Path]:
-    """``paths`` without repeats, in order (a file given twice is read, and hashed, once)."""
-    return list(dict.fromkeys(paths))
 
 
 def _named_files(items: list[str]) -> dict[str, str]:
@@ -170,7 +165,7 @@ def _study(args: argparse.Namespace) -> int:
     inputs = [*run_inputs(args.model), Path(args.normal), *(Path(p) for p in files.values()), Path(args.reference)]
     config = {**_scoring_config(args), "methods": methods, "normal": str(args.normal), "anomalous": files,
               "reference": str(args.reference), "out": str(args.out)}
-    manifest = write_manifest(args.out, inputs=_unique(inputs), seeds={"masks": args.seed}, config=config,
+    manifest = write_manifest(args.out, inputs=inputs, seeds={"masks": args.seed}, config=config,
                               device=args.device, started=started, ended=time.time(),
                               extra={"report": "anomalies.json", "scores": "scores.npz", "kind": ANOMALIES_KIND})
     print(f"wrote {Path(args.out) / 'anomalies.json'} and {manifest}")

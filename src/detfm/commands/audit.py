@@ -77,7 +77,7 @@ def _sensitivity(args: argparse.Namespace) -> int:
     compare = (not cfg.scratch) if args.compare_scratch is None else args.compare_scratch
     report = sensitivity_audit(cfg, seeds, args.out, compare_scratch=compare, progress=not args.quiet)
     backbone = [] if cfg.scratch else run_inputs(cfg.backbone)
-    inputs = list(dict.fromkeys([Path(args.config), *(Path(p) for p in cfg.data.paths), *backbone]))
+    inputs = [Path(args.config), *(Path(p) for p in cfg.data.paths), *backbone]
     config = {"config": str(args.config), "seeds": seeds, "compare_scratch": compare, "out": str(args.out),
               "finetune": cfg}
     # label seed None: each replica draws its labels with its own train seed
@@ -141,7 +141,7 @@ def _diversity(args: argparse.Namespace) -> int:
     config = {"models": [str(m) for m in args.models], "data": str(args.data), "max_events": args.max_events,
               "batch_size": args.batch_size, "device": args.device, "out": str(args.out)}
     # scoring the same points with fixed weights draws no random numbers: no seeds
-    written.append(write_manifest(args.out, inputs=list(dict.fromkeys(inputs)), seeds={}, config=config,
+    written.append(write_manifest(args.out, inputs=inputs, seeds={}, config=config,
                                   device=args.device, started=started, ended=time.time(),
                                   extra={"report": REPORT_FILE, "kind": KIND, "events": report.events,
                                          "points": report.points}))
