@@ -18,6 +18,7 @@ from detfm.commands import card as card_cmd
 from detfm.commands import evaluate as evaluate_cmd
 from detfm.commands import registry as registry_cmd
 from detfm.commands import report as report_cmd
+from detfm.commands.seeds import add_seeds_option, parse_seeds
 from detfm.errors import DetfmError
 
 Handler = Callable[[argparse.Namespace], int]
@@ -373,16 +374,6 @@ def _int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
-def _seed_list(text: str) -> list[int]:
-    """``--seeds 3`` means seeds 0, 1, 2; ``--seeds 4,7`` lists the seeds."""
-    values = _int_list(text)
-    if len(values) == 1 and "," not in text:
-        if values[0] < 1:
-            raise argparse.ArgumentTypeError(f"--seeds N needs N >= 1, got {values[0]}")
-        return list(range(values[0]))
-    return values
-
-
 def _add_study(sub: argparse._SubParsersAction) -> None:
     from detfm.sim_to_data import add_sim_to_data_arguments, run_sim_to_data_from_args
 
@@ -406,8 +397,7 @@ def _add_study(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", nargs="+", metavar="FILE", help="labeled event files (required)")
     p.add_argument("--labels", nargs="+", type=_int_list, metavar="N[,N...]",
                    help="label counts, e.g. 10,100,1000,10000 (required)")
-    p.add_argument("--seeds", type=_seed_list, default=[0, 1, 2], metavar="N|S,S...",
-                   help="number of seeds (3: seeds 0,1,2; the default) or a comma list of seeds")
+    add_seeds_option(p, default="3", what="fine-tuning seeds per point")
     p.add_argument("--task", choices=["semseg", "pid", "event"], default="semseg")
     p.add_argument("--modes", "--mode", dest="modes", type=lambda t: [m.strip() for m in t.split(",") if m.strip()],
                    default=None, metavar="MODE[,MODE...]",
@@ -456,7 +446,7 @@ def _study(args: argparse.Namespace) -> int:
     cfg = dataclasses.replace(cfg, backbone=args.backbone, task=args.task, mode=modes[0],
                               labels=min(labels), data=dataclasses.replace(cfg.data, paths=tuple(args.data)),
                               train=dataclasses.replace(cfg.train, progress=False, **train_over))
-    study = label_efficiency_study(cfg, labels, args.seeds, args.out, modes=modes,
+    study = label_efficiency_study(cfg, labels, parse_seeds(args.seeds), args.out, modes=modes,
                                    scratch_baseline=not args.no_scratch, progress=not args.quiet)
     print(study.format())
     print(f"wrote {args.out}/results.json and {args.out}/label_efficiency.png")

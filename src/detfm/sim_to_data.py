@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from detfm.commands.seeds import add_seeds_option, parse_seeds
 from detfm.errors import ConfigError, DetfmError
 from detfm.io import atomic_path, atomic_write_text
 
@@ -315,7 +316,7 @@ def add_sim_to_data_arguments(parser: argparse.ArgumentParser) -> None:
                         help="labeled nominal events made by `detfm simulate`")
     parser.add_argument("--out", required=True, metavar="DIR", help="study directory (resumable)")
     parser.add_argument("--data-detector", default="data_like", help="detector model of the 'data' (default data_like)")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="fine-tuning seeds (default 0 1 2)")
+    add_seeds_option(parser, default="3", what="fine-tuning seeds of A and B (3 or more for the goal)")
     parser.add_argument("--pretrain-config", metavar="YAML", help="PretrainConfig for pretraining on the data events")
     parser.add_argument("--pretrain-run", metavar="RUN_DIR", help="reuse this pretraining run instead")
     parser.add_argument("--pretrain-steps", type=int, help="pretraining steps (overrides the config)")
@@ -355,7 +356,7 @@ def run_sim_to_data_from_args(args: argparse.Namespace) -> int:
         train_over["progress"] = False
     base = dataclasses.replace(base, train=dataclasses.replace(base.train, **train_over))
     results = sim_to_data_study(pre_cfg, base, args.data, args.out, data_detector=args.data_detector,
-                                seeds=args.seeds, unlabeled_events=args.unlabeled_events,
+                                seeds=parse_seeds(args.seeds), unlabeled_events=args.unlabeled_events,
                                 pretrain_run=args.pretrain_run, b_mode=args.b_mode, workers=args.workers,
                                 progress=not args.quiet)
     print(format_sim_to_data(results))

@@ -10,6 +10,7 @@ import argparse
 import time
 from pathlib import Path
 
+from detfm.commands.seeds import add_seeds_option, parse_seeds
 from detfm.errors import DetfmError
 
 
@@ -39,8 +40,7 @@ def _add_sensitivity(audits: argparse._SubParsersAction) -> None:
                                       "read, not retrained. Writes OUT/sensitivity.json, OUT/sensitivity.md "
                                       "and OUT/manifest.json.")
     p.add_argument("--config", required=True, help="YAML FinetuneConfig (as a run's config.yaml)")
-    p.add_argument("--seeds", nargs="+", type=int, default=[5], metavar="S",
-                   help="one number S: seeds 0..S-1 (default 5); several numbers: those seeds")
+    add_seeds_option(p, default="5", what="training seeds of the replicas (at least 2)")
     p.add_argument("--out", required=True, help="audit directory")
     p.add_argument("--data", nargs="+", metavar="FILE", help="labeled event files (replace data.paths)")
     p.add_argument("--backbone", metavar="RUN_DIR|scratch", help="replace the config's backbone")
@@ -49,14 +49,6 @@ def _add_sensitivity(audits: argparse._SubParsersAction) -> None:
                         "'pretrained beats scratch' per seed (default: on for a pretrained backbone)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_sensitivity)
-
-
-def _seed_list(values: list[int]) -> list[int]:
-    if len(values) == 1:
-        if values[0] < 2:
-            raise DetfmError(f"--seeds {values[0]}: a sensitivity audit needs at least 2 seeds")
-        return list(range(values[0]))
-    return values
 
 
 def _sensitivity(args: argparse.Namespace) -> int:
@@ -68,7 +60,7 @@ def _sensitivity(args: argparse.Namespace) -> int:
     from detfm.engine import load_config
 
     started = time.time()
-    seeds = _seed_list(args.seeds)
+    seeds = parse_seeds(args.seeds, minimum=2)
     cfg = load_config(FinetuneConfig, args.config)
     if args.data:
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, paths=tuple(args.data)))
