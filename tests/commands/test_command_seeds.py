@@ -23,17 +23,15 @@ def test_counts_and_lists(tokens: list[str], seeds: list[int]) -> None:
     assert parse_seeds(tokens) == seeds
 
 
-@pytest.mark.parametrize(("tokens", "minimum", "message"), [
-    (["0"], 1, "count of seeds must be >= 1"),
-    (["x"], 1, "expected integers"),
-    ([","], 1, "no seed given"),
-    (["1", "-2"], 1, "must be >= 0"),
-    (["1,1"], 1, "repeated"),
-    (["1"], 2, "at least 2 seeds"),
+@pytest.mark.parametrize(("tokens", "message"), [
+    (["0"], "count of seeds must be >= 1"),
+    (["x"], "expected integers"),
+    (["1", "2.5"], "expected integers"),
+    ([","], "no seed given"),
 ])
-def test_bad_seeds_are_refused(tokens: list[str], minimum: int, message: str) -> None:
+def test_bad_seeds_are_refused(tokens: list[str], message: str) -> None:
     with pytest.raises(DetfmError, match=message):
-        parse_seeds(tokens, minimum=minimum)
+        parse_seeds(tokens)
 
 
 def test_every_command_reads_seeds_the_same_way() -> None:

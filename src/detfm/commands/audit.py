@@ -60,7 +60,7 @@ def _sensitivity(args: argparse.Namespace) -> int:
     from detfm.engine import load_config
 
     started = time.time()
-    seeds = parse_seeds(args.seeds, minimum=2)
+    seeds = parse_seeds(args.seeds)
     cfg = load_config(FinetuneConfig, args.config)
     if args.data:
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, paths=tuple(args.data)))

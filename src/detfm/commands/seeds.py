@@ -24,29 +24,22 @@ def add_seeds_option(parser: argparse.ArgumentParser, *, default: str, what: str
                              f"are the seeds themselves (default: {default})")
 
 
-def parse_seeds(tokens: Sequence[str], *, minimum: int = 1) -> list[int]:
-    """The seeds given by the ``--seeds`` tokens (see the module docstring).
+def parse_seeds(tokens: Sequence[str]) -> list[int]:
+    """The seeds given by the ``--seeds`` tokens (see the module docstring). Whether they suit
+    the command (distinct, >= 0, enough of them) is checked by the function that uses them.
 
     Raises:
-        DetfmError: a token is not an integer, a seed is negative or repeated, or fewer than
-            ``minimum`` seeds result.
+        DetfmError: a token is not an integer, none is given, or a count is below 1.
     """
-    text = ",".join(str(t) for t in tokens)
-    parts = [p.strip() for p in text.split(",")]
+    parts = [p.strip() for p in ",".join(str(t) for t in tokens).split(",")]
     try:
         values = [int(p) for p in parts if p]
     except ValueError:
         raise DetfmError(f"--seeds: expected integers, got {' '.join(map(str, tokens))!r}") from None
     if not values:
         raise DetfmError("--seeds: no seed given")
-    if len(values) == 1 and len(parts) == 1:
+    if len(values) == 1 and len(parts) == 1:  # a count
         if values[0] < 1:
             raise DetfmError(f"--seeds {values[0]}: a count of seeds must be >= 1")
-        values = list(range(values[0]))
-    if any(v < 0 for v in values):
-        raise DetfmError(f"--seeds: seeds must be >= 0, got {values}")
-    if len(set(values)) != len(values):
-        raise DetfmError(f"--seeds: a seed is repeated in {values}")
-    if len(values) < minimum:
-        raise DetfmError(f"--seeds: at least {minimum} seeds are needed, got {values}")
+        return list(range(values[0]))
     return values
