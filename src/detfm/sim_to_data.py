@@ -248,10 +248,10 @@ def sim_to_data_study(pretrain_config: Any, finetune_base: Any, nominal_file: st
                "data_detector": data_detector, "goal_fraction": GOAL_FRACTION,
                "modes": {"A": base.mode, "B": b_mode or base.mode},
                "files": {"nominal": str(nominal), "data": str(data_twin)}, "pretrain_run": str(pre), "runs": runs}
-    stem = f"results.{b_mode}" if b_mode else "results"
-    atomic_write_text(out / f"{stem}.json", json.dumps(results, indent=2) + "\n")
-    atomic_write_text(out / f"{stem}.txt", format_sim_to_data(results) + "\n")
-    plot_sim_to_data(results, out / ("sim_to_data.png" if not b_mode else f"sim_to_data.{b_mode}.png"))
+    suffix = f".{b_mode}" if b_mode else ""  # results.lora.json beside results.json
+    atomic_write_text(out / f"results{suffix}.json", json.dumps(results, indent=2) + "\n")
+    atomic_write_text(out / f"results{suffix}.txt", format_sim_to_data(results) + "\n")
+    plot_sim_to_data(results, out / f"sim_to_data{suffix}.png")
     return results
 
 
