@@ -18,14 +18,13 @@ from typing import Any
 
 import yaml
 
+from detfm.audit.kinds import SENSITIVITY as SENSITIVITY_KIND
 from detfm.audit.registry import BACKBONE_MANIFEST, SYSTEMATICS_KIND, ModelVersion, Registry, format_lineage
 
 NOT_EVALUATED = "not evaluated"
 MAX_ROWS = 30              # rows of a generic results table before it is cut
 CONFUSIONS_SHOWN = 3       # largest off-diagonal confusions listed as failure modes
 WEAKEST_SHOWN = 2          # lowest-F1 classes listed as failure modes
-# detfm.audit.sensitivity.KIND, written out: importing that module pulls in the training code.
-SENSITIVITY_KIND = "detfm-sensitivity/1"
 CALIBRATION_KEYS = ("ece", "calibration", "temperature", "coverage", "brier", "nll")
 
 

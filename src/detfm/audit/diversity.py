@@ -43,6 +43,7 @@ import torch
 from tqdm import tqdm
 
 from detfm.adapt import SPLIT_FILE, load_finetune_config, load_finetuned
+from detfm.audit import kinds
 from detfm.data import EventDataset, collate
 from detfm.errors import DetfmError
 from detfm.evaluate.metrics import accuracy, confusion_matrix, macro_f1
@@ -52,7 +53,7 @@ from detfm.tasks.segmentation import SemanticSegmentation
 
 __all__ = ["KIND", "DiversityAccumulator", "DiversityReport", "diversity_audit"]
 
-KIND = "detfm-diversity/1"
+KIND = kinds.DIVERSITY
 REPORT_FILE = "diversity.json"
 HEATMAP_FILE = "diversity.png"
 NUM_CLASSES = len(layout.SEMANTIC_CLASSES)

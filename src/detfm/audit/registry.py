@@ -43,6 +43,7 @@ from typing import Any
 
 import yaml
 
+from detfm.audit import kinds
 from detfm.audit.manifest import CHUNK, MANIFEST_FILE, file_record, file_sha256, iso_utc
 from detfm.errors import DetfmError
 
@@ -69,7 +70,7 @@ RESULT_FILES: dict[str, tuple[str, ...]] = {
     "systematics": ("systematics.json", "report.json"),
     "calibration": ("calibration.json",),
 }
-SYSTEMATICS_KIND = "detfm-systematics/1"  # a report.json counts as systematics only of this kind
+SYSTEMATICS_KIND = kinds.SYSTEMATICS  # a report.json counts as systematics only of this kind
 BACKBONE_MANIFEST = "backbone_manifest"  # role: the manifest of an unregistered backbone run
 KINDS = {"# PretrainConfig": "pretrain", "# FinetuneConfig": "finetune"}
 SCRATCH = "scratch"

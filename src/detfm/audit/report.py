@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from detfm import __version__
+from detfm.audit import kinds
 from detfm.errors import DetfmError
 from detfm.io import atomic_write_text, layout
 
@@ -62,11 +63,11 @@ SPLIT_FILE = "split.json"
 MODEL_FILE = "model.safetensors"
 STUDY_FILES = ("results.json", "study.json")
 SENSITIVITY_FILE = "sensitivity.json"
-SENSITIVITY_KIND = "detfm-sensitivity/1"
+SENSITIVITY_KIND = kinds.SENSITIVITY
 DIVERSITY_FILE = "diversity.json"
-DIVERSITY_KIND = "detfm-diversity/1"
+DIVERSITY_KIND = kinds.DIVERSITY
 SYSTEMATICS_FILE = "report.json"
-SYSTEMATICS_KIND = "detfm-systematics/1"
+SYSTEMATICS_KIND = kinds.SYSTEMATICS
 ANOMALY_FILE = "anomalies.json"
 RANKED_FILE = "ranked.csv"
 FINETUNE_HEADER = "# FinetuneConfig"

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from detfm.adapt import EVAL_FILE, HEADLINE, SCRATCH, FinetuneConfig, load_finetune_config, run_finetune
+from detfm.audit import kinds
 from detfm.engine.config import hashed_config
 from detfm.errors import DetfmError
 from detfm.io import atomic_write_text
@@ -47,7 +48,7 @@ __all__ = [
     "flatten_metrics", "replica_config", "scratch_variant", "sensitivity_audit",
 ]
 
-KIND = "detfm-sensitivity/1"
+KIND = kinds.SENSITIVITY
 REPORT_FILE = "sensitivity.json"
 TABLE_FILE = "sensitivity.md"
 

@@ -45,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from detfm.audit import kinds
 from detfm.errors import ConfigError, DetfmError
 from detfm.io import EventFile, atomic_path, atomic_write_text, layout
 
@@ -53,7 +54,7 @@ __all__ = [
     "evaluate_systematics", "flip_fractions", "format_systematics", "heldout_event_ids", "summarize_flips",
 ]
 
-REPORT_KIND = "detfm-systematics/1"
+REPORT_KIND = kinds.SYSTEMATICS
 NOMINAL = "nominal"
 DEFAULT_VARIATIONS = ("escale_up", "escale_down", "short_lifetime", "noisy", "dead_regions")
 CLASSES = layout.SEMANTIC_CLASSES
