@@ -1,0 +1,100 @@
+"""`detfm finetune`: adapt a backbone to segmentation, particle ID or event classification with few labels."""
+
+from __future__ import annotations
+
+import argparse
+
+from detfm.commands.tracking import add_tracking_options, check_tracking, log_tracking
+from detfm.errors import DetfmError
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register ``detfm finetune``."""
+    p = sub.add_parser("finetune", help="adapt a backbone to segmentation or particle ID with few labels",
+                       description="Train a task head (probe, head), the whole model (finetune) or "
+                                   "LoRA updates (lora) on N labeled events drawn from the train split of "
+                                   "--data (fixed 80/10/10 split); score the test split into OUT/eval.json. "
+                                   "--backbone scratch trains the same architecture from random weights.")
+    p.add_argument("--backbone", metavar="RUN_DIR|scratch", help="a pretraining run directory, or 'scratch'")
+    p.add_argument("--arch", metavar="RUN_DIR", help="scratch only: copy the architecture of this pretraining run")
+    p.add_argument("--model", help="scratch only: backbone name (default pointmae_micro with CPU-sized patches)")
+    p.add_argument("--data", nargs="+", metavar="FILE", help="labeled event files (PILArNet-M layout)")
+    p.add_argument("--task", choices=["semseg", "pid", "event"],
+                   help="semseg (default): per-point semantic classes; pid: particle ID of each particle "
+                        "instance; event: the leading particle's ID, one label per event")
+    p.add_argument("--labels", type=int, help="labeled training events (default 100)")
+    p.add_argument("--mode", choices=["probe", "head", "finetune", "lora"], help="what trains (default finetune)")
+    p.add_argument("--exclude-low-energy", action="store_true", default=None,
+                   help="leave low-energy deposits (class 4) out of the loss")
+    p.add_argument("--steps", type=int, help="optimiser steps")
+    p.add_argument("--batch-size", type=int, help="events per step (default min(8, labels))")
+    p.add_argument("--lr", type=float, help="peak learning rate")
+    p.add_argument("--seed", type=int, help="seed of the label draw, head initialisation and data order")
+    p.add_argument("--num-workers", type=int, help="DataLoader worker processes")
+    p.add_argument("--out", help="run directory, e.g. runs/NAME")
+    p.add_argument("--config", help="YAML config (as written to a run's config.yaml)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    add_tracking_options(p)
+    p.set_defaults(func=_finetune)
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from detfm.adapt import FinetuneConfig, load_finetune_config, run_finetune
+    from detfm.engine import load_config
+    from detfm.pretrain import load_run_config
+
+    if not args.out:
+        raise DetfmError("finetune: --out RUN_DIR is required")
+    if not (args.backbone or args.config or args.resume):
+        raise DetfmError("finetune: --backbone RUN_DIR|scratch is required")
+    if args.config:
+        cfg = load_config(FinetuneConfig, args.config)
+    elif args.resume:
+        cfg = load_finetune_config(args.out)
+    else:
+        cfg = FinetuneConfig()
+    top = {k: v for k, v in (("backbone", args.backbone), ("task", args.task), ("labels", args.labels),
+                             ("mode", args.mode), ("exclude_low_energy", args.exclude_low_energy))
+           if v is not None}
+    if args.seed is not None:
+        top["label_seed"] = None  # the label draw follows --seed
+    if args.arch or args.model:
+        if (args.backbone or cfg.backbone) != "scratch":
+            raise DetfmError("finetune: --arch/--model choose the architecture of --backbone scratch only")
+        if args.arch and args.model:
+            raise DetfmError("finetune: give --arch RUN_DIR or --model NAME, not both")
+        if args.arch:
+            run_cfg = load_run_config(args.arch)
+            top.update(model=run_cfg.model, model_overrides=dict(run_cfg.model_overrides))
+        else:
+            top["model"] = args.model
+    labels = top.get("labels", cfg.labels)
+    train_over = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size), ("lr", args.lr),
+                                    ("seed", args.seed), ("num_workers", args.num_workers)) if v is not None}
+    if args.batch_size is None and not args.config and not args.resume:
+        train_over["batch_size"] = max(1, min(cfg.train.batch_size, labels))
+    cfg = dataclasses.replace(
+        cfg, **top, data=dataclasses.replace(cfg.data, paths=tuple(args.data)) if args.data else cfg.data,
+        train=dataclasses.replace(cfg.train, **train_over))
+    check_tracking(args)
+    result = run_finetune(cfg, args.out, resume=args.resume)
+    ev = result.eval
+    print(f"{cfg.mode} of {cfg.backbone} on {cfg.labels} labeled events: {result.train.steps} steps in "
+          f"{result.train.seconds:.0f} s, final loss {result.train.final_loss}")
+    if cfg.task == "pid":
+        print(f"test ({ev['events']} events, {ev['instances']} particles): macro-F1 {_fmt(ev['macro_f1'])}")
+    elif cfg.task == "event":
+        print(f"test ({ev['scored_events']} events): macro-F1 {_fmt(ev['macro_f1'])}, "
+              f"accuracy {_fmt(ev['accuracy'])}")
+    else:
+        print(f"test ({ev['events']} events, {ev['points']} points): macro-F1 {_fmt(ev['macro_f1_5'])} "
+              f"(5 classes), {_fmt(ev['macro_f1_4'])} (without low-energy)")
+    print(f"run directory: {args.out} (scores in eval.json)")
+    log_tracking(args, args.out)
+    return 0
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"

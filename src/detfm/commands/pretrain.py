@@ -1,0 +1,66 @@
+"""`detfm pretrain`: pretrain a backbone on unlabeled events by masked point modeling."""
+
+from __future__ import annotations
+
+import argparse
+
+from detfm.commands.tracking import add_tracking_options, check_tracking, log_tracking
+from detfm.errors import DetfmError
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register ``detfm pretrain``."""
+    p = sub.add_parser("pretrain", help="pretrain a backbone by masked point modeling",
+                       description="Pretrain a backbone on unlabeled events (masked point modeling with "
+                                   "energy infilling). Flags override --config; the resolved config is "
+                                   "saved as OUT/config.yaml. Multi-GPU/CPU: launch the same command with "
+                                   "`torchrun --nproc_per_node N -m detfm.cli pretrain ...`.")
+    p.add_argument("--data", nargs="+", metavar="FILE", help="event files (PILArNet-M layout)")
+    p.add_argument("--model", help="backbone name (default pointmae_tiny; see --list-models)")
+    p.add_argument("--steps", type=int, help="optimiser steps")
+    p.add_argument("--batch-size", type=int, help="events per step (global, over all processes)")
+    p.add_argument("--lr", type=float, help="peak learning rate")
+    p.add_argument("--seed", type=int, help="seed of data order, masking and initialisation")
+    p.add_argument("--num-workers", type=int, help="DataLoader worker processes")
+    p.add_argument("--out", help="run directory, e.g. runs/NAME")
+    p.add_argument("--config", help="YAML config (as written to a run's config.yaml)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    add_tracking_options(p)
+    p.add_argument("--list-models", action="store_true", help="list the registered backbones and exit")
+    p.set_defaults(func=_pretrain)
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from detfm.engine import load_config
+    from detfm.models import list_models, model_description
+    from detfm.pretrain import PretrainConfig, load_run_config, run_pretrain
+
+    if args.list_models:
+        for name in list_models():
+            print(f"{name:18s} {model_description(name)}")
+        return 0
+    if not args.out:
+        raise DetfmError("pretrain: --out RUN_DIR is required")
+    if args.config:
+        cfg = load_config(PretrainConfig, args.config)
+    elif args.resume:
+        cfg = load_run_config(args.out)
+    else:
+        cfg = PretrainConfig()
+    train_over = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size), ("lr", args.lr),
+                                    ("seed", args.seed), ("num_workers", args.num_workers)) if v is not None}
+    if args.seed is not None:
+        cfg = dataclasses.replace(cfg, task=dataclasses.replace(cfg.task, seed=args.seed))
+    cfg = dataclasses.replace(
+        cfg, model=args.model or cfg.model,
+        data=dataclasses.replace(cfg.data, paths=tuple(args.data)) if args.data else cfg.data,
+        train=dataclasses.replace(cfg.train, **train_over))
+    check_tracking(args)
+    result = run_pretrain(cfg, args.out, resume=args.resume)
+    print(f"pretrained {cfg.model} for {result.steps} steps in {result.seconds:.0f} s "
+          f"({result.events_per_second:.1f} events/s), final loss {result.final_loss}")
+    print(f"run directory: {args.out}")
+    log_tracking(args, args.out)
+    return 0
