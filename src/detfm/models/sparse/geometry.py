@@ -1,0 +1,206 @@
+"""The voxel hierarchy of a packed batch, built once per forward pass and shared by layers.
+
+Points become voxels (integer cells of the 768^3 box); voxels get space-filling-curve
+codes; stride-2 grid pooling builds coarser levels from the codes. Every level keeps its
+3x3x3 kernel map and its attention windows in caches, so all convolutions and attention
+blocks of a level reuse one neighbour search and one window table.
+
+Points that share a voxel (duplicates, or non-integer coordinates after a rotation that
+floor to the same cell) are merged: the voxel's input is the mean of its points' inputs,
+and every point gets its voxel's output features. Coordinates outside [0, 768) or not
+finite are an error naming the event.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from detfm.data.batch import PackedBatch
+from detfm.errors import ConfigError, DataFormatError
+from detfm.io import layout
+from detfm.models.sparse.hashing import KernelMap, kernel_map, voxel_keys
+from detfm.models.sparse.pooling import PoolMap, grid_pool_map
+from detfm.models.sparse.serialization import DEPTH, serialize
+
+__all__ = ["Geometry", "Level", "Windows", "build_geometry", "check_coordinates"]
+
+
+@dataclass(frozen=True)
+class Windows:
+    """Fixed-size attention windows over one serialized order of a level.
+
+    Attributes:
+        gather: (W, K) voxel indices of each window (every window holds one event only).
+        mask: (W, K) bool, True for real slots; None when every window is full. Events with
+            fewer than K voxels form one short window; an event with n > K voxels gets
+            ceil(n / K) windows, the last one covering its last K voxels (the reference's
+            padding), so only events smaller than K need a mask.
+        rows: (N,) row of each voxel's output in the flattened (W * K) window output.
+    """
+
+    gather: torch.Tensor
+    mask: torch.Tensor | None
+    rows: torch.Tensor
+
+    @property
+    def num_windows(self) -> int:
+        return int(self.gather.shape[0])
+
+
+def _windows(order: torch.Tensor, inverse: torch.Tensor, counts: torch.Tensor, k: int) -> Windows:
+    device = order.device
+    n = counts
+    start = torch.cumsum(n, 0) - n
+    nw = torch.where(n > k, (n + k - 1) // k, (n > 0).long())
+    wbase = torch.cumsum(nw, 0) - nw
+    events = torch.arange(n.numel(), device=device)
+    ev = torch.repeat_interleave(events, nw)
+    local = torch.arange(ev.numel(), device=device) - wbase[ev]
+    n_ev = n[ev]
+    first = torch.where(n_ev > k, torch.minimum(local * k, n_ev - k), torch.zeros_like(n_ev))
+    slots = torch.arange(k, device=device)
+    valid = slots[None, :] < torch.clamp(n_ev, max=k)[:, None]
+    seq = torch.where(valid, start[ev][:, None] + first[:, None] + slots[None, :], start[ev][:, None])
+    gather = order[seq]
+    # where each sorted position's output lands
+    ev_pos = torch.repeat_interleave(events, n)
+    pos = torch.arange(ev_pos.numel(), device=device) - start[ev_pos]
+    n_pos, nw_pos = n[ev_pos], nw[ev_pos]
+    w = torch.minimum(pos // k, nw_pos - 1)
+    in_last = (pos // k >= nw_pos - 1) & (n_pos > k)
+    slot = torch.where(in_last, pos - (n_pos - k), pos - w * k)
+    rows_sorted = (wbase[ev_pos] + w) * k + slot
+    return Windows(gather=gather, mask=None if bool(valid.all()) else valid,
+                   rows=rows_sorted[inverse])
+
+
+@dataclass
+class Level:
+    """The voxels of one level: coordinates, events, codes, and cached neighbour tables."""
+
+    grid: torch.Tensor  # (N, 3) int64
+    batch: torch.Tensor  # (N,) int64
+    code: torch.Tensor  # (O, N) int64
+    num_events: int
+    order: torch.Tensor = field(init=False)  # (O, N) sorting permutation per order
+    inverse: torch.Tensor = field(init=False)
+    counts: torch.Tensor = field(init=False)  # (B,) voxels per event
+    _kmap: KernelMap | None = field(default=None, init=False, repr=False)
+    _windows: dict[tuple[int, int], Windows] = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.order = torch.argsort(self.code, dim=1)
+        self.inverse = torch.empty_like(self.order)
+        arange = torch.arange(self.order.shape[1], device=self.order.device)
+        self.inverse.scatter_(1, self.order, arange.expand_as(self.order))
+        self.counts = torch.bincount(self.batch, minlength=self.num_events)
+
+    @property
+    def num_voxels(self) -> int:
+        return int(self.grid.shape[0])
+
+    def kmap(self) -> KernelMap:
+        """The 3x3x3 neighbour table (computed on first use, then shared)."""
+        if self._kmap is None:
+            self._kmap = kernel_map(self.grid, self.batch)
+        return self._kmap
+
+    def windows(self, order_index: int, patch_size: int) -> Windows:
+        """Windows of ``patch_size`` voxels along order ``order_index`` (cached)."""
+        key = (order_index, patch_size)
+        if key not in self._windows:
+            self._windows[key] = _windows(self.order[order_index], self.inverse[order_index],
+                                          self.counts, patch_size)
+        return self._windows[key]
+
+
+@dataclass
+class Geometry:
+    """The hierarchy of a batch: levels 0 (voxels) to L-1 and the pooling maps between them.
+
+    Attributes:
+        point_to_voxel: (P,) voxel of each point, or None when every point is its own
+            voxel (no duplicates; voxel i is point i).
+        levels: level s has the stride-2^s voxels.
+        pools: ``pools[s]`` maps level s onto level s + 1.
+    """
+
+    point_to_voxel: torch.Tensor | None
+    levels: list[Level]
+    pools: list[PoolMap]
+    _point_index: dict[int, torch.Tensor] = field(default_factory=dict, init=False, repr=False)
+
+    def point_index(self, level: int) -> torch.Tensor | None:
+        """(P,) index of each point's voxel at ``level`` (None: identity at level 0)."""
+        if level == 0:
+            return self.point_to_voxel
+        if level not in self._point_index:
+            idx = self.pools[level - 1].cluster
+            prev = self.point_index(level - 1)
+            self._point_index[level] = idx if prev is None else idx[prev]
+        return self._point_index[level]
+
+    def to_points(self, feat: torch.Tensor, level: int) -> torch.Tensor:
+        """(P, C): features of level ``level`` carried to the input points."""
+        idx = self.point_index(level)
+        return feat if idx is None else feat.index_select(0, idx)
+
+    def voxel_mean(self, point_feat: torch.Tensor) -> torch.Tensor:
+        """(N, C) mean of (P, C) point features over each voxel's points."""
+        if self.point_to_voxel is None:
+            return point_feat
+        n = self.levels[0].num_voxels
+        total = point_feat.new_zeros(n, point_feat.shape[1]).index_add_(0, self.point_to_voxel, point_feat)
+        count = torch.bincount(self.point_to_voxel, minlength=n).clamp_(min=1)
+        return total / count[:, None].to(point_feat.dtype)
+
+
+def check_coordinates(batch: PackedBatch) -> None:
+    """Raise :class:`DataFormatError` naming the event of a non-finite or out-of-box point."""
+    coord = batch.coord
+    if coord.ndim != 2 or coord.shape[1] != 3:
+        raise DataFormatError(f"coordinates must be (P, 3), got {tuple(coord.shape)}", field="coord")
+    if int(batch.offsets[-1]) != coord.shape[0] or int(batch.offsets[0]) != 0:
+        raise DataFormatError(f"offsets {batch.offsets.tolist()[:4]}... do not cover "
+                              f"{coord.shape[0]} points", field="offsets")
+    box = layout.BOX_VOXELS
+    bad = ~torch.isfinite(coord).all(1) | (coord < 0).any(1) | (coord >= box).any(1)
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0, 0])
+        event = int(torch.searchsorted(batch.offsets, torch.tensor(i, device=coord.device),
+                                       right=True)) - 1
+        raise DataFormatError(f"point {i - int(batch.offsets[event])} has coordinate "
+                              f"{coord[i].tolist()} outside the detector box [0, {box}) voxels "
+                              f"(crop or clip events before the backbone)", event=event, field="coord")
+
+
+def build_geometry(batch: PackedBatch, orders: tuple[str, ...], num_levels: int) -> Geometry:
+    """Voxelize ``batch`` and build ``num_levels`` levels serialized along ``orders``."""
+    if num_levels < 1:
+        raise ConfigError(f"need at least one level, got {num_levels}")
+    if batch.num_points == 0:
+        raise DataFormatError("the batch has no points", field="coord")
+    check_coordinates(batch)
+    with torch.no_grad():
+        grid = batch.coord.floor().long()
+        events = batch.batch_index()
+        keys = voxel_keys(grid, events)
+        unique, inverse = torch.unique(keys, return_inverse=True)
+        point_to_voxel: torch.Tensor | None = None
+        if unique.numel() != keys.numel():
+            point_to_voxel = inverse
+            mask = (1 << 10) - 1
+            grid = torch.stack([(unique >> 20) & mask, (unique >> 10) & mask, unique & mask], dim=1)
+            events = unique >> 30
+        code, _, _ = serialize(grid, events, orders, DEPTH)
+        levels = [Level(grid=grid, batch=events, code=code, num_events=len(batch))]
+        pools: list[PoolMap] = []
+        for _ in range(1, num_levels):
+            prev = levels[-1]
+            pool = grid_pool_map(prev.code)
+            pools.append(pool)
+            levels.append(Level(grid=prev.grid[pool.head] >> 1, batch=prev.batch[pool.head],
+                                code=pool.code, num_events=len(batch)))
+    return Geometry(point_to_voxel=point_to_voxel, levels=levels, pools=pools)
