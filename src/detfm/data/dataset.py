@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from detfm.data.collate import log_energy_feature
 from detfm.errors import ConfigError, DataFormatError
-from detfm.io import Event, EventFile, event_from_raw, layout
+from detfm.io import Event, EventFile, check_event, event_from_raw, layout
 
 Feature = Literal["log_energy", "energy"]
 FEATURES: tuple[str, ...] = ("log_energy", "energy")
@@ -109,20 +109,13 @@ _SCAN_CACHE: dict[tuple[str, int, int, float], _FileScan] = {}
 
 
 def _check_event(event: Event, path: Path, local: int) -> Event:
-    """Raise :class:`DataFormatError` if coordinates, energies or clusters are not finite.
+    """Raise :class:`DataFormatError` if the event is unusable (:func:`detfm.io.check_event`: not
+    finite, coordinates outside the box, negative energies, unknown class or pid codes).
 
-    The check comes before any threshold: a NaN energy fails every comparison and would
-    otherwise be silently dropped.
+    The same check as ``detfm validate``, so every reader refuses what validation rejects. It
+    comes before any threshold: a NaN or negative energy would otherwise be silently dropped.
     """
-    xyze = event.points[:, : layout.VALUE + 1]
-    if not np.isfinite(xyze).all():
-        bad = sorted({layout.POINT_COLUMNS[c] for c in np.nonzero(~np.isfinite(xyze))[1]})
-        raise DataFormatError(f"non-finite values (NaN/inf) in column(s) {bad}",
-                              path=str(path), event=local, field="point")
-    if not np.isfinite(event.clusters).all():
-        raise DataFormatError("non-finite values (NaN/inf) in the cluster table",
-                              path=str(path), event=local, field="cluster")
-    return event
+    return check_event(event, path, local)
 
 
 def _read_checked(f: EventFile, local: int) -> Event:
@@ -266,6 +259,9 @@ class EventDataset(torch.utils.data.Dataset[Sample]):
 
         self._files = [EventFile(p) for p in self.paths]  # raises DataFormatError if unusable
         sizes = [len(f) for f in self._files]
+        for f, size in zip(self._files, sizes, strict=True):
+            if size == 0:
+                raise DataFormatError("the file holds no events", path=str(f.path))
         self._starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         self._counts: np.ndarray | None = None
 

@@ -14,6 +14,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from detfm.io.outputs import OutputError, describe_os_error, remove_stale_temporaries, temp_prefix
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
@@ -23,16 +25,26 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     target is left untouched.
     """
     final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    if final.is_dir():
+        raise OutputError(f"{final}: is a folder; give a file name")
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(final.parent, final.name)  # leftovers of killed writers of this file
+        fd, tmp_name = tempfile.mkstemp(prefix=temp_prefix(final.name), suffix=".tmp", dir=final.parent)
+    except OSError as exc:
+        raise OutputError(f"cannot write {final}: {describe_os_error(exc)}") from None
     os.close(fd)
     tmp = Path(tmp_name)
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
     try:
         yield tmp
+        _follow_umask(tmp)  # a writer may have replaced the file with a private one
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
-        os.replace(tmp, final)
+        try:
+            os.replace(tmp, final)
+        except OSError as exc:
+            raise OutputError(f"cannot write {final}: {describe_os_error(exc)}") from None
         _fsync_dir(final.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -55,6 +67,27 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def _follow_umask(path: Path) -> None:
+    """Give a file the permissions a new file gets under the user's umask."""
+    with contextlib.suppress(OSError):
+        os.chmod(path, 0o666 & ~_umask())
+
+
+def follow_umask(path: str | os.PathLike[str]) -> None:
+    """Give ``path`` (and, for a folder, everything in it) the permissions new files and
+    folders get under the user's umask; read-only stores (the registry's blobs) opt out."""
+    path = Path(path)
+    mask = _umask()
+    with contextlib.suppress(OSError):
+        if path.is_dir() and not path.is_symlink():
+            os.chmod(path, 0o777 & ~mask)
+            for sub in path.rglob("*"):
+                if not sub.is_symlink():
+                    os.chmod(sub, (0o777 if sub.is_dir() else 0o666) & ~mask)
+        else:
+            os.chmod(path, 0o666 & ~mask)
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -9,6 +9,7 @@ import numpy as np
 
 from detfm.errors import DataFormatError
 from detfm.io import layout
+from detfm.io.event import Event
 from detfm.io.h5 import EventFile, event_from_raw
 
 
@@ -41,6 +42,8 @@ def validate_file(path: str | os.PathLike[str], max_violations: int = 1000) -> l
         return [Violation(p, exc.event, exc.field or "file", str(exc).split(": ")[-1])]
     out: list[Violation] = []
     with f:
+        if len(f) == 0:
+            out.append(Violation(p, None, "point", "the file holds no events"))
         if not f._has_extra:
             out.append(Violation(p, None, "cluster_extra", "dataset missing (optional, but expected)"))
         for i in range(len(f)):
@@ -55,31 +58,70 @@ def validate_file(path: str | os.PathLike[str], max_violations: int = 1000) -> l
     return out[:max_violations]
 
 
-def _check_values(path: str, i: int, points: np.ndarray, clusters: np.ndarray) -> list[Violation]:
-    out: list[Violation] = []
-    if len(points) == 0:
-        out.append(Violation(path, i, "point", "event has no points"))
-        return out
+def event_problems(points: np.ndarray, clusters: np.ndarray) -> list[tuple[str, str]]:
+    """What makes an event unusable by any reader, as ``(field, message)`` pairs (empty: usable).
+
+    The one load-time check: :func:`validate_file` reports these, and every reader (through
+    :func:`check_event`) refuses an event that has any. Not finite values, coordinates outside
+    the 768-voxel box, negative energies, cluster sizes that are not counts, and semantic or
+    pid codes outside their tables (-1 marks unlabeled data and is allowed).
+    """
+    out: list[tuple[str, str]] = []
+    points = points[:, : layout.VALUE + 1]  # what readers use: coordinates and voxel value
     if not np.isfinite(points).all():
         bad = sorted({layout.POINT_COLUMNS[c] for c in np.nonzero(~np.isfinite(points))[1]})
-        out.append(Violation(path, i, "point", f"non-finite values (NaN/inf) in column(s) {bad}"))
-    coords = points[:, : 3]
-    if ((coords < 0) | (coords >= layout.BOX_VOXELS)).any():
-        out.append(Violation(path, i, "point",
-                             f"coordinates outside [0, {layout.BOX_VOXELS}) voxels "
-                             f"(min {np.nanmin(coords):.1f}, max {np.nanmax(coords):.1f})"))
-    if (points[:, layout.VALUE] < 0).any():
-        out.append(Violation(path, i, "point", "negative voxel value (energy)"))
+        out.append(("point", f"non-finite values (NaN/inf) in column(s) {bad}"))
+        points = np.where(np.isfinite(points), points, 0)
+    coords = points[:, :3]
+    outside = (coords < 0) | (coords >= layout.BOX_VOXELS)
+    if outside.any():
+        out.append(("point", f"{int(outside.any(axis=1).sum())} point(s) with coordinates outside "
+                             f"[0, {layout.BOX_VOXELS}) voxels (min {coords.min():.1f}, max {coords.max():.1f})"))
+    negative = points[:, layout.VALUE] < 0
+    if negative.any():
+        out.append(("point", f"{int(negative.sum())} point(s) with a negative voxel value (energy; "
+                             f"min {points[:, layout.VALUE].min():.3g} MeV)"))
     if not np.isfinite(clusters).all():
-        out.append(Violation(path, i, "cluster", "non-finite values"))
+        out.append(("cluster", "non-finite values (NaN/inf) in the cluster table"))
         return out
     n = clusters[:, layout.C_NPOINTS]
     if (n < 0).any() or (n != np.round(n)).any():
-        out.append(Violation(path, i, "cluster", "n_points must be non-negative integers"))
+        out.append(("cluster", "n_points must be non-negative integers"))
     sem = clusters[:, layout.C_SEMANTIC]
-    if not np.isin(sem, np.arange(len(layout.SEMANTIC_CLASSES))).all():
-        out.append(Violation(path, i, "cluster", f"unknown semantic class(es) {sorted(set(sem.tolist()) - set(range(5)))}"))
+    bad_sem = sorted(set(sem.tolist()) - set(range(len(layout.SEMANTIC_CLASSES))) - {-1})
+    if bad_sem:
+        out.append(("cluster", f"unknown semantic class(es) {_codes(bad_sem)} (expected 0-4, or -1 for "
+                               f"unlabeled)"))
     pid = clusters[:, layout.C_PID]
-    if not np.isin(pid, np.arange(len(layout.PID_CLASSES))).all() and not (pid == -1).all():
-        out.append(Violation(path, i, "cluster", f"unknown pid code(s) {sorted(set(pid.tolist()) - set(range(6)))}"))
+    bad_pid = sorted(set(pid.tolist()) - set(range(len(layout.PID_CLASSES))) - {-1})
+    if bad_pid:
+        out.append(("cluster", f"unknown pid code(s) {_codes(bad_pid)} (expected 0-5, or -1 for unlabeled)"))
+    return out
+
+
+def _codes(values: list[float]) -> list[int | float]:
+    return [int(v) if float(v).is_integer() else v for v in values]
+
+
+def check_event(event: Event, path: str | os.PathLike[str] | None = None, index: int | None = None) -> Event:
+    """Return ``event`` if usable; else raise :class:`DataFormatError` naming the file, event and the
+    first problem :func:`event_problems` finds."""
+    problems = event_problems(event.points, event.clusters)
+    if problems:
+        field, message = problems[0]
+        raise DataFormatError(message, path=None if path is None else str(path), event=index, field=field)
+    return event
+
+
+def _check_values(path: str, i: int, points: np.ndarray, clusters: np.ndarray) -> list[Violation]:
+    if len(points) == 0:
+        return [Violation(path, i, "point", "event has no points")]
+    out = [Violation(path, i, field, message) for field, message in event_problems(points, clusters)]
+    rest = points[:, layout.VALUE + 1:]
+    if not np.isfinite(rest).all():
+        bad = sorted({layout.POINT_COLUMNS[layout.VALUE + 1 + c] for c in np.nonzero(~np.isfinite(rest))[1]})
+        out.append(Violation(path, i, "point", f"non-finite values (NaN/inf) in column(s) {bad}"))
+    sem = clusters[:, layout.C_SEMANTIC]
+    if np.isfinite(sem).all() and (sem == -1).any():
+        out.append(Violation(path, i, "cluster", "unlabeled cluster(s) (semantic class -1)"))
     return out
