@@ -15,14 +15,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--registry", metavar="DIR", help="registry folder (default: $DETFM_REGISTRY, else the "
                                                      "per-user data folder)")
     p.add_argument("--out", metavar="FILE", help="write the card here (default: print it)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out FILE if it exists")
     p.set_defaults(func=_card)
 
 
 def _card(args: argparse.Namespace) -> int:
     from detfm.audit.card import model_card
     from detfm.audit.registry import Registry
-    from detfm.io import atomic_write_text
+    from detfm.io import atomic_write_text, check_output_file
 
+    if args.out:
+        check_output_file(args.out, overwrite=args.overwrite)
     entry = Registry(args.registry).get(args.ref)
     text = model_card(entry)
     if args.out:

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+from typing import Any
+
+from detfm.errors import DetfmError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -18,12 +22,31 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-events", type=int, default=40,
                    help="test events scored per fine-tune segmentation run to pick the best and worst (default 40)")
     p.add_argument("--title", default=None, help="page heading (default 'detfm report')")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.set_defaults(func=_report)
 
 
 def _report(args: argparse.Namespace) -> int:
-    from detfm.audit.report import build_report
+    from detfm.audit import report
+    from detfm.io.outputs import check_output_file
 
-    path = build_report(args.run_dirs, args.out, max_events=args.max_events, title=args.title)
+    check_output_file(args.out, overwrite=args.overwrite)
+    dirs = report.find_run_dirs(args.run_dirs)
+    if not any(_has_results(d, report) for d in dirs):
+        raise DetfmError(f"nothing to report in {', '.join(args.run_dirs)}: no run or results files "
+                         f"({', '.join(_RESULT_NAMES(report))}) there or one folder down")
+    path = report.build_report(args.run_dirs, args.out, max_events=args.max_events, title=args.title)
     print(path)
     return 0
+
+
+def _RESULT_NAMES(report: Any) -> tuple[str, ...]:  # noqa: N802 - a constant read lazily
+    return (report.MANIFEST_FILE, report.CONFIG_FILE, report.METRICS_FILE, report.EVAL_FILE, *report.STUDY_FILES,
+            report.SENSITIVITY_FILE, report.DIVERSITY_FILE, report.SYSTEMATICS_FILE, report.ANOMALY_FILE,
+            report.RANKED_FILE)
+
+
+def _has_results(folder: Path, report: Any) -> bool:
+    """True if ``folder`` holds a file the report reads (a run's files or a results file)."""
+    return (any((folder / name).is_file() for name in _RESULT_NAMES(report))
+            or any(folder.glob("*.manifest.json")))

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
+
+from detfm.errors import DetfmError
+from detfm.io.outputs import check_output_file
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -15,12 +19,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--predictions", metavar="PREDS.h5",
                    help="a `detfm predict` output for FILE: draw the prediction next to the truth")
     p.add_argument("--out", required=True, help="OUT.html or OUT.png")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.set_defaults(func=_show)
 
 
 def _show(args: argparse.Namespace) -> int:
     from detfm.evaluate.display import show_file
+    from detfm.io import EventFile, event_problems
 
+    if args.event < 0:
+        raise DetfmError(f"--event must be >= 0 (events count from 0), got {args.event}")
+    check_output_file(args.out, overwrite=args.overwrite)
     out = show_file(args.file, args.event, args.out, color=args.color, predictions=args.predictions)
+    with EventFile(args.file) as f:  # drawn as stored; say what every other reader would refuse
+        event = f[args.event]
+    for field, problem in event_problems(event.points, event.clusters):
+        print(f"detfm show: warning: {args.file}: event {args.event}: {field}: {problem} "
+              f"(drawn as stored; other commands refuse this event)", file=sys.stderr)
     print(f"wrote {out}")
     return 0

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from detfm.errors import DetfmError
+from detfm.io.outputs import check_output_file
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -40,8 +40,11 @@ def _simulate(args: argparse.Namespace) -> int:
         return 0
     if not args.out:
         raise DetfmError("simulate: --out FILE is required")
-    if Path(args.out).exists() and not args.overwrite:
-        raise DetfmError(f"{args.out} exists; pass --overwrite to replace it")
+    if args.events < 1:
+        raise DetfmError(f"--events must be >= 1, got {args.events} (a file without events is of no use)")
+    if args.workers < 1:
+        raise DetfmError(f"--workers must be >= 1, got {args.workers}")
+    check_output_file(args.out, overwrite=args.overwrite)
     from detfm.sim.simulate import SimConfig, simulate_to_file
 
     cfg = SimConfig(events=args.events, seed=args.seed, mix="gun" if args.gun else args.mix,

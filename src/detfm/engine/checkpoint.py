@@ -28,12 +28,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
 from detfm.errors import DetfmError
-from detfm.io import atomic_path, atomic_write_text, file_sha256
+from detfm.io import atomic_path, atomic_write_text, file_sha256, follow_umask
+from detfm.io.outputs import remove_stale_temporaries, temp_prefix
 
 FORMAT = "detfm-checkpoint/1"
 MODEL_FILE = "model.safetensors"
@@ -70,15 +71,50 @@ def load_weights(module: nn.Module, path: str | os.PathLike[str], *, strict: boo
     path = Path(path)
     if not path.is_file():
         raise DetfmError(f"{path}: weights file not found")
+    device = _checked_device(device)
+    shapes = _stored_shapes(path)
+    expected = {name: tuple(t.shape) for name, t in module.state_dict().items()}
+    for name, shape in expected.items():
+        if name in shapes and shapes[name] != shape:
+            others = sum(1 for n, s in expected.items() if n in shapes and shapes[n] != s) - 1
+            more = f" (and {others} more tensor(s))" if others else ""
+            raise DetfmError(f"{path}: weights do not fit this model (another size?): tensor '{name}' is "
+                             f"{list(shapes[name])} in the file, {list(shape)} in this model{more}")
     try:
         missing, unexpected = load_model(module, path, strict=False, device=str(device))
     except SafetensorError as exc:
         raise DetfmError(f"{path}: not a valid safetensors file ({exc})") from None
-    except RuntimeError as exc:  # shape mismatch
-        raise DetfmError(f"{path}: weights do not fit this model: {exc}") from None
+    except RuntimeError as exc:  # anything else the loader refuses: its first line only
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DetfmError(f"{path}: cannot load the weights onto {device}: {first}") from None
     if strict and (missing or unexpected):
         raise DetfmError(f"{path}: weights do not fit this model: missing {_few(missing)}, "
                          f"unexpected {_few(unexpected)}")
+
+
+def _stored_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape from a safetensors file's header (no tensor is read)."""
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as fh:
+            return {name: tuple(fh.get_slice(name).get_shape()) for name in fh.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError) as exc:
+        raise DetfmError(f"{path}: not a valid safetensors file ({' '.join(str(exc).split())})") from None
+
+
+def _checked_device(device: torch.device | str) -> torch.device:
+    """``device`` as a torch device that exists here; :class:`DetfmError` naming it otherwise."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise DetfmError(f"unknown device {str(device)!r}; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DetfmError(f"device {str(device)!r} is not available: no CUDA GPU here")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise DetfmError(f"device {str(device)!r} does not exist ({torch.cuda.device_count()} GPU(s))")
+    elif dev.type not in ("cpu", "meta"):
+        raise DetfmError(f"device {str(device)!r} is not supported; use cpu, cuda or cuda:N")
+    return dev
 
 
 def _few(names: list[str] | set[str]) -> str:
@@ -135,9 +171,10 @@ def save_checkpoint(folder: str | os.PathLike[str], module: nn.Module, optimizer
     """Write a checkpoint folder atomically; ``info`` (JSON-able, with ``step``) goes into state.json."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+    remove_stale_temporaries(folder.parent)  # step folders a killed run left half-written
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(folder.name), suffix=".tmp", dir=folder.parent))
     try:
-        tmp.chmod(0o755)  # mkdtemp makes it private
+        follow_umask(tmp)  # mkdtemp makes it private
         save_weights(module, tmp / MODEL_FILE, metadata={"step": str(info["step"])})
         tensors, scalars, sizes = _optimizer_to_flat(optimizer)
         with atomic_path(tmp / STATE_FILE) as path:
