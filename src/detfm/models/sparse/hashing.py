@@ -42,12 +42,18 @@ class KernelMap:
 
     Attributes:
         nbr: (N, 27) int64; ``nbr[p, k]`` is the index of the voxel at ``p + offset_k``, or
-            ``N`` (a zero row appended to the features) where there is none.
-        num_active: total number of real (voxel, offset) pairs (for FLOP accounting).
+            ``N`` where there is none.
+        num_active: total number of real (voxel, offset) pairs, the centre included.
+        pair_in, pair_out: (M,) the off-centre pairs: voxel ``pair_in[j]`` feeds output voxel
+            ``pair_out[j]``, grouped by offset (kernel index ascending, centre skipped).
+        counts: 27 pair counts per kernel index (0 for the centre, which is every voxel).
     """
 
     nbr: torch.Tensor
     num_active: int
+    pair_in: torch.Tensor
+    pair_out: torch.Tensor
+    counts: tuple[int, ...]
 
     @property
     def num_points(self) -> int:
@@ -70,7 +76,14 @@ def kernel_map(grid: torch.Tensor, batch: torch.Tensor) -> KernelMap:
     query = keys[:, None] + delta[None, :]  # (N, 27)
     pos = torch.searchsorted(sorted_keys, query.reshape(-1)).clamp_(max=max(n - 1, 0))
     if n == 0:
-        return KernelMap(nbr=torch.zeros(0, 27, dtype=torch.long, device=grid.device), num_active=0)
+        empty = torch.zeros(0, dtype=torch.long, device=grid.device)
+        return KernelMap(nbr=empty.reshape(0, 27), num_active=0, pair_in=empty, pair_out=empty,
+                         counts=(0,) * 27)
     found = sorted_keys[pos] == query.reshape(-1)
     nbr = torch.where(found, order[pos], torch.full_like(pos, n)).reshape(n, 27)
-    return KernelMap(nbr=nbr, num_active=int(found.sum()))
+    active = found.reshape(n, 27).t().clone()  # (27, N): pairs come out grouped by offset
+    active[13] = False
+    k_idx, p_idx = active.nonzero(as_tuple=True)
+    counts = torch.bincount(k_idx, minlength=27)
+    return KernelMap(nbr=nbr, num_active=int(found.sum()), pair_in=nbr[p_idx, k_idx],
+                     pair_out=p_idx, counts=tuple(int(c) for c in counts.tolist()))
