@@ -38,9 +38,15 @@ def test_detector_variations_are_exact_twins() -> None:
         k_nom, k_up = key(nominal), key(up)
         strong = [c for c, (e, _) in k_nom.items() if e > 0.06]
         assert len(strong) > 0.9 * len(k_nom)
+        flips = 0
         for c in strong:
-            assert k_up[c][1] == k_nom[c][1]
+            if k_up[c][1] != k_nom[c][1]:
+                # only a voxel-count cut can flip a label: a delta ray or Compton electron
+                # gaining a threshold voxel leaves the low-energy class (and never the reverse)
+                assert k_nom[c][1] == layout.LOW_ENERGY and k_up[c][1] in (layout.DELTA, layout.SHOWER)
+                flips += 1
             assert k_up[c][0] == pytest.approx(1.05 * k_nom[c][0], rel=1e-5)
+        assert flips <= 0.01 * len(strong)
         assert set(k_nom) <= set(k_up)  # raising the scale only adds voxels
         # a recombination change moves energies but not the underlying physics (same truth dE)
         birks = simulate_event(cfg, i, get_detector("birks"))

@@ -8,7 +8,8 @@ The model in one paragraph. Charged particles step through the argon in steps of
 most 3 mm (a fifth of the remaining range for heavy particles, half for electrons, so
 the Bragg peak is resolved). Each step deposits the restricted collision loss (Landau-
 like fluctuations: collisions between 10 keV and the delta-ray cut sampled one by one)
-at its midpoint, emits delta rays above ``DELTA_CUT_MEV`` and, for e+-, bremsstrahlung
+as a segment (midpoint, length, direction: the response shares it among the voxels it
+crosses), emits delta rays above ``DELTA_CUT_MEV`` and, for e+-, bremsstrahlung
 photons above ``BREM_CUT_MEV`` as new particles, then deflects the direction by
 multiple scattering. Photons fly to their next interaction (photoelectric, Compton or
 pair, XCOM cross sections) so that low-energy photons leave detached blips. Particles
@@ -104,7 +105,7 @@ HSIP_STOP_BETA_GAMMA = 0.05
 S_KIND, S_T, S_X, S_U, S_TIME, S_FRAG, S_GROUP, S_FLAGS, S_LAM = 0, 1, 2, 5, 8, 9, 10, 11, 12
 S_COLS = 13
 FLAG_ATTACH = 1              # photon: electrons it makes always join its fragment
-D_COLS = 7                   # deposits: x, y, z, dE, dx, time, fragment
+D_COLS = 10                  # deposits: x, y, z, dE, dx, time, fragment, ux, uy, uz (step direction)
 F_COLS = 8                   # fragments: role, kind, group, interaction, T, vx, vy, vz
 N_DEP, N_STACK, N_FRAG, N_HADRONIC = 0, 1, 2, 3
 L_DEPOSITED, L_ESCAPED, L_INVISIBLE, L_RELEASED = 0, 1, 2, 3
@@ -409,6 +410,13 @@ def _reserve(a, used, extra):
 
 @njit(cache=True)
 def _deposit(D, n, ledger, x, y, z, de, dx, t, frag):
+    """A point-like deposit (no direction)."""
+    _deposit_step(D, n, ledger, x, y, z, de, dx, t, frag, 0.0, 0.0, 0.0)
+
+
+@njit(cache=True)
+def _deposit_step(D, n, ledger, x, y, z, de, dx, t, frag, ux, uy, uz):
+    """A deposit spread over the segment of length ``dx`` through (x, y, z) along u."""
     i = n[N_DEP]
     D[i, 0] = x
     D[i, 1] = y
@@ -417,6 +425,9 @@ def _deposit(D, n, ledger, x, y, z, de, dx, t, frag):
     D[i, 4] = dx
     D[i, 5] = t
     D[i, 6] = frag
+    D[i, 7] = ux
+    D[i, 8] = uy
+    D[i, 9] = uz
     n[N_DEP] = i + 1
     ledger[L_DEPOSITED] += de
 
@@ -530,7 +541,8 @@ def _emit_hadron(rs, S, F, n, inter, lowe, kind, kinetic, x, y, z, ux, uy, uz, t
 def _end_track(rs, S, D, F, n, ledger, inter, lowe, med, kind, kinetic, x, y, z, ux, uy, uz, t, frag, group):
     if kinetic > 0.0:
         r = residual_range(kind, kinetic, med)
-        _deposit(D, n, ledger, x + 0.5 * r * ux, y + 0.5 * r * uy, z + 0.5 * r * uz, kinetic, r, t, frag)
+        _deposit_step(D, n, ledger, x + 0.5 * r * ux, y + 0.5 * r * uy, z + 0.5 * r * uz, kinetic, r, t, frag,
+                      ux, uy, uz)
         x += r * ux
         y += r * uy
         z += r * uz
@@ -785,8 +797,8 @@ def _track(rs, S, D, F, n, ledger, inter, lowe, med, lo, hi, delta_on, cur):
         dep = min(dep, avail)
         avail -= dep
         dt = step / (beta * C_CM_NS)
-        _deposit(D, n, ledger, x + 0.5 * step * ux, y + 0.5 * step * uy, z + 0.5 * step * uz, dep, step,
-                 t + 0.5 * dt, frag)
+        _deposit_step(D, n, ledger, x + 0.5 * step * ux, y + 0.5 * step * uy, z + 0.5 * step * uz, dep, step,
+                      t + 0.5 * dt, frag, ux, uy, uz)
         x += step * ux
         y += step * uy
         z += step * uz
@@ -899,7 +911,7 @@ def _pi0_decay(rs, S, D, F, n, ledger, inter, lowe, cur):
 # ---------------------------------------------------------------------------------------
 @njit(cache=True)
 def run(kinds, kinetic, pos, dirs, times, inter, state, lo, hi, delta_on, med, table):
-    """Transport the primaries; return (deposits (K, 7), fragments (F, 8), ledger (4,), counters (4,)).
+    """Transport the primaries; return (deposits (K, 10), fragments (F, 8), ledger (4,), counters (4,)).
 
     ``state`` (uint64[4]) is advanced in place. Ledger: deposited, escaped, invisible
     (neutrinos, neutrons, binding) and rest-mass energy released (decays, annihilation;

@@ -170,7 +170,8 @@ def merge_truth(a: TruthEvent, b: TruthEvent) -> TruthEvent:
                         de_mev=np.concatenate([da.de_mev, db.de_mev]),
                         dx_cm=np.concatenate([da.dx_cm, db.dx_cm]),
                         time_ns=np.concatenate([da.time_ns, db.time_ns]),
-                        frag=np.concatenate([da.frag, db.frag + n_frag]).astype(np.int32))
+                        frag=np.concatenate([da.frag, db.frag + n_frag]).astype(np.int32),
+                        direction=np.concatenate([da.direction, db.direction]))
     meta: dict[str, object] = dict(a.meta)
     for key, value in b.meta.items():
         if isinstance(value, (int, float)) and isinstance(meta.get(key), (int, float)):

@@ -3,12 +3,16 @@
 The last simulator stage. It never changes the physics, so one ``TruthEvent`` rendered
 through two :class:`~detfm.sim.detector.DetectorModel` s gives exact twins. Steps:
 
-1. Drift to the anode at x = 0: drift time t = x / v. Each deposit is moved as a whole by
-   Gaussian diffusion, sigma_L = sqrt(2 D_L t) along x and sigma_T = sqrt(2 D_T t) in y, z.
+1. Drift to the anode at x = 0: drift time t = x / v. Each deposit (a step segment) is
+   moved as a whole by Gaussian diffusion, sigma_L = sqrt(2 D_L t) along x and
+   sigma_T = sqrt(2 D_T t) in y, z (sigma < 2 mm: a rigid shift keeps tracks continuous).
    Its charge is dE / W x R(dE/dx) (recombination survival) x exp(-t / tau) (lifetime).
 2. Voxelise (3 mm voxels, 768^3 box; charge leaving the box is lost) and add noise hits.
+   Each shifted step segment is shared among all voxels it crosses in proportion to the
+   path length in each (:mod:`detfm.sim._voxelize`), so a charged particle lights every
+   voxel it passes through, as in Geant4-voxelized data.
    Per voxel: electrons and true dE summed, time = earliest deposit time (truth time in ns,
-   not the drift time; 0 for a voxel made only of noise), dx = summed step length in mm,
+   not the drift time; 0 for a voxel made only of noise), dx = summed path length in mm,
    value = reconstructed energy from the fixed nominal :data:`~detfm.sim.detector.CALIBRATION`
    (MIP recombination, lifetime correction with the nominal lifetime) x energy scale.
 3. Drop voxels below threshold and inside dead regions.
@@ -28,7 +32,8 @@ from detfm.errors import DataFormatError, DetfmError
 from detfm.io import Event, layout
 from detfm.sim.detector import CALIBRATION, DetectorModel
 from detfm.sim.labels import apply_size_cuts, semantic_of, voxel_owner
-from detfm.sim.truth import Role, TruthEvent
+from detfm.sim import _voxelize
+from detfm.sim.truth import Deposits, Role, TruthEvent
 
 _N = layout.BOX_VOXELS
 
@@ -74,22 +79,22 @@ def render(truth: TruthEvent, detector: DetectorModel, rng: np.random.Generator)
     # 1. Drift, diffusion (one standard normal per deposit and axis), charge.
     t_us = drift_time_us(dep.pos_cm[:, 0], detector)
     sigma_l, sigma_t = diffusion_sigma_cm(t_us, detector)
-    x = dep.pos_cm[:, 0] + sigma_l * rng.standard_normal(len(dep))
-    y = dep.pos_cm[:, 1] + sigma_t * rng.standard_normal(len(dep))
-    z = dep.pos_cm[:, 2] + sigma_t * rng.standard_normal(len(dep))
+    shift = np.stack([sigma_l * rng.standard_normal(len(dep)), sigma_t * rng.standard_normal(len(dep)),
+                      sigma_t * rng.standard_normal(len(dep))], axis=1)
+    start, end = diffused_segments(dep, shift)
     electrons = ionization_electrons(dep.de_mev, dep.dedx, t_us, detector)
 
-    # 2. Voxelise: int64 key (x * 768 + y) * 768 + z, so sorting keys sorts by (x, y, z).
-    inside = (x >= 0) & (x < layout.BOX_CM) & (y >= 0) & (y < layout.BOX_CM) & (z >= 0) & (z < layout.BOX_CM)
-    ix, iy, iz = (_voxel_index(c[inside]) for c in (x, y, z))
+    # 2. Voxelise: each (shifted) step segment is shared among the voxels it crosses in
+    # proportion to path length; int64 key (x * 768 + y) * 768 + z sorts by (x, y, z).
+    row, piece_keys, frac = step_pieces(start, end)
     noise_keys, noise_electrons = _noise(detector, rng)
     n_noise = len(noise_keys)
-    keys = np.concatenate([(ix * _N + iy) * _N + iz, noise_keys])
-    frag = np.concatenate([dep.frag[inside], np.full(n_noise, -1)]).astype(np.int64)
-    elec = np.concatenate([electrons[inside], noise_electrons])
-    de = np.concatenate([dep.de_mev[inside], np.zeros(n_noise)])
-    dx_mm = np.concatenate([dep.dx_cm[inside] * 10.0, np.zeros(n_noise)])
-    time = np.concatenate([dep.time_ns[inside], np.full(n_noise, np.inf)])
+    keys = np.concatenate([piece_keys, noise_keys])
+    frag = np.concatenate([dep.frag[row], np.full(n_noise, -1)]).astype(np.int64)
+    elec = np.concatenate([electrons[row] * frac, noise_electrons])
+    de = np.concatenate([dep.de_mev[row] * frac, np.zeros(n_noise)])
+    dx_mm = np.concatenate([dep.dx_cm[row] * frac * 10.0, np.zeros(n_noise)])
+    time = np.concatenate([dep.time_ns[row], np.full(n_noise, np.inf)])
     # One sort by (voxel, fragment) groups entries per voxel and per (voxel, fragment); the
     # combined key stays below 2^63 for up to ~2e10 fragments. The stable sort (timsort)
     # profits from the runs that deposits along a track make.
@@ -133,9 +138,37 @@ def render(truth: TruthEvent, detector: DetectorModel, rng: np.random.Generator)
     return Event(points, *_cluster_tables(truth, survivors, row))
 
 
-def _voxel_index(coord_cm: np.ndarray) -> np.ndarray:
-    """Voxel index 0..767 of coordinates inside the box (cm)."""
-    return np.minimum((coord_cm / layout.VOXEL_SIZE_CM).astype(np.int64), _N - 1)
+def diffused_segments(dep: Deposits, shift_cm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(start, end) in cm of every step after diffusion moved it by ``shift_cm`` (K, 3).
+
+    A step's start moves with its own shift. Its end moves with the shift of the next
+    deposit when that deposit continues the same track (same fragment, both steps with a
+    length, start = this end), else with its own; so a diffused track stays one connected
+    line (independent rigid shifts of 3 mm steps by sigma ~ 2 mm would break it into a
+    dotted one). Point-like deposits (no length or direction) just move.
+    """
+    direction = np.zeros((len(dep), 3)) if dep.direction is None else np.asarray(dep.direction, np.float64)
+    half = 0.5 * dep.dx_cm[:, None] * direction
+    start0, end0 = dep.pos_cm - half, dep.pos_cm + half
+    end_shift = shift_cm.copy()
+    if len(dep) > 1:
+        has_length = (dep.dx_cm > 0) & (np.abs(direction).sum(axis=1) > 0)
+        follows = ((dep.frag[1:] == dep.frag[:-1]) & has_length[1:] & has_length[:-1]
+                   & (np.abs(start0[1:] - end0[:-1]).max(axis=1) < 1e-6))
+        end_shift[:-1][follows] = shift_cm[1:][follows]
+    return start0 + shift_cm, end0 + end_shift
+
+
+def step_pieces(start_cm: np.ndarray, end_cm: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(segment row, voxel key, fraction of the segment) for every voxel each segment crosses.
+
+    Segment ``k`` runs from ``start_cm[k]`` to ``end_cm[k]`` (equal: a point). Pieces
+    outside the box are dropped, so the fractions of a segment leaving the box sum to < 1.
+    """
+    start = np.ascontiguousarray(start_cm, np.float64) / layout.VOXEL_SIZE_CM
+    end = np.ascontiguousarray(end_cm, np.float64) / layout.VOXEL_SIZE_CM
+    capacity = int(_voxelize.max_pieces(start, end).sum()) if len(start) else 0
+    return _voxelize.segment_pieces(start, end, _N, capacity)
 
 
 def _stable_order(row: np.ndarray) -> np.ndarray:
@@ -193,6 +226,10 @@ def _check_truth(truth: TruthEvent) -> None:
             raise bad(f"fragments.{name}", f"expected shape ({n_frag},), got {np.shape(getattr(f, name))}")
     if np.shape(f.vertex_cm) != (n_frag, 3):
         raise bad("fragments.vertex_cm", f"expected shape ({n_frag}, 3), got {np.shape(f.vertex_cm)}")
+    if dep.direction is not None and np.shape(dep.direction) != (k, 3):
+        raise bad("deposits.direction", f"expected shape ({k}, 3), got {np.shape(dep.direction)}")
+    if dep.direction is not None and not np.isfinite(dep.direction).all():
+        raise bad("deposits.direction", "non-finite values (NaN/inf)")
     for name in ("pos_cm", "de_mev", "dx_cm", "time_ns"):
         if not np.isfinite(getattr(dep, name)).all():
             raise bad(f"deposits.{name}", "non-finite values (NaN/inf)")

@@ -156,7 +156,8 @@ def transport(primaries: list[Primary], rng: np.random.Generator, world: World =
 
 def _deposits(dep: np.ndarray) -> Deposits:
     return Deposits(pos_cm=np.ascontiguousarray(dep[:, 0:3]), de_mev=dep[:, 3].copy(), dx_cm=dep[:, 4].copy(),
-                    time_ns=dep[:, 5].copy(), frag=dep[:, 6].astype(np.int32))
+                    time_ns=dep[:, 5].copy(), frag=dep[:, 6].astype(np.int32),
+                    direction=np.ascontiguousarray(dep[:, 7:10]))
 
 
 # Kernel particle kind -> (PDG code, io.layout PID); the LOW_ENERGY buckets (kind -1) have neither.

@@ -82,13 +82,24 @@ class Fragments:
 
 @dataclass
 class Deposits:
-    """Energy deposits from transport: one row per step (steps are at most ~3 mm long)."""
+    """Energy deposits from transport: one row per step (steps are at most ~3 mm long).
+
+    A step is the segment of length ``dx_cm`` centred on ``pos_cm`` along ``direction``;
+    the response stage shares its energy among the voxels that segment crosses. A deposit
+    with ``dx_cm == 0`` or a zero direction is point-like (one voxel). ``direction`` may be
+    omitted (``None``): every deposit is then point-like.
+    """
 
     pos_cm: np.ndarray   # (K, 3) float64 step midpoint, detector coordinates
     de_mev: np.ndarray   # (K,) float64 energy deposited in the step
     dx_cm: np.ndarray    # (K,) float64 step length (0 for point-like deposits)
     time_ns: np.ndarray  # (K,) float64
     frag: np.ndarray     # (K,) int32 row in Fragments
+    direction: np.ndarray | None = None  # (K, 3) float64 unit step direction (zeros: point-like)
+
+    def __post_init__(self) -> None:
+        if self.direction is None:
+            self.direction = np.zeros((len(self.de_mev), 3))
 
     def __len__(self) -> int:
         return int(self.de_mev.shape[0])
