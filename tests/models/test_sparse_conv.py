@@ -67,7 +67,18 @@ def test_events_do_not_see_each_other() -> None:
     grid = torch.tensor([[3, 3, 3], [3, 3, 4]])
     kmap = kernel_map(grid, torch.tensor([0, 1]))
     assert kmap.num_active == 2  # each voxel sees only itself
-    assert (kmap.nbr[:, 13] == torch.tensor([0, 1])).all()
+    assert torch.equal(kmap.table()[:, 13], torch.tensor([0, 1]))
+
+
+def test_kernel_map_matches_brute_force() -> None:
+    grid, batch = _voxels(150, 6, 3, seed=11)
+    table = kernel_map(grid, batch).table()
+    n = grid.shape[0]
+    offsets = torch.stack(torch.meshgrid(*(torch.arange(-1, 2),) * 3, indexing="ij"), -1).reshape(27, 3)
+    for p in range(0, n, 7):
+        for k in range(27):
+            match = ((grid == grid[p] + offsets[k]).all(1) & (batch == batch[p])).nonzero().flatten()
+            assert int(table[p, k]) == (int(match[0]) if match.numel() else n)
 
 
 def test_box_faces_do_not_wrap() -> None:

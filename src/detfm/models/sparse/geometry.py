@@ -22,7 +22,7 @@ from detfm.errors import ConfigError, DataFormatError
 from detfm.io import layout
 from detfm.models.sparse.hashing import KernelMap, kernel_map, voxel_keys
 from detfm.models.sparse.pooling import PoolMap, grid_pool_map
-from detfm.models.sparse.serialization import DEPTH, serialize
+from detfm.models.sparse.serialization import DEPTH, encode, inverse_permutation
 
 __all__ = ["Geometry", "Level", "Windows", "build_geometry", "check_coordinates"]
 
@@ -78,31 +78,46 @@ def _windows(order: torch.Tensor, inverse: torch.Tensor, counts: torch.Tensor, k
 
 @dataclass
 class Level:
-    """The voxels of one level: coordinates, events, codes, and cached neighbour tables."""
+    """The voxels of one level: coordinates, events, and cached orders, neighbours, windows.
+
+    Serialization codes of an order are computed on first use (at depth 10 - level, which
+    equals the level-0 codes shifted right by 3 bits per level), so orders no block uses
+    cost nothing.
+    """
 
     grid: torch.Tensor  # (N, 3) int64
     batch: torch.Tensor  # (N,) int64
-    code: torch.Tensor  # (O, N) int64
+    code0: torch.Tensor  # (N,) int64 code of the first order (pooling uses it)
+    orders: tuple[str, ...]
+    depth: int
     num_events: int
-    order: torch.Tensor = field(init=False)  # (O, N) sorting permutation per order
-    inverse: torch.Tensor = field(init=False)
     counts: torch.Tensor = field(init=False)  # (B,) voxels per event
+    _sorted: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, init=False, repr=False)
     _kmap: KernelMap | None = field(default=None, init=False, repr=False)
     _windows: dict[tuple[int, int], Windows] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.order = torch.argsort(self.code, dim=1)
-        self.inverse = torch.empty_like(self.order)
-        arange = torch.arange(self.order.shape[1], device=self.order.device)
-        self.inverse.scatter_(1, self.order, arange.expand_as(self.order))
         self.counts = torch.bincount(self.batch, minlength=self.num_events)
 
     @property
     def num_voxels(self) -> int:
         return int(self.grid.shape[0])
 
+    def code(self, order_index: int) -> torch.Tensor:
+        """(N,) codes of order ``order_index`` (event index in the high bits)."""
+        if order_index == 0:
+            return self.code0
+        return encode(self.grid, self.orders[order_index], self.batch, self.depth)
+
+    def order(self, order_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The sorting permutation of an order and its inverse (cached)."""
+        if order_index not in self._sorted:
+            perm = torch.argsort(self.code(order_index))
+            self._sorted[order_index] = (perm, inverse_permutation(perm))
+        return self._sorted[order_index]
+
     def kmap(self) -> KernelMap:
-        """The 3x3x3 neighbour table (computed on first use, then shared)."""
+        """The 3x3x3 neighbour pairs (computed on first use, then shared)."""
         if self._kmap is None:
             self._kmap = kernel_map(self.grid, self.batch)
         return self._kmap
@@ -111,8 +126,8 @@ class Level:
         """Windows of ``patch_size`` voxels along order ``order_index`` (cached)."""
         key = (order_index, patch_size)
         if key not in self._windows:
-            self._windows[key] = _windows(self.order[order_index], self.inverse[order_index],
-                                          self.counts, patch_size)
+            perm, inverse = self.order(order_index)
+            self._windows[key] = _windows(perm, inverse, self.counts, patch_size)
         return self._windows[key]
 
 
@@ -178,8 +193,8 @@ def check_coordinates(batch: PackedBatch) -> None:
 
 def build_geometry(batch: PackedBatch, orders: tuple[str, ...], num_levels: int) -> Geometry:
     """Voxelize ``batch`` and build ``num_levels`` levels serialized along ``orders``."""
-    if num_levels < 1:
-        raise ConfigError(f"need at least one level, got {num_levels}")
+    if not 1 <= num_levels <= DEPTH:
+        raise ConfigError(f"need 1 to {DEPTH} levels, got {num_levels}")
     if batch.num_points == 0:
         raise DataFormatError("the batch has no points", field="coord")
     check_coordinates(batch)
@@ -194,13 +209,15 @@ def build_geometry(batch: PackedBatch, orders: tuple[str, ...], num_levels: int)
             mask = (1 << 10) - 1
             grid = torch.stack([(unique >> 20) & mask, (unique >> 10) & mask, unique & mask], dim=1)
             events = unique >> 30
-        code, _, _ = serialize(grid, events, orders, DEPTH)
-        levels = [Level(grid=grid, batch=events, code=code, num_events=len(batch))]
+        code0 = encode(grid, orders[0], events, DEPTH)
+        levels = [Level(grid=grid, batch=events, code0=code0, orders=tuple(orders), depth=DEPTH,
+                        num_events=len(batch))]
         pools: list[PoolMap] = []
-        for _ in range(1, num_levels):
+        for s in range(1, num_levels):
             prev = levels[-1]
-            pool = grid_pool_map(prev.code)
+            pool = grid_pool_map(prev.code0[None])
             pools.append(pool)
             levels.append(Level(grid=prev.grid[pool.head] >> 1, batch=prev.batch[pool.head],
-                                code=pool.code, num_events=len(batch)))
+                                code0=pool.code[0], orders=tuple(orders), depth=DEPTH - s,
+                                num_events=len(batch)))
     return Geometry(point_to_voxel=point_to_voxel, levels=levels, pools=pools)

@@ -38,52 +38,78 @@ def voxel_keys(grid: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class KernelMap:
-    """Neighbour table of one level, shared by every convolution of that level.
+    """Neighbour pairs of one level, shared by every convolution of that level.
 
     Attributes:
-        nbr: (N, 27) int64; ``nbr[p, k]`` is the index of the voxel at ``p + offset_k``, or
-            ``N`` where there is none.
-        num_active: total number of real (voxel, offset) pairs, the centre included.
-        pair_in, pair_out: (M,) the off-centre pairs: voxel ``pair_in[j]`` feeds output voxel
-            ``pair_out[j]``, grouped by offset (kernel index ascending, centre skipped).
-        counts: 27 pair counts per kernel index (0 for the centre, which is every voxel).
+        num_points: N, the voxels of the level.
+        pair_in, pair_out: (M,) the off-centre pairs: voxel ``pair_in[j]`` sits at offset k
+            of output voxel ``pair_out[j]``; grouped by kernel index k ascending (centre
+            skipped: every voxel is its own centre), spatially ordered within a group.
+        counts: 27 pair counts per kernel index (0 for the centre).
     """
 
-    nbr: torch.Tensor
-    num_active: int
+    num_points: int
     pair_in: torch.Tensor
     pair_out: torch.Tensor
     counts: tuple[int, ...]
 
     @property
-    def num_points(self) -> int:
-        return int(self.nbr.shape[0])
+    def num_active(self) -> int:
+        """Real (voxel, offset) pairs, the centre included."""
+        return self.num_points + int(self.pair_in.numel())
+
+    def table(self) -> torch.Tensor:
+        """(N, 27) int64: ``[p, k]`` is the voxel at offset k of p, or N where none (for checks)."""
+        out = torch.full((self.num_points, 27), self.num_points, dtype=torch.long,
+                         device=self.pair_in.device)
+        out[:, 13] = torch.arange(self.num_points, device=out.device)
+        k = torch.repeat_interleave(torch.arange(27, device=out.device),
+                                    torch.tensor(self.counts, device=out.device))
+        out[self.pair_out, k] = self.pair_in
+        return out
 
 
 def kernel_map(grid: torch.Tensor, batch: torch.Tensor) -> KernelMap:
-    """The 3x3x3 neighbour table of unique voxels ``grid`` (N, 3) in events ``batch`` (N,).
+    """The 3x3x3 neighbour pairs of unique voxels ``grid`` (N, 3) in events ``batch`` (N,).
 
-    Duplicate keys are a caller error (:class:`ConfigError`): merge points that share a
-    voxel before building the map.
+    Keys are sorted once; for each of the 8 off-centre (dx, dy) columns one binary search
+    finds the first key >= ``key + (dx, dy, -1)``, and the dz = -1, 0, +1 neighbours are
+    then the next at most three sorted keys. Duplicate keys are a caller error
+    (:class:`ConfigError`): merge points that share a voxel first.
     """
     n = int(grid.shape[0])
+    device = grid.device
     keys = voxel_keys(grid, batch)
-    sorted_keys, order = torch.sort(keys)
-    if n > 1 and bool((sorted_keys[1:] == sorted_keys[:-1]).any()):
+    sk, order = torch.sort(keys)
+    if n > 1 and bool((sk[1:] == sk[:-1]).any()):
         raise ConfigError("kernel_map got duplicate voxels; merge points sharing a voxel first")
-    offs = KERNEL_OFFSETS.to(grid.device)
-    delta = (offs[:, 0] << (2 * _BITS)) + (offs[:, 1] << _BITS) + offs[:, 2]  # (27,)
-    query = keys[:, None] + delta[None, :]  # (N, 27)
-    pos = torch.searchsorted(sorted_keys, query.reshape(-1)).clamp_(max=max(n - 1, 0))
+    empty = torch.zeros(0, dtype=torch.long, device=device)
     if n == 0:
-        empty = torch.zeros(0, dtype=torch.long, device=grid.device)
-        return KernelMap(nbr=empty.reshape(0, 27), num_active=0, pair_in=empty, pair_out=empty,
-                         counts=(0,) * 27)
-    found = sorted_keys[pos] == query.reshape(-1)
-    nbr = torch.where(found, order[pos], torch.full_like(pos, n)).reshape(n, 27)
-    active = found.reshape(n, 27).t().clone()  # (27, N): pairs come out grouped by offset
-    active[13] = False
-    k_idx, p_idx = active.nonzero(as_tuple=True)
-    counts = torch.bincount(k_idx, minlength=27)
-    return KernelMap(nbr=nbr, num_active=int(found.sum()), pair_in=nbr[p_idx, k_idx],
-                     pair_out=p_idx, counts=tuple(int(c) for c in counts.tolist()))
+        return KernelMap(num_points=0, pair_in=empty, pair_out=empty, counts=(0,) * 27)
+    # a sentinel above every key keeps the lookahead gathers in range
+    padded = torch.cat([sk, sk.new_full((3,), torch.iinfo(torch.int64).max)])
+    positions = torch.arange(n, device=device)
+    found_pos: list[torch.Tensor] = [empty] * 27
+    found_out: list[torch.Tensor] = [empty] * 27
+    for dx in (-1, 0, 1):
+        for dy in (-1, 0, 1):
+            base = sk + ((dx << (2 * _BITS)) + (dy << _BITS) - 1)
+            if dx == 0 and dy == 0:
+                # the first key >= key - 1 is the previous one if it is key - 1, else the key
+                previous = torch.cat([sk.new_full((1,), -2), sk[:-1]])  # below any key - 1
+                pos = positions - (previous == base).long()
+            else:
+                pos = torch.searchsorted(sk, base)
+            for dz in (-1, 0, 1):
+                k = (dx + 1) * 9 + (dy + 1) * 3 + (dz + 1)
+                target = base + (dz + 1)
+                hit = padded[pos] == target
+                if k != 13:
+                    sel = hit.nonzero().squeeze(1)
+                    found_pos[k] = pos[sel]
+                    found_out[k] = sel
+                pos = pos + hit.long()  # the next target, if present, is one further on
+    counts = tuple(int(t.numel()) for t in found_pos)
+    pair_in = order[torch.cat(found_pos)]
+    pair_out = order[torch.cat(found_out)]
+    return KernelMap(num_points=n, pair_in=pair_in, pair_out=pair_out, counts=counts)
