@@ -138,7 +138,7 @@ def check_output_dir(path: str | os.PathLike[str], *, overwrite: bool, outputs: 
             raise OutputError(f"{path} already holds {', '.join(found)}; pass {flag} to replace "
                               f"{'it' if len(found) == 1 else 'them'}")
     else:
-        _check_parent(path / "x")
+        _check_parent(path)
     return path
 
 
@@ -150,6 +150,8 @@ def describe_os_error(exc: OSError) -> str:
         what = "permission denied"
     elif isinstance(exc, IsADirectoryError):
         what = "is a folder, expected a file"
+    elif isinstance(exc, FileExistsError):
+        what = "a file is in the way (expected a folder, or a new name)"
     elif isinstance(exc, NotADirectoryError):
         what = "a part of the path is a file, not a folder"
     elif exc.errno == errno.ENOSPC:
