@@ -9,8 +9,10 @@ ptv3_base   3, 3, 3, 9, 3        48, 96, 192, 384, 512   Panda-Base (encoder onl
 ==========  ===================  ======================  ==================================
 
 micro and small are narrow at full resolution and put attention where channels are wide
-(the sparse convolution moves memory, attention runs near the matmul peak); both have a
-decoder back to full resolution. ``ptv3_base`` is Panda-Base's configuration, so Panda's
+(the sparse convolution moves memory; attention runs best with heads of 32-64 channels);
+both have a decoder back to full resolution. micro's full-resolution decoder stage is the
+unpooling alone (skip + upsampled coarse features, no block): a block there cost as much as
+the rest of the decoder. ``ptv3_base`` is Panda-Base's configuration, so Panda's
 checkpoints convert onto it.
 """
 
@@ -24,10 +26,10 @@ __all__ = ["PTV3_SIZES", "register_all"]
 PTV3_SIZES: dict[str, tuple[PTv3Config, str]] = {
     "ptv3_micro": (
         PTv3Config(name="ptv3_micro", enc_depths=(1, 1, 1, 2), enc_channels=(16, 32, 64, 128),
-                   enc_num_head=(1, 2, 4, 8), enc_patch_size=(128, 128, 128, 128),
-                   dec_depths=(1, 1, 1), dec_channels=(32, 32, 64), dec_num_head=(2, 2, 4),
+                   enc_num_head=(1, 1, 2, 4), enc_patch_size=(128, 128, 128, 128),
+                   dec_depths=(0, 1, 1), dec_channels=(32, 32, 64), dec_num_head=(1, 1, 2),
                    dec_patch_size=(128, 128, 128), drop_path=0.1),
-        "PTv3 micro (widths 16-128, 5 encoder + 3 decoder blocks): trains on a 2-core CPU"),
+        "PTv3 micro (widths 16-128, 5 encoder + 2 decoder blocks): trains on a 2-core CPU"),
     "ptv3_small": (
         PTv3Config(name="ptv3_small", enc_depths=(2, 2, 2, 4, 2), enc_channels=(32, 64, 128, 256, 384),
                    enc_num_head=(2, 4, 8, 16, 24), enc_patch_size=(256,) * 5,

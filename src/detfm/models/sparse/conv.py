@@ -27,39 +27,41 @@ from detfm.models.sparse.hashing import KernelMap
 __all__ = ["SubMConv3d", "submanifold_conv3d"]
 
 
+def _per_offset(weight: torch.Tensor) -> torch.Tensor:
+    """(27, in, out) contiguous copy of an (out, 3, 3, 3, in) kernel: one matrix per offset."""
+    return weight.permute(1, 2, 3, 4, 0).reshape(27, weight.shape[-1], weight.shape[0]).contiguous()
+
+
 class _SubMConv(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                 pair_in: torch.Tensor, pair_out: torch.Tensor, counts: tuple[int, ...]) -> torch.Tensor:
-        c_out, c_in = weight.shape[0], weight.shape[-1]
-        w = weight.reshape(c_out, 27, c_in)
-        centre = w[:, 13, :].t()
-        out = torch.addmm(bias, x, centre) if bias is not None else x @ centre
+        w = _per_offset(weight)
+        out = torch.addmm(bias, x, w[13]) if bias is not None else x @ w[13]
         gathered = x.index_select(0, pair_in)
         if pair_in.numel():
-            products = x.new_empty(pair_in.numel(), c_out)
+            products = x.new_empty(pair_in.numel(), w.shape[2])
             start = 0
             for k, count in enumerate(counts):
                 if count:
-                    torch.mm(gathered[start:start + count], w[:, k, :].t(), out=products[start:start + count])
+                    torch.mm(gathered[start:start + count], w[k], out=products[start:start + count])
                     start += count
             out.index_add_(0, pair_out, products)
-        ctx.save_for_backward(x, weight, gathered, pair_in, pair_out)
+        ctx.save_for_backward(x, w, gathered, pair_in, pair_out)
         ctx.counts = counts
         ctx.has_bias = bias is not None
         return out
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x, weight, gathered, pair_in, pair_out = ctx.saved_tensors
-        c_out, c_in = weight.shape[0], weight.shape[-1]
-        w = weight.reshape(c_out, 27, c_in)
+        x, w, gathered, pair_in, pair_out = ctx.saved_tensors
+        c_in, c_out = w.shape[1], w.shape[2]
         grad = grad.contiguous()
         need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        grad_x = grad @ w[:, 13, :] if need_x else None
+        grad_x = grad @ w[13].t() if need_x else None
         grad_w = torch.zeros_like(w) if need_w else None
-        if need_w:
-            grad_w[:, 13, :] = grad.t() @ x
+        if grad_w is not None:
+            torch.mm(x.t(), grad, out=grad_w[13])
         if pair_in.numel() and (need_x or need_w):
             g_out = grad.index_select(0, pair_out)
             g_in = x.new_empty(pair_in.numel(), c_in) if need_x else None
@@ -68,15 +70,17 @@ class _SubMConv(torch.autograd.Function):
                 if count:
                     rows = slice(start, start + count)
                     if g_in is not None:
-                        torch.mm(g_out[rows], w[:, k, :], out=g_in[rows])
+                        torch.mm(g_out[rows], w[k].t(), out=g_in[rows])
                     if grad_w is not None:
-                        grad_w[:, k, :] = g_out[rows].t() @ gathered[rows]
+                        torch.mm(gathered[rows].t(), g_out[rows], out=grad_w[k])
                     start += count
             if grad_x is not None and g_in is not None:
                 grad_x.index_add_(0, pair_in, g_in)
+        grad_weight = None
+        if grad_w is not None:
+            grad_weight = grad_w.reshape(3, 3, 3, c_in, c_out).permute(4, 0, 1, 2, 3).contiguous()
         grad_b = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
-        return (grad_x, None if grad_w is None else grad_w.reshape(weight.shape), grad_b,
-                None, None, None)
+        return grad_x, grad_weight, grad_b, None, None, None
 
 
 def submanifold_conv3d(x: torch.Tensor, kmap: KernelMap, weight: torch.Tensor,
