@@ -29,7 +29,8 @@ CALIBRATION_KEYS = ("ece", "calibration", "temperature", "coverage", "brier", "n
 
 
 def model_card(entry: ModelVersion) -> str:
-    """The Markdown model card of a registered version."""
+    """The Markdown model card of a registered version (:class:`DetfmError` if a stored file is missing)."""
+    entry.check_stored()
     eval_ = _as_dict(entry.read_json("eval"))
     manifest = _as_dict(entry.read_json("manifest"))
     config = _config(entry)

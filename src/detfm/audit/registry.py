@@ -46,6 +46,9 @@ import yaml
 from detfm.audit import kinds
 from detfm.audit.manifest import CHUNK, MANIFEST_FILE, file_record, file_sha256, iso_utc
 from detfm.errors import DetfmError
+from detfm.io import check_output_dir, follow_umask
+from detfm.io.outputs import (describe_os_error, incoming_prefix, remove_paths, remove_stale_temporaries,
+                              stale_temporaries, temp_prefix)
 
 DB_FILE = "registry.db"
 BLOB_DIR = "blobs"
@@ -175,6 +178,20 @@ class ModelVersion:
         ref = self.files.get(role)
         return None if ref is None else blob_path(self.root, ref.sha256)
 
+    def check_stored(self) -> None:
+        """Raise :class:`DetfmError` naming the first stored file that is missing or has another size
+        than recorded (the contents are hashed when read, and by ``detfm registry verify``)."""
+        for ref in self.files.values():
+            path = blob_path(self.root, ref.sha256)
+            try:
+                size = path.stat().st_size
+            except OSError:
+                raise DetfmError(f"{self.ref}: the stored {ref.filename} ({ref.role}, {ref.sha256[:12]}) is missing "
+                                 f"from {self.root}; run `detfm registry verify`") from None
+            if size != ref.size:
+                raise DetfmError(f"{self.ref}: the stored {ref.filename} ({ref.role}, {ref.sha256[:12]}) was altered "
+                                 f"({size} B, {ref.size} B recorded); run `detfm registry verify`")
+
     def read_bytes(self, role: str) -> bytes | None:
         """The stored file of ``role``, checked against its hash (None if the version has none)."""
         ref = self.files.get(role)
@@ -224,10 +241,14 @@ class VerifyReport:
     missing: dict[str, list[str]]    # blob sha256 -> the versions and roles that reference it
     tampered: dict[str, list[str]]
     integrity: str                   # SQLite's integrity_check answer ("ok")
+    inconsistent: list[str] = field(default_factory=list)  # rows whose hash, size, role or name is wrong
+    leftovers: list[str] = field(default_factory=list)     # temporaries of killed writers found
+    removed: list[str] = field(default_factory=list)       # ... and removed (verify with repair)
 
     @property
     def ok(self) -> bool:
-        return not self.missing and not self.tampered and self.integrity == "ok"
+        """Nothing missing, altered or inconsistent (leftover temporaries are litter, not damage)."""
+        return not self.missing and not self.tampered and not self.inconsistent and self.integrity == "ok"
 
 
 # ----------------------------------------------------------------------------- paths and refs
@@ -297,13 +318,19 @@ class Registry:
         if not create and not self.db_path.is_file():
             raise DetfmError(f"no model registry at {self.root} (register a run with `detfm registry add`)")
         if create:
-            (self.root / BLOB_DIR).mkdir(parents=True, exist_ok=True)
+            try:
+                (self.root / BLOB_DIR).mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise DetfmError(f"cannot create the registry at {self.root}: {describe_os_error(exc)}") from None
+            if not os.access(self.root, os.W_OK | os.X_OK) or (
+                    self.db_path.exists() and not os.access(self.db_path, os.W_OK)):
+                raise DetfmError(f"{self.root}: the registry is not writable (permission denied)")
         try:
             con = sqlite3.connect(self.db_path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+            con.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            con.execute("PRAGMA foreign_keys = ON")
         except sqlite3.Error as exc:
             raise DetfmError(f"{self.db_path}: cannot open the registry database ({exc})") from None
-        con.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-        con.execute("PRAGMA foreign_keys = ON")
         return con
 
     @contextlib.contextmanager
@@ -334,8 +361,11 @@ class Registry:
         writers of the same blob, or an interrupted copy, never leave a partial blob.
         """
         folder = self.root / BLOB_DIR
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=".incoming-", dir=folder)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd, tmp_name = tempfile.mkstemp(prefix=incoming_prefix(), dir=folder)
+        except OSError as exc:
+            raise DetfmError(f"cannot store {src} in the registry at {self.root}: {describe_os_error(exc)}") from None
         tmp = Path(tmp_name)
         try:
             digest, size = hashlib.sha256(), 0
@@ -356,7 +386,7 @@ class Registry:
                 os.replace(tmp, dest)
             return sha, size
         except OSError as exc:
-            raise DetfmError(f"cannot store {src} in the registry at {self.root}: {exc}") from None
+            raise DetfmError(f"cannot store {src} in the registry at {self.root}: {describe_os_error(exc)}") from None
         finally:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
@@ -380,7 +410,11 @@ class Registry:
         if not (run / RUN_FILES["weights"]).is_file():
             raise DetfmError(f"{run}: no {RUN_FILES['weights']} (only finished runs can be registered)")
         kind = run_kind(run)
+        check_weights_file(run / RUN_FILES["weights"])
         sources = _run_sources(run, attach or {})
+        for role, (filename, _) in sources.items():
+            _check_filename(filename, role)
+        self.clean_leftovers()  # incoming blobs of killed writers
         parent, backbone_manifest = _parent_of(run) if kind == "finetune" else (None, None)
         if backbone_manifest is not None:
             sources[BACKBONE_MANIFEST] = (f"backbone.{MANIFEST_FILE}", backbone_manifest)
@@ -499,18 +533,41 @@ class Registry:
         return chain
 
     # -- verify --------------------------------------------------------------------------
-    def verify(self) -> VerifyReport:
-        """Re-hash every stored blob; report missing and altered ones and the database's integrity."""
+    def verify(self, repair: bool = False) -> VerifyReport:
+        """Check every stored blob and every hash column.
+
+        A blob is *missing* or *tampered* (its bytes no longer hash to its name). A row is
+        *inconsistent* when a version's ``weights_sha256`` differs from its weights file, a
+        file's recorded size differs from its blob, a blob does not fit its role (weights
+        that are not a safetensors file, a config that is not a detfm config, a JSON role
+        that is not JSON), or a stored file name is not a plain name. Leftover temporaries
+        (``blobs/.incoming-*`` of killed writers) are listed, and removed with ``repair``.
+        """
         with self._transaction(write=False) as con:
             (integrity,) = con.execute("PRAGMA integrity_check").fetchone()
             refs: dict[str, list[str]] = {}
+            rows: list[tuple[str, str, int, str, str, int, str]] = []
             if _has_schema(con):
-                rows = con.execute("SELECT f.sha256, v.name, v.version, f.role FROM files f "
-                                   "JOIN versions v ON v.id = f.version_id ORDER BY v.name, v.version, f.role")
-                for sha, name, version, role in rows:
-                    refs.setdefault(sha, []).append(f"{name}:{version} {role}")
+                rows = list(con.execute(
+                    "SELECT f.sha256, v.name, v.version, f.role, f.filename, f.size, v.weights_sha256 FROM files f "
+                    "JOIN versions v ON v.id = f.version_id ORDER BY v.name, v.version, f.role"))
+                no_weights = list(con.execute(
+                    "SELECT v.name, v.version FROM versions v WHERE NOT EXISTS "
+                    "(SELECT 1 FROM files f WHERE f.version_id = v.id AND f.role = 'weights')"))
+            else:
+                no_weights = []
+        inconsistent = [f"{name}:{version}: no weights file recorded" for name, version in no_weights]
+        for sha, name, version, role, filename, size, weights_sha in rows:
+            refs.setdefault(sha, []).append(f"{name}:{version} {role}")
+            who = f"{name}:{version} {role}"
+            if role == "weights" and sha != weights_sha:
+                inconsistent.append(f"{who}: versions.weights_sha256 {weights_sha[:12]} is not the hash of "
+                                    f"its weights file {sha[:12]}")
+            if not _is_plain_name(filename):
+                inconsistent.append(f"{who}: file name {filename!r} is not a plain file name")
         missing: dict[str, list[str]] = {}
         tampered: dict[str, list[str]] = {}
+        intact: set[str] = set()
         for sha, users in refs.items():
             path = blob_path(self.root, sha)
             try:
@@ -520,7 +577,27 @@ class Registry:
                 continue
             if actual != sha:
                 tampered[sha] = users
-        return VerifyReport(checked=len(refs), missing=missing, tampered=tampered, integrity=str(integrity))
+            else:
+                intact.add(sha)
+        for sha, name, version, role, _filename, size, _ in rows:
+            if sha not in intact:
+                continue
+            who = f"{name}:{version} {role}"
+            path = blob_path(self.root, sha)
+            if path.stat().st_size != size:
+                inconsistent.append(f"{who}: recorded size {size} B, the blob {sha[:12]} has {path.stat().st_size} B")
+            problem = _role_problem(role, path)
+            if problem:
+                inconsistent.append(f"{who}: the blob {sha[:12]} {problem}")
+        leftovers = stale_temporaries(self.root / BLOB_DIR)
+        removed = remove_paths(leftovers) if repair else []
+        return VerifyReport(checked=len(refs), missing=missing, tampered=tampered, integrity=str(integrity),
+                            inconsistent=inconsistent, leftovers=[str(p) for p in leftovers],
+                            removed=[str(p) for p in removed])
+
+    def clean_leftovers(self) -> list[Path]:
+        """Delete the temporaries killed writers left in the blob store; return those removed."""
+        return remove_stale_temporaries(self.root / BLOB_DIR)
 
     # -- export --------------------------------------------------------------------------
     def export(self, ref: str | ModelVersion, dest: str | os.PathLike[str]) -> Path:
@@ -533,17 +610,32 @@ class Registry:
         out = Path(dest)
         if out.exists() and (not out.is_dir() or any(out.iterdir())):
             raise DetfmError(f"{out} exists and is not an empty folder; export into a new one")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        for file in entry.files.values():
+            _check_filename(file.filename, file.role, entry.ref)
+        check_output_dir(out, overwrite=True)  # a folder we can write into
         try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            remove_stale_temporaries(out.parent, out.name)
+            tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(out.name), suffix=".tmp", dir=out.parent))
+        except OSError as exc:
+            raise DetfmError(f"cannot export to {out}: {describe_os_error(exc)}") from None
+        try:
+            follow_umask(tmp)  # mkdtemp makes it private
             for file in entry.files.values():
-                _copy_checked(blob_path(self.root, file.sha256), tmp / file.filename, file, entry.ref)
+                target = tmp / file.filename
+                if target.resolve().parent != tmp.resolve():
+                    raise DetfmError(f"{entry.ref}: the stored file name {file.filename!r} ({file.role}) "
+                                     f"resolves outside {out}; run `detfm registry verify`")
+                _copy_checked(blob_path(self.root, file.sha256), target, file, entry.ref)
             info = {"name": entry.name, "version": entry.version, "weights_sha256": entry.weights_sha256,
                     "kind": entry.kind, "registry": str(self.root.resolve()), "exported": iso_utc(time.time())}
             (tmp / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
             if out.exists():
                 out.rmdir()
             os.replace(tmp, out)
+        except OSError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise DetfmError(f"cannot export to {out}: {describe_os_error(exc)}") from None
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -730,6 +822,78 @@ def _last_metrics_line(path: Path) -> dict[str, Any] | None:
             record = json.loads(line)
             if isinstance(record, dict):
                 return record
+    return None
+
+
+def _is_plain_name(name: str) -> bool:
+    """A file name with no folder part: no separators, not '.', '..', empty or hidden-relative."""
+    return (bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name
+            and "\0" not in name and Path(name).name == name)
+
+
+def _check_filename(name: str, role: str, ref: str | None = None) -> None:
+    if not _is_plain_name(name):
+        where = f"{ref}: " if ref else ""
+        raise DetfmError(f"{where}the file name {name!r} of role {role!r} is not a plain file name "
+                         f"(no folders, no '..'); run `detfm registry verify`")
+
+
+def check_weights_file(path: Path) -> None:
+    """Raise :class:`DetfmError` unless ``path`` is a complete safetensors file with at least one tensor."""
+    problem = _safetensors_problem(path)
+    if problem:
+        raise DetfmError(f"{path}: {problem}; only finished runs can be registered")
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    """Why ``path`` is not a complete safetensors file (None if it is one), from its header alone."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            if len(head) < 8:
+                return "not a safetensors file (shorter than its 8-byte header length)"
+            n = int.from_bytes(head, "little")
+            if n <= 0 or n > min(size - 8, 100_000_000):
+                return "not a safetensors file (bad header length)"
+            header = json.loads(fh.read(n))
+    except OSError as exc:
+        return f"cannot be read ({describe_os_error(exc)})"
+    except (ValueError, UnicodeDecodeError):
+        return "not a safetensors file (its header is not JSON)"
+    if not isinstance(header, dict):
+        return "not a safetensors file (its header is not a table of tensors)"
+    tensors = {k: v for k, v in header.items() if k != "__metadata__"}
+    if not tensors:
+        return "holds no tensors"
+    end = 0
+    for name, info in tensors.items():
+        offsets = info.get("data_offsets") if isinstance(info, dict) else None
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):
+            return f"not a safetensors file (tensor {name!r} has no data offsets)"
+        end = max(end, offsets[1])
+    if 8 + n + end != size:
+        return f"truncated or padded: the header describes {8 + n + end} bytes, the file has {size}"
+    return None
+
+
+def _role_problem(role: str, path: Path) -> str | None:
+    """Why the blob at ``path`` cannot be the file of ``role`` (None if it can)."""
+    if role == "weights":
+        problem = _safetensors_problem(path)
+        return None if problem is None else f"is not a weights file: {problem}"
+    if role == "config":
+        try:
+            with open(path, encoding="utf-8") as fh:
+                first = fh.readline().strip()
+        except (OSError, UnicodeDecodeError):
+            first = ""
+        return None if first in KINDS else "is not a run config (first line not a detfm config header)"
+    if role in ("eval", "split", "manifest", BACKBONE_MANIFEST, *RESULT_FILES):
+        try:
+            json.loads(path.read_bytes())
+        except (OSError, ValueError):
+            return "is not a JSON file"
     return None
 
 

@@ -24,9 +24,9 @@ def _card(args: argparse.Namespace) -> int:
     from detfm.audit.registry import Registry
     from detfm.io import atomic_write_text, check_output_file
 
+    entry = Registry(args.registry).get(args.ref)
     if args.out:
         check_output_file(args.out, overwrite=args.overwrite)
-    entry = Registry(args.registry).get(args.ref)
     text = model_card(entry)
     if args.out:
         atomic_write_text(args.out, text)

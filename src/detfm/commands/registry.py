@@ -52,7 +52,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     al.add_argument("alias", metavar="ALIAS")
     al.set_defaults(func=_alias)
 
-    v = actions.add_parser("verify", parents=[common], help="re-hash every stored file (exit 1 on damage)")
+    v = actions.add_parser("verify", parents=[common], help="re-hash every stored file (exit 1 on damage)",
+                           description="Re-hash every stored file and check every hash column against the file "
+                                       "it names and that file's role; list leftovers of interrupted writes. "
+                                       "Exit status 1 on any damage.")
+    v.add_argument("--repair", action="store_true",
+                   help="delete the leftovers of interrupted writes (blobs/.incoming-*); damage is only reported")
     v.set_defaults(func=_verify)
 
     ex = actions.add_parser("export", parents=[common], help="write a version as a loadable run directory")
@@ -118,15 +123,27 @@ def _alias(args: argparse.Namespace) -> int:
 
 def _verify(args: argparse.Namespace) -> int:
     registry = _registry(args)
-    report = registry.verify()
+    report = registry.verify(repair=args.repair)
     for sha, users in report.missing.items():
         print(f"MISSING   {sha}  ({'; '.join(users)})")
     for sha, users in report.tampered.items():
         print(f"TAMPERED  {sha}  ({'; '.join(users)})")
+    for line in report.inconsistent:
+        print(f"MISMATCH  {line}")
     if report.integrity != "ok":
         print(f"DATABASE  integrity check: {report.integrity}")
+    removed = set(report.removed)
+    for path in report.leftovers:
+        print(f"{'REMOVED' if path in removed else 'LEFTOVER':<9} {path}")
+    litter = ""
+    if report.leftovers:
+        kept = len(report.leftovers) - len(removed)
+        litter = (f"; {len(report.leftovers)} leftover temporary file(s)"
+                  + (f" ({kept} kept: pass --repair to delete them)" if kept else " removed"))
     print(f"checked {report.checked} stored files in {registry.root}: "
-          + ("all intact" if report.ok else f"{len(report.missing)} missing, {len(report.tampered)} altered"))
+          + ("all intact" if report.ok else f"{len(report.missing)} missing, {len(report.tampered)} altered, "
+                                            f"{len(report.inconsistent)} inconsistent")
+          + litter)
     return 0 if report.ok else 1
 
 
