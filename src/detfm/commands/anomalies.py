@@ -19,7 +19,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from detfm.commands.device import check_device
 from detfm.errors import DetfmError
+from detfm.io.outputs import check_output_dir, check_output_file
 
 CSV_COLUMNS = ("rank", "event", "score", "n_points", "total_energy")
 
@@ -30,6 +32,7 @@ def _scoring_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--neighbours", type=int, default=5, help="nearest reference events for 'density' (default 5)")
     p.add_argument("--batch-size", type=int, default=8, help="events per forward pass (default 8)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier run")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -92,6 +95,9 @@ def _rank(args: argparse.Namespace) -> int:
 
     if args.method == "density" and not args.reference:
         raise DetfmError("method 'density' needs a reference file of normal events (--reference NORMAL.h5)")
+    check_output_file(out, overwrite=args.overwrite)
+    check_output_file(manifest_path(out), overwrite=args.overwrite)
+    check_device(args.device)
     scorer = AnomalyScorer.from_run(args.model, batch_size=args.batch_size, masks=args.masks, seed=args.seed,
                                     neighbours=args.neighbours, device=args.device, progress=not args.quiet)
     scores = scorer.score(data, args.method, args.reference)
@@ -153,6 +159,8 @@ def _study(args: argparse.Namespace) -> int:
 
     started = time.time()
     files = _named_files(args.anomalous)
+    check_output_dir(args.out, overwrite=args.overwrite, outputs=("anomalies.json", "scores.npz", "manifest.json"))
+    check_device(args.device)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     doc = anomaly_study(args.model, args.normal, files, args.reference, args.out, methods=methods,
                         batch_size=args.batch_size, masks=args.masks, seed=args.seed,

@@ -10,8 +10,11 @@ import argparse
 import time
 from pathlib import Path
 
+from detfm.commands.configfile import check_yaml
+from detfm.commands.device import check_device
 from detfm.commands.seeds import add_seeds_option, parse_seeds
 from detfm.errors import DetfmError
+from detfm.io.outputs import check_output_dir
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -61,6 +64,8 @@ def _sensitivity(args: argparse.Namespace) -> int:
 
     started = time.time()
     seeds = parse_seeds(args.seeds)
+    check_output_dir(args.out, overwrite=True)  # the audit resumes: finished replicas are kept
+    check_yaml(args.config)
     cfg = load_config(FinetuneConfig, args.config)
     if args.data:
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, paths=tuple(args.data)))
@@ -114,6 +119,7 @@ def _add_diversity(audits: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="events per forward pass (default 8)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--overwrite", action="store_true", help="replace the results of an earlier audit in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_diversity)
 
@@ -124,6 +130,10 @@ def _diversity(args: argparse.Namespace) -> int:
     from detfm.audit.manifest import run_inputs, write_manifest
 
     started = time.time()
+    if len(args.models) < 2:
+        raise DetfmError(f"a diversity audit needs at least 2 models, got {len(args.models)}")
+    check_output_dir(args.out, overwrite=args.overwrite, outputs=(REPORT_FILE, "diversity.png", "manifest.json"))
+    check_device(args.device)
     report = diversity_audit(args.models, args.data, max_events=args.max_events, batch_size=args.batch_size,
                              device=args.device, progress=not args.quiet)
     written = report.save(args.out)

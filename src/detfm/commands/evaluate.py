@@ -34,6 +34,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="events per forward pass (default 8)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the results of an earlier evaluation in --out (simulated twins are reused)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_evaluate)
 
@@ -54,7 +56,9 @@ def parse_twins(items: list[str]) -> dict[str, str]:
 def _evaluate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from detfm.commands.device import check_device
     from detfm.evaluate.systematics import evaluate_systematics, format_systematics
+    from detfm.io import check_output_dir
 
     if args.bootstrap < 2:
         raise DetfmError(f"--bootstrap must be >= 2, got {args.bootstrap}")
@@ -64,6 +68,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise DetfmError(f"{args.data}: no such file")
     if not Path(args.model).is_dir():
         raise DetfmError(f"{args.model}: no such run directory")
+    check_output_dir(args.out, overwrite=args.overwrite, outputs=("report.json", "report.txt"))
+    check_device(args.device)
     twins = parse_twins(args.twins)
     if args.variations is not None:
         variations = [v.strip() for v in args.variations.split(",") if v.strip()]

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+from detfm.commands.configfile import check_yaml
 from detfm.commands.tracking import add_tracking_options, check_tracking, log_tracking
+from detfm.tasks.registry import get_task, list_tasks
 from detfm.errors import DetfmError
+from detfm.io.outputs import check_output_dir
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -19,9 +22,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--arch", metavar="RUN_DIR", help="scratch only: copy the architecture of this pretraining run")
     p.add_argument("--model", help="scratch only: backbone name (default pointmae_micro with CPU-sized patches)")
     p.add_argument("--data", nargs="+", metavar="FILE", help="labeled event files (PILArNet-M layout)")
-    p.add_argument("--task", choices=["semseg", "pid", "event"],
-                   help="semseg (default): per-point semantic classes; pid: particle ID of each particle "
-                        "instance; event: the leading particle's ID, one label per event")
+    p.add_argument("--task", choices=list_tasks(),
+                   help="; ".join(f"{t}: {get_task(t).description}" for t in list_tasks()) + " (default semseg)")
     p.add_argument("--labels", type=int, help="labeled training events (default 100)")
     p.add_argument("--mode", choices=["probe", "head", "finetune", "lora"], help="what trains (default finetune)")
     p.add_argument("--exclude-low-energy", action="store_true", default=None,
@@ -49,7 +51,9 @@ def _finetune(args: argparse.Namespace) -> int:
         raise DetfmError("finetune: --out RUN_DIR is required")
     if not (args.backbone or args.config or args.resume):
         raise DetfmError("finetune: --backbone RUN_DIR|scratch is required")
+    check_output_dir(args.out, overwrite=True)  # a run folder we can write; a finished run is refused later
     if args.config:
+        check_yaml(args.config)
         cfg = load_config(FinetuneConfig, args.config)
     elif args.resume:
         cfg = load_finetune_config(args.out)
@@ -83,14 +87,13 @@ def _finetune(args: argparse.Namespace) -> int:
     ev = result.eval
     print(f"{cfg.mode} of {cfg.backbone} on {cfg.labels} labeled events: {result.train.steps} steps in "
           f"{result.train.seconds:.0f} s, final loss {result.train.final_loss}")
-    if cfg.task == "pid":
-        print(f"test ({ev['events']} events, {ev['instances']} particles): macro-F1 {_fmt(ev['macro_f1'])}")
-    elif cfg.task == "event":
-        print(f"test ({ev['scored_events']} events): macro-F1 {_fmt(ev['macro_f1'])}, "
-              f"accuracy {_fmt(ev['accuracy'])}")
+    spec = get_task(cfg.task)
+    if spec.excluded_class is None:
+        print(f"test ({ev['events']} events): macro-F1 {_fmt(ev['macro_f1'])}, accuracy {_fmt(ev['accuracy'])}")
     else:
-        print(f"test ({ev['events']} events, {ev['points']} points): macro-F1 {_fmt(ev['macro_f1_5'])} "
-              f"(5 classes), {_fmt(ev['macro_f1_4'])} (without low-energy)")
+        n = len(spec.class_names)
+        print(f"test ({ev['events']} events, {ev['points']} points): macro-F1 {_fmt(ev[f'macro_f1_{n}'])} "
+              f"({n} classes), {_fmt(ev[spec.headline])} (without {spec.class_names[spec.excluded_class]})")
     print(f"run directory: {args.out} (scores in eval.json)")
     log_tracking(args, args.out)
     return 0

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from detfm.commands.device import check_device
 from detfm.errors import DetfmError
+from detfm.io.outputs import check_output_file
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -29,8 +31,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def _predict(args: argparse.Namespace) -> int:
     from detfm.adapt import predict_file
 
-    if Path(args.out).exists() and not args.overwrite:
-        raise DetfmError(f"{args.out} exists; pass --overwrite to replace it")
+    out, data = Path(args.out), Path(args.data)
+    if out.exists() and data.exists() and out.resolve() == data.resolve():
+        raise DetfmError(f"{out}: the output would overwrite the input file")
+    check_output_file(out, overwrite=args.overwrite)
+    check_device(args.device)
     report = predict_file(args.model, args.data, args.out, batch_size=args.batch_size,
                           dtype="float32" if args.float32 else "float16", device=args.device,
                           progress=not args.quiet)

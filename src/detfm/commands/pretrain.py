@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+from detfm.commands.configfile import check_yaml
 from detfm.commands.tracking import add_tracking_options, check_tracking, log_tracking
 from detfm.errors import DetfmError
+from detfm.io.outputs import check_output_dir
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -43,7 +45,9 @@ def _pretrain(args: argparse.Namespace) -> int:
         return 0
     if not args.out:
         raise DetfmError("pretrain: --out RUN_DIR is required")
+    check_output_dir(args.out, overwrite=True)  # a run folder we can write; a finished run is refused later
     if args.config:
+        check_yaml(args.config)
         cfg = load_config(PretrainConfig, args.config)
     elif args.resume:
         cfg = load_run_config(args.out)

@@ -17,12 +17,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--test-events", type=int, default=500, help="events to score, all points (default 500)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--overwrite", action="store_true", help="replace the results of an earlier probe in --out")
     p.set_defaults(func=_probe)
 
 
 def _probe(args: argparse.Namespace) -> int:
     from detfm.evaluate.probe_study import probe_study
+    from detfm.io import check_output_dir
 
+    check_output_dir(args.out, overwrite=args.overwrite, outputs=("probe.json", "probe.txt"))
     study = probe_study(args.backbone, args.data, args.out, train_events=args.train_events,
                         test_events=args.test_events, seed=args.seed)
     print(study.format())

@@ -19,8 +19,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
                    help="run directories, or folders holding runs (searched one level down)")
     p.add_argument("--out", required=True, help="output HTML file, e.g. report.html (written atomically)")
+    p.add_argument("--predictions", nargs="+", default=[], metavar="PREDS.h5",
+                   help="per-point predictions written by `detfm predict`, for the best and worst events "
+                        "(files directly inside the RUN_DIRs are found without this)")
     p.add_argument("--max-events", type=int, default=40,
-                   help="test events scored per fine-tune segmentation run to pick the best and worst (default 40)")
+                   help="test events ranked per predictions file to pick the best and worst (default 40)")
     p.add_argument("--title", default=None, help="page heading (default 'detfm report')")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.set_defaults(func=_report)
@@ -30,12 +33,13 @@ def _report(args: argparse.Namespace) -> int:
     from detfm.audit import report
     from detfm.io.outputs import check_output_file
 
+    dirs = report.find_run_dirs(args.run_dirs)  # inputs first: a missing folder is named before the output
     check_output_file(args.out, overwrite=args.overwrite)
-    dirs = report.find_run_dirs(args.run_dirs)
     if not any(_has_results(d, report) for d in dirs):
         raise DetfmError(f"nothing to report in {', '.join(args.run_dirs)}: no run or results files "
                          f"({', '.join(_RESULT_NAMES(report))}) there or one folder down")
-    path = report.build_report(args.run_dirs, args.out, max_events=args.max_events, title=args.title)
+    path = report.build_report(args.run_dirs, args.out, predictions=args.predictions, max_events=args.max_events,
+                               title=args.title)
     print(path)
     return 0
 

@@ -29,6 +29,7 @@ def _show(args: argparse.Namespace) -> int:
 
     if args.event < 0:
         raise DetfmError(f"--event must be >= 0 (events count from 0), got {args.event}")
+    EventFile(args.file)  # the input is named before the output
     check_output_file(args.out, overwrite=args.overwrite)
     out = show_file(args.file, args.event, args.out, color=args.color, predictions=args.predictions)
     with EventFile(args.file) as f:  # drawn as stored; say what every other reader would refuse

@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 
+from detfm.commands.configfile import check_yaml
 from detfm.commands.seeds import add_seeds_option, parse_seeds
+from detfm.tasks.registry import list_tasks
 from detfm.errors import DetfmError
+from detfm.io.outputs import check_output_dir
 
 
 def _int_list(text: str) -> list[int]:
@@ -19,7 +22,7 @@ def _int_list(text: str) -> list[int]:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``detfm study STUDY``."""
-    from detfm.sim_to_data import add_sim_to_data_arguments, run_sim_to_data_from_args
+    from detfm.commands.sim_to_data import add_sim_to_data_arguments, run_sim_to_data_from_args
 
     study = sub.add_parser("study", help="studies made of many fine-tuning runs (label efficiency, sim-to-data)",
                            description="Studies made of many runs; each resumes where it stopped.")
@@ -42,7 +45,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--labels", nargs="+", type=_int_list, metavar="N[,N...]",
                    help="label counts, e.g. 10,100,1000,10000 (required)")
     add_seeds_option(p, default="3", what="fine-tuning seeds per point")
-    p.add_argument("--task", choices=["semseg", "pid", "event"], default="semseg")
+    p.add_argument("--task", choices=list_tasks(), default="semseg")
     p.add_argument("--modes", "--mode", dest="modes", type=lambda t: [m.strip() for m in t.split(",") if m.strip()],
                    default=None, metavar="MODE[,MODE...]",
                    help="adaptation modes among probe, head, finetune, lora (default finetune)")
@@ -69,6 +72,7 @@ def _label_efficiency(args: argparse.Namespace) -> int:
     from detfm.adapt import FinetuneConfig, label_efficiency_study
     from detfm.engine import load_config
 
+    check_output_dir(args.out, overwrite=True)  # a study resumes: finished points are kept
     if args.collect:
         from detfm.adapt import collect_label_efficiency
 
@@ -83,6 +87,8 @@ def _label_efficiency(args: argparse.Namespace) -> int:
     labels = [n for group in args.labels for n in group]
     if not labels:
         raise DetfmError("study: --labels needs at least one count, e.g. --labels 10,100,1000")
+    if args.config:
+        check_yaml(args.config)
     cfg = load_config(FinetuneConfig, args.config) if args.config else FinetuneConfig()
     modes = args.modes or [cfg.mode]
     train_over = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size), ("lr", args.lr))

@@ -66,6 +66,7 @@ from detfm.engine.progress import MetricsLog, ProgressBar, truncate_metrics
 from detfm.engine.sampler import BatchPlan, derived_seed, micro_batches
 from detfm.engine.schedule import lr_at
 from detfm.errors import ConfigError, DetfmError
+from detfm.io.outputs import remove_stale_temporaries
 
 # Called on rank 0 after each metrics line, with the record and the (unwrapped) task.
 Callback = Callable[[dict[str, Any], nn.Module], None]
@@ -130,10 +131,13 @@ def _train(task: nn.Module, dataset: MapDataset, collate: Callable[[list[Any]], 
     task.to(device)
     optimizer = build_optimizer(task, cfg)
     start, record, checkpoint_path = 0, {}, out / "checkpoints" / LAST
+    if dist.is_main:
+        remove_stale_temporaries(out / "checkpoints")  # half-written step folders of a killed run
     if resume:
         if not (out / "checkpoints" / LAST).exists():
-            raise DetfmError(f"nothing to resume: no checkpoint at {out / 'checkpoints' / LAST} (a run that "
-                             f"stopped before its first checkpoint must start again in an empty folder)")
+            hint = ("; it holds no checkpoint: run the same command without --resume to start it again in "
+                    "place" if not _holds_progress(out) else "")
+            raise DetfmError(f"nothing to resume: no checkpoint at {out / 'checkpoints' / LAST}{hint}")
         checkpoint = read_checkpoint(out / "checkpoints" / LAST)
         _check_compatible(checkpoint.info, identity, plan, checkpoint.path)
         apply_checkpoint(checkpoint, task, optimizer, device)
@@ -268,15 +272,26 @@ def _dataset_paths(dataset: Any) -> list[Path]:
 _RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoints", MODEL_FILE)
 
 
+def _holds_progress(out: Path) -> bool:
+    """True if ``out`` holds training worth keeping: a checkpoint or final weights.
+
+    A run killed before its first checkpoint leaves only config.yaml, metrics.jsonl and
+    manifest.json (and perhaps a half-written step folder): it is restarted in place.
+    """
+    checkpoints = out / "checkpoints"
+    has_step = checkpoints.is_dir() and any(p.name.startswith("step_") for p in checkpoints.iterdir())
+    return has_step or (checkpoints / LAST).is_symlink() or (out / MODEL_FILE).exists()
+
+
 def _check_out_dir(out: Path, resume: bool) -> None:
-    """Refuse to overwrite a previous run unless resuming it."""
+    """Refuse to overwrite a previous run unless resuming it (a run with no checkpoint yet is
+    started again in place, resumed or not)."""
     if out.exists() and not out.is_dir():
         raise DetfmError(f"{out} exists and is not a folder")
-    if not resume:
+    if not resume and out.is_dir() and _holds_progress(out):
         found = [name for name in _RUN_FILES if (out / name).exists()]
-        if found:
-            raise DetfmError(f"{out} already holds a run ({', '.join(found)}); resume it or choose "
-                             f"a new output folder")
+        raise DetfmError(f"{out} already holds a run ({', '.join(found)}); resume it or choose "
+                         f"a new output folder")
 
 
 def _check_compatible(info: Mapping[str, Any], identity: dict[str, Any], plan: BatchPlan,
