@@ -29,7 +29,7 @@ demo: $(STAMP)
 	$(BIN)/detfm predict --model $(DEMO)/finetune --data $(DEMO)/events.h5 --out $(DEMO)/preds.h5 --overwrite
 	$(BIN)/detfm show $(DEMO)/events.h5 --predictions $(DEMO)/preds.h5 --out $(DEMO)/prediction.png \
 		--event $$($(BIN)/python -c "import json; print(json.load(open('$(DEMO)/finetune/split.json'))['test'][0])")
-	$(BIN)/detfm report $(DEMO)/pretrain $(DEMO)/finetune --out $(DEMO)/report.html --max-events 20
+	$(BIN)/detfm report $(DEMO)/pretrain $(DEMO)/finetune --predictions $(DEMO)/preds.h5 --out $(DEMO)/report.html --max-events 20
 	@echo "demo outputs in $(DEMO)/: event0.html (event display), pretrain/ and finetune/ (runs),"
 	@echo "  preds.h5 (per-point predictions), prediction.png (truth next to prediction of a test event)"
 	@echo "report: $(DEMO)/report.html"

@@ -43,7 +43,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, 
 from detfm.io import atomic_write_text
 from detfm.models import create_model
 from detfm.models.grouping import GroupingConfig, group_points
-from detfm.models.synthetic import synthetic_batch
+from detfm.data.synthetic import synthetic_batch
 from detfm.tasks import MaskedPointModeling
 
 THREADS = 2

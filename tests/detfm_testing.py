@@ -55,10 +55,108 @@ def pretrain_tiny(events: Path, out: Path) -> Path:
     """A (barely) pretrained ``pointmae_micro`` run of size :data:`TINY` on ``events`` in ``out``:
     :data:`TINY_PRETRAIN_STEPS` steps of masked point modeling, batches of 2."""
     from detfm.engine import TrainConfig
-    from detfm.pretrain import DataConfig, PretrainConfig, run_pretrain
+    from detfm.recipes.pretrain import DataConfig, PretrainConfig, run_pretrain
 
     with one_torch_thread():
         train = TrainConfig(steps=TINY_PRETRAIN_STEPS, batch_size=2, warmup_steps=1, progress=False)
         run_pretrain(PretrainConfig(model="pointmae_micro", model_overrides=TINY,
                                     data=DataConfig(paths=(str(events),), rotate=False), train=train), out)
     return out
+
+
+# ----------------------------------------------------------------------------- test model families
+# Two families registered only for the tests (``list_models("*_test")``): a tiny patch transformer
+# and a trivial per-point network, so that every generic code path is exercised by two backbones
+# that share nothing but the contract of ``detfm.models.contract``.
+TEST_MODELS = ("pointmae_test", "pointwise_test")
+
+
+def register_test_models() -> None:
+    """Register the ``*_test`` models (idempotent)."""
+    from detfm.models import PointMAE, PointMAEConfig, list_models, register_model
+
+    if list_models("*_test"):
+        return
+    register_model("pointmae_test", PointMAEConfig(embed_dim=32, num_heads=2, pointnet_hidden=(16, 32))
+                   .replace(**TINY_SHALLOW),
+                   "tiny patch transformer for tests", PointMAE)
+    register_model("pointwise_test", _pointwise_config()(width=16, depth=2),
+                   "tiny per-point MLP for tests", _pointwise_class())
+
+
+def _pointwise_config() -> Any:
+    from dataclasses import dataclass
+
+    from detfm.models.config import ModelConfig, config_class, register_arch
+
+    try:
+        return config_class("pointwise")
+    except Exception:  # first call: define and register it
+        pass
+
+    @register_arch
+    @dataclass(frozen=True)
+    class PointwiseConfig(ModelConfig):
+        """A per-point residual MLP on (normalised coordinates, input features)."""
+
+        name: str = "pointwise"
+        arch: str = "pointwise"
+        width: int = 16
+        depth: int = 2
+
+    return PointwiseConfig
+
+
+def _pointwise_class() -> Any:
+    import torch
+    from torch import nn
+
+    from detfm.data.datasets import get_dataset
+    from detfm.models.contract import BackboneOutput
+    from detfm.models.layers import seeded_init
+
+    class Pointwise(nn.Module):
+        """Each point alone: no neighbours, no patches; the smallest thing the contract allows."""
+
+        def __init__(self, cfg: Any) -> None:
+            super().__init__()
+            self.cfg = cfg
+            self.spec = get_dataset(cfg.dataset)
+            with seeded_init(cfg.seed):
+                self.stem = nn.Linear(3 + cfg.in_channels, cfg.width)
+                self.blocks = nn.ModuleList(nn.Sequential(nn.LayerNorm(cfg.width), nn.Linear(cfg.width, cfg.width),
+                                                          nn.GELU()) for _ in range(cfg.depth))
+                self.norm = nn.LayerNorm(cfg.width)
+
+        @property
+        def default_cfg(self) -> Any:
+            return self.cfg
+
+        @property
+        def num_features(self) -> int:
+            return int(self.cfg.width)
+
+        @property
+        def num_local_features(self) -> int:
+            return 0
+
+        def group_matcher(self) -> list[tuple[str, tuple[int, ...]]]:
+            return [(r"^stem\.", (0,)), (r"^blocks\.(\d+)\.", (1,)), (r"^norm\.", (2,))]
+
+        def lora_targets(self) -> list[str]:
+            return [f"blocks.{i}.1" for i in range(self.cfg.depth)]
+
+        def forward_intermediates(self, batch: Any, layers: Any = None, norm: bool = False,
+                                  generator: torch.Generator | None = None) -> tuple[BackboneOutput, list[Any]]:
+            x = self.stem(torch.cat([self.spec.normalise(batch.coord.float()), batch.feat.float()], dim=1))
+            kept = []
+            for block in self.blocks:
+                x = x + block(x)
+                kept.append(self.norm(x) if norm else x)
+            out = BackboneOutput(point=self.norm(x), local=x.new_zeros(x.shape[0], 0))
+            return out, kept
+
+        def forward_features(self, batch: Any, generator: torch.Generator | None = None) -> BackboneOutput:
+            return self.forward_intermediates(batch)[0]
+
+    return Pointwise

@@ -10,7 +10,7 @@ import pytest
 from safetensors.numpy import save_file
 
 from detfm.audit.card import model_card
-from detfm.audit.manifest import file_sha256, write_manifest
+from detfm.engine.manifest import file_sha256, write_manifest
 from detfm.audit.registry import Registry
 from detfm.cli import main
 

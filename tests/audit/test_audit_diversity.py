@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from detfm_testing import TINY, one_torch_thread
 
-from detfm.adapt import FinetuneConfig, run_finetune
+from detfm.recipes.adapt import FinetuneConfig, run_finetune
 from detfm.audit.diversity import DiversityAccumulator, diversity_audit
 from detfm.cli import main
 from detfm.engine import TrainConfig
 from detfm.errors import DetfmError
-from detfm.pretrain import DataConfig
+from detfm.recipes.pretrain import DataConfig
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import pytest
 from detfm_testing import TINY, one_torch_thread
 from safetensors.numpy import save_file
 
-from detfm.audit.manifest import file_sha256, write_manifest
+from detfm.engine.manifest import file_sha256, write_manifest
 from detfm.audit.registry import Registry, blob_path, default_registry_dir, parse_ref
 from detfm.cli import main
 from detfm.errors import DetfmError
@@ -163,9 +163,9 @@ def test_concurrent_adds_keep_the_registry_consistent(reg: Registry, tmp_path: P
 @pytest.fixture(scope="module")
 def runs(tiny_events: Path, tiny_pretrained: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The shared 2-step pretraining run and a 3-step fine-tuning run on it (20 simulated events)."""
-    from detfm.adapt import FinetuneConfig, run_finetune
+    from detfm.recipes.adapt import FinetuneConfig, run_finetune
     from detfm.engine import TrainConfig
-    from detfm.pretrain import DataConfig
+    from detfm.recipes.pretrain import DataConfig
 
     ft = tmp_path_factory.mktemp("runs") / "ft"
     train = TrainConfig(steps=3, batch_size=2, warmup_steps=1, lr=3e-3, progress=False, log_every=1)

@@ -16,12 +16,12 @@ import pytest
 from detfm_testing import TINY_SHALLOW, one_torch_thread
 from PIL import Image
 
-from detfm.adapt import FinetuneConfig, run_finetune
+from detfm.recipes.adapt import FinetuneConfig, predict_file, run_finetune
 from detfm.audit.report import SECTION_IDS, build_report, find_run_dirs
 from detfm.cli import main
 from detfm.engine import TrainConfig
 from detfm.errors import DetfmError
-from detfm.pretrain import DataConfig
+from detfm.recipes.pretrain import DataConfig
 
 CLASSES5 = ["shower", "track", "michel", "delta", "low_energy"]
 
@@ -156,6 +156,11 @@ def finetune_run(tiny_events: Path, tmp_path_factory: pytest.TempPathFactory) ->
     return out
 
 
+def _data(run: Path) -> Path:
+    """The event file a run was trained on."""
+    return Path(json.loads((run / "split.json").read_text())["files"][0])
+
+
 @pytest.fixture(scope="module")
 def full_report(finetune_run: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     root = tmp_path_factory.mktemp("report_all")
@@ -166,6 +171,7 @@ def full_report(finetune_run: Path, tmp_path_factory: pytest.TempPathFactory) ->
     make_anomalies(root / "anom")
     make_sensitivity(root / "sens")
     make_diversity(root / "div")
+    predict_file(finetune_run, _data(finetune_run), root / "preds.h5")  # found in root, not named
     out = build_report([root, finetune_run], root / "out" / "report.html", max_events=6, title="Test <report>")
     return out, out.read_text(encoding="utf-8")
 
@@ -359,13 +365,27 @@ def test_absent_inputs_say_not_available(tmp_path: Path) -> None:
 def test_missing_data_files_are_reported_in_the_events_section(finetune_run: Path, tmp_path: Path) -> None:
     run = tmp_path / "moved"
     shutil.copytree(finetune_run, run, ignore=shutil.ignore_patterns("checkpoints"))
-    split = json.loads((run / "split.json").read_text())
-    write_json(run / "split.json", {**split, "files": [str(tmp_path / "gone.h5")]})
-    p = parse(build_report([run], tmp_path / "r.html", max_events=2).read_text(encoding="utf-8"))
+    data = tmp_path / "gone.h5"
+    shutil.copy(_data(finetune_run), data)
+    preds = predict_file(run, data, tmp_path / "preds.h5").path
+    data.unlink()
+    p = parse(build_report([run], tmp_path / "r.html", predictions=[preds], max_events=2).read_text(encoding="utf-8"))
     text = p.text("events")
     assert "data files are missing" in text and "gone.h5" in text
     assert not p.images["events"]
     assert "Not available" not in p.text("evaluation")  # the rest of the run still shows
+
+
+def test_the_report_runs_no_model(finetune_run: Path, tmp_path: Path) -> None:
+    """Best and worst events come from the predictions file alone: the run's weights are not read."""
+    run = tmp_path / "ft"
+    shutil.copytree(finetune_run, run, ignore=shutil.ignore_patterns("checkpoints"))
+    preds = predict_file(run, _data(run), tmp_path / "preds.h5").path
+    (run / "model.safetensors").unlink()
+    p = parse(build_report([run], tmp_path / "r.html", predictions=[preds], max_events=4).read_text(encoding="utf-8"))
+    assert len(p.images["events"]) == 4 and "test events scored" in p.text("events")
+    with pytest.raises(DetfmError, match="not a file written by `detfm predict`"):
+        build_report([run], tmp_path / "r2.html", predictions=[_data(run)])
 
 
 @pytest.mark.parametrize("name, content", [("eval.json", '{"macro_f1": 0.5,'),

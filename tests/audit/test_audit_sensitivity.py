@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from detfm_testing import one_torch_thread
 
-from detfm.adapt import FinetuneConfig, load_finetune_config
+from detfm.recipes.adapt import FinetuneConfig, load_finetune_config
 from detfm.audit.sensitivity import (
     SensitivityReport,
     aggregate_metrics,
@@ -21,7 +21,7 @@ from detfm.audit.sensitivity import (
 from detfm.cli import main
 from detfm.engine import TrainConfig, save_config
 from detfm.errors import DetfmError
-from detfm.pretrain import DataConfig
+from detfm.recipes.pretrain import DataConfig
 
 SEEDS = (0, 1)
 

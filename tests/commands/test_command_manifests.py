@@ -13,12 +13,12 @@ from typing import Any
 import pytest
 from detfm_testing import one_torch_thread, simulate_events
 
-from detfm.adapt import FinetuneConfig
-from detfm.audit.manifest import SCHEMA, write_manifest
+from detfm.recipes.adapt import FinetuneConfig
+from detfm.engine.manifest import SCHEMA, write_manifest
 from detfm.cli import main
 from detfm.engine import TrainConfig, save_config
 from detfm.errors import DetfmError
-from detfm.pretrain import DataConfig
+from detfm.recipes.pretrain import DataConfig
 
 SEEDS = (0, 1)
 FEW_EVENTS = 4  # the anomaly commands score this many events per file

@@ -16,7 +16,7 @@ from detfm.engine import TrainConfig
 from detfm.errors import ConfigError, DetfmError
 from detfm.evaluate.anomaly import (ANOMALIES_KIND, AnomalyScorer, anomaly_study, efficiency_at_fpr,
                                     event_summary, roc_auc, score_events)
-from detfm.pretrain import DataConfig, PretrainConfig, run_pretrain
+from detfm.recipes.pretrain import DataConfig, PretrainConfig, run_pretrain
 from detfm.sim.simulate import SimConfig, simulate_to_file
 
 TINY = {"num_groups": 16, "radius": 12.0, "cover_radius": 12.0, "group_size": 16}

@@ -15,7 +15,7 @@ from torch import nn
 from detfm.data import EventDataset, PackedBatch
 from detfm.errors import DetfmError
 from detfm.evaluate.feature_viz import MAX_EVENTS, feature_pca_figure, pca_colors
-from detfm.models import TokenOutput, create_model
+from detfm.models import BackboneOutput, create_model
 from detfm.sim.simulate import SimConfig, simulate_to_file
 
 
@@ -27,21 +27,19 @@ def events(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 class OneHotBackbone(nn.Module):
-    """Features = one-hot of the true semantic class (+ optional NaN), one token per point."""
+    """Features = one-hot of the true semantic class (+ optional NaN), one feature vector per point."""
 
     def __init__(self, nan: bool = False) -> None:
         super().__init__()
         self.nan = nan
 
-    def forward_features(self, batch: PackedBatch) -> TokenOutput:
+    def forward_features(self, batch: PackedBatch) -> BackboneOutput:
         assert batch.semantic is not None
         p = batch.num_points
         f = nn.functional.one_hot(batch.semantic, 5).float()
         if self.nan:
             f[0, 0] = float("nan")
-        return TokenOutput(tokens=f[None], mask=torch.ones(1, p, dtype=torch.bool),
-                           centers=torch.zeros(1, p, 3), patches=None,  # type: ignore[arg-type]
-                           point_patch=torch.arange(p))
+        return BackboneOutput(point=f, local=f[:, :0])
 
 
 def png_size(path: Path) -> tuple[int, int]:

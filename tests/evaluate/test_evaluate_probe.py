@@ -23,7 +23,7 @@ from detfm.evaluate.probe import (
     linear_probe,
 )
 from detfm.io import layout
-from detfm.models import TokenOutput, create_model
+from detfm.models import BackboneOutput, create_model
 from detfm.sim.simulate import SimConfig, simulate_to_file
 
 N_CLASSES = len(layout.SEMANTIC_CLASSES)
@@ -45,15 +45,15 @@ def split(events: Path) -> tuple[EventDataset, EventDataset]:
 
 
 class FakeBackbone(nn.Module):
-    """Per-point features = ``signal`` x one-hot(true class) + Gaussian noise, one token per
-    point. ``signal=0`` gives pure noise. The noise is seeded by the batch, so it is
+    """Per-point features = ``signal`` x one-hot(true class) + Gaussian noise, one feature
+    vector per point. ``signal=0`` gives pure noise. The noise is seeded by the batch, so it is
     reproducible."""
 
     def __init__(self, signal: float, noise: float = 1.0, dim: int = 8, nan: bool = False) -> None:
         super().__init__()
         self.signal, self.noise, self.dim, self.nan = signal, noise, dim, nan
 
-    def forward_features(self, batch: PackedBatch) -> TokenOutput:
+    def forward_features(self, batch: PackedBatch) -> BackboneOutput:
         assert batch.semantic is not None and batch.index is not None
         g = torch.Generator().manual_seed(1000 * int(batch.index[0]) + len(batch))
         p = batch.num_points
@@ -61,9 +61,7 @@ class FakeBackbone(nn.Module):
         f[:, :N_CLASSES] += self.signal * nn.functional.one_hot(batch.semantic, N_CLASSES)
         if self.nan:
             f[0, 0] = float("nan")
-        return TokenOutput(tokens=f[None], mask=torch.ones(1, p, dtype=torch.bool),
-                           centers=torch.zeros(1, p, 3), patches=None,  # type: ignore[arg-type]
-                           point_patch=torch.arange(p))
+        return BackboneOutput(point=f, local=f[:, :0])
 
 
 def chance_macro_f1(result: ProbeResult) -> float:

@@ -15,10 +15,10 @@ from detfm.models import (
     create_model,
     list_models,
     model_config,
-    point_features,
 )
+from detfm.models.contract import BackboneOutput, layer_ids
 from detfm.models.layers import DropPath
-from detfm.models.synthetic import synthetic_batch
+from detfm.data.synthetic import synthetic_batch
 
 SMALL = dict(embed_dim=32, depth=3, num_heads=2, num_groups=24, group_size=8, pointnet_hidden=(16, 32))
 
@@ -41,7 +41,7 @@ def model(**kw: object) -> PointMAE:
 
 def test_forward_features_shapes() -> None:
     batch = synthetic_batch(np.random.default_rng(0), [800, 30, 1])
-    out = model().forward_features(batch)
+    out = model().encode_tokens(batch)
     b, g, d = out.tokens.shape
     assert (b, d) == (3, 32) and g == 24
     assert out.mask.sum(dim=1).tolist()[2] == 1 and out.mask.sum(dim=1).tolist()[0] == 24
@@ -55,14 +55,14 @@ def test_real_event_unchanged_by_padded_neighbours() -> None:
     big, small, tiny = synthetic_batch(rng, [600]), synthetic_batch(rng, [25]), synthetic_batch(rng, [2])
     m = model()
     with torch.no_grad():
-        alone = m.forward_features(big)
-        mixed = m.forward_features(concat(small, big, tiny))
+        alone = m.encode_tokens(big)
+        mixed = m.encode_tokens(concat(small, big, tiny))
     n = int(alone.mask.sum())
     assert torch.equal(mixed.mask[1], alone.mask[0])
     assert torch.equal(mixed.centers[1], alone.centers[0])
     torch.testing.assert_close(mixed.tokens[1, :n], alone.tokens[0, :n], atol=1e-5, rtol=1e-5)
     # the small event is padded in the mixed batch, and its tokens match its own run too
-    alone_small = m.forward_features(small)
+    alone_small = m.encode_tokens(small)
     k = int(alone_small.mask.sum())
     assert int(mixed.mask[0].sum()) == k < mixed.mask.shape[1]
     torch.testing.assert_close(mixed.tokens[0, :k], alone_small.tokens[0, :k], atol=1e-5, rtol=1e-5)
@@ -70,8 +70,8 @@ def test_real_event_unchanged_by_padded_neighbours() -> None:
 
 def test_numba_backend_gives_identical_tokens() -> None:
     batch = synthetic_batch(np.random.default_rng(2), [400, 90])
-    a = model().forward_features(batch)
-    b = model(backend="numba").forward_features(batch)
+    a = model().encode_tokens(batch)
+    b = model(backend="numba").encode_tokens(batch)
     assert torch.equal(a.patches.index, b.patches.index)
     assert torch.equal(a.tokens, b.tokens)
 
@@ -79,36 +79,53 @@ def test_numba_backend_gives_identical_tokens() -> None:
 def test_forward_intermediates() -> None:
     batch = synthetic_batch(np.random.default_rng(3), [300, 60])
     m = model()
-    final, inter = m.forward_intermediates(batch, layers=[0, -1])
+    final, inter = m.token_intermediates(batch, layers=[0, -1])
     assert len(inter) == 2 and inter[0].shape == final.tokens.shape
     assert not torch.allclose(inter[0], inter[1])
-    _, normed = m.forward_intermediates(batch, layers=1, norm=True)
+    _, normed = m.token_intermediates(batch, layers=1, norm=True)
     torch.testing.assert_close(normed[0], final.tokens)
-    _, every = m.forward_intermediates(batch)
+    _, every = m.token_intermediates(batch)
     assert len(every) == 3
     with pytest.raises(ConfigError, match="block index 3 out of range"):
-        m.forward_intermediates(batch, layers=[3])
+        m.token_intermediates(batch, layers=[3])
     with pytest.raises(ConfigError, match="last 4 blocks"):
-        m.forward_intermediates(batch, layers=4)
+        m.token_intermediates(batch, layers=4)
 
 
-def test_point_features_follow_the_assignment_and_carry_gradients() -> None:
+def test_point_features_are_interpolated_tokens_and_carry_gradients() -> None:
+    """The contract: (P, D) features aligned with the batch's points, ``local`` the offset
+    from the own patch centre and the inputs, gradients flowing to the encoder."""
     batch = synthetic_batch(np.random.default_rng(4), [500, 40])
     m = model()
     out = m.forward_features(batch)
-    feats = point_features(batch, out)
-    assert feats.shape == (batch.num_points, 32)
-    flat = out.tokens.reshape(-1, 32)
-    assert torch.equal(feats[7], flat[out.point_patch[7]])
+    assert isinstance(out, BackboneOutput)
+    assert out.point.shape == (batch.num_points, 32) and out.local.shape == (batch.num_points, 3 + 1)
+    assert m.num_local_features == 4
+    tok = out.extras["tokens"]
     # every point maps to a real patch of its own event
-    g = out.tokens.shape[1]
+    g = tok.tokens.shape[1]
     event = torch.bucketize(torch.arange(batch.num_points), batch.offsets[1:], right=True)
-    assert torch.equal(out.point_patch // g, event)
-    assert out.mask.reshape(-1)[out.point_patch].all()
-    feats.sum().backward()
+    assert torch.equal(tok.point_patch // g, event)
+    assert tok.mask.reshape(-1)[tok.point_patch].all()
+    # a point sitting on a patch centre takes (almost exactly) that patch's token
+    centre = tok.centers[0, 0]
+    on_centre = torch.nonzero((batch.coord - centre).abs().sum(dim=1) < 1e-6)
+    if len(on_centre):
+        torch.testing.assert_close(out.point[on_centre[0, 0]], tok.tokens[0, 0], atol=1e-3, rtol=0)
+    torch.testing.assert_close(out.local[:, 3:], batch.feat)
+    out.point.sum().backward()
     assert m.tokenizer.embed.first[0].weight.grad is not None
-    with pytest.raises(ConfigError, match="pass the batch the tokens were computed from"):
-        point_features(synthetic_batch(np.random.default_rng(5), [10]), out)
+
+
+def test_group_matcher_covers_every_parameter_in_depth_order() -> None:
+    m = model()
+    ids = layer_ids([n for n, _ in m.named_parameters()], m.group_matcher())
+    assert ids["tokenizer.embed.first.0.weight"] == 0 and ids["pos_embed.mlp.0.weight"] == 0
+    assert [ids[f"encoder.blocks.{i}.attn.qkv.weight"] for i in range(3)] == [1, 2, 3]
+    assert ids["encoder.norm.weight"] == 4
+    m.register_parameter("stray", torch.nn.Parameter(torch.zeros(1)))
+    with pytest.raises(ConfigError, match="'stray' matches no rule"):
+        layer_ids([n for n, _ in m.named_parameters()], m.group_matcher())
 
 
 def test_head_reset_and_forward() -> None:
@@ -127,7 +144,7 @@ def test_head_reset_and_forward() -> None:
 def test_drop_path_draws_only_from_the_given_generator() -> None:
     batch = synthetic_batch(np.random.default_rng(7), [300, 80])
     m = model(drop_path_rate=0.5).train()
-    runs = [m.forward_features(batch, generator=torch.Generator().manual_seed(s)).tokens for s in (1, 1, 2)]
+    runs = [m.encode_tokens(batch, generator=torch.Generator().manual_seed(s)).tokens for s in (1, 1, 2)]
     assert torch.equal(runs[0], runs[1])
     assert not torch.equal(runs[0], runs[2])
     with pytest.raises(ValueError, match="Generator"):
@@ -185,4 +202,4 @@ def test_wrong_feature_channels() -> None:
     batch = synthetic_batch(np.random.default_rng(8), [50])
     m = model(in_channels=2)
     with pytest.raises(DataFormatError, match="expects 2 feature channel"):
-        m.forward_features(batch)
+        m.encode_tokens(batch)

@@ -9,7 +9,7 @@ import torch
 from detfm.errors import ConfigError, DataFormatError
 from detfm.models.fps import farthest_point_sampling
 from detfm.models.grouping import GroupingConfig, assign_points, ball_query, group_points
-from detfm.models.synthetic import synthetic_batch
+from detfm.data.synthetic import synthetic_batch
 
 
 def brute_ball(coord: torch.Tensor, a: int, e: int, centre: int, radius: float) -> list[int]:

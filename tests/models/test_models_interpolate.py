@@ -1,16 +1,11 @@
-"""Inverse-distance interpolation of patch tokens back to points."""
+"""Inverse squared-distance interpolation of patch tokens back to points."""
 
 from __future__ import annotations
 
 import torch
 
 from detfm.data.batch import PackedBatch
-from detfm.models import TokenOutput, interpolate_tokens
-
-
-def _out(centers: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> TokenOutput:
-    return TokenOutput(tokens=tokens, mask=mask, centers=centers, patches=None,  # type: ignore[arg-type]
-                       point_patch=torch.zeros(0, dtype=torch.long))
+from detfm.models.interpolation import interpolate, knn_interpolation
 
 
 def test_points_on_centres_take_that_token_and_events_stay_separate() -> None:
@@ -21,7 +16,7 @@ def test_points_on_centres_take_that_token_and_events_stay_separate() -> None:
     coord = torch.tensor([[100., 0, 0], [0, 0, 0], [50, 50, 50], [25, 25, 25]])
     batch = PackedBatch(coord=coord, feat=torch.zeros(4, 1), offsets=torch.tensor([0, 2, 4]),
                         energy=torch.zeros(4))
-    f = interpolate_tokens(batch, _out(centers, tokens, mask), k=3)
+    f = interpolate(tokens, knn_interpolation(batch.coord, batch.offsets, centers, mask, k=3))
     torch.testing.assert_close(f[0], tokens[0, 1], atol=1e-3, rtol=0)   # on a centre
     torch.testing.assert_close(f[1], tokens[0, 0], atol=1e-3, rtol=0)
     torch.testing.assert_close(f[2], tokens[1, 1], atol=1e-3, rtol=0)   # the other event's centre

@@ -10,7 +10,7 @@ from torch import nn
 from detfm.errors import ConfigError
 from detfm.models import PointMAE, create_model
 from detfm.models.lora import DEFAULT_TARGETS, LoRALinear, apply_lora, lora_modules, merge_lora, unmerge_lora
-from detfm.models.synthetic import synthetic_batch
+from detfm.data.synthetic import synthetic_batch
 
 SMALL = dict(embed_dim=32, depth=2, num_heads=2, num_groups=16, group_size=8, pointnet_hidden=(16, 32))
 
@@ -69,29 +69,29 @@ def test_apply_lora_wraps_targets_and_freezes_the_rest() -> None:
 def test_lora_backbone_starts_equal_and_merged_equals_unmerged() -> None:
     batch = synthetic_batch(np.random.default_rng(0), [300, 180])
     plain = backbone()
-    ref = plain.forward_features(batch).tokens.detach()
+    ref = plain.encode_tokens(batch).tokens.detach()
     model = backbone()
     apply_lora(model, rank=4, alpha=8.0)
-    torch.testing.assert_close(model.forward_features(batch).tokens, ref, rtol=0, atol=0)
+    torch.testing.assert_close(model.encode_tokens(batch).tokens, ref, rtol=0, atol=0)
     perturb(model)
-    unmerged = model.forward_features(batch).tokens.detach()
+    unmerged = model.encode_tokens(batch).tokens.detach()
     assert (unmerged - ref).abs().max() > 1e-3  # the update changes the output
     assert merge_lora(model) == len(lora_modules(model))
-    merged = model.forward_features(batch).tokens.detach()
+    merged = model.encode_tokens(batch).tokens.detach()
     torch.testing.assert_close(merged, unmerged, rtol=1e-4, atol=1e-5)
     # a plain backbone with the merged weights gives the same output: no LoRA code needed
     merged_state = {k: v for k, v in model.state_dict().items() if "lora_" not in k}
     plain.load_state_dict(merged_state)
-    torch.testing.assert_close(plain.forward_features(batch).tokens, unmerged, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(plain.encode_tokens(batch).tokens, unmerged, rtol=1e-4, atol=1e-5)
     unmerge_lora(model)
-    torch.testing.assert_close(model.forward_features(batch).tokens, unmerged, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(model.encode_tokens(batch).tokens, unmerged, rtol=1e-4, atol=1e-5)
 
 
 def test_lora_gradients_reach_only_lora_matrices() -> None:
     batch = synthetic_batch(np.random.default_rng(1), [200])
     model = backbone().train()
     apply_lora(model, rank=2, alpha=4.0)
-    out = model.forward_features(batch, generator=torch.Generator().manual_seed(0))
+    out = model.encode_tokens(batch, generator=torch.Generator().manual_seed(0))
     out.tokens[out.mask].pow(2).sum().backward()
     for name, p in model.named_parameters():
         if "lora_" in name:

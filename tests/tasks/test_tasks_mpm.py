@@ -9,7 +9,7 @@ import torch
 from detfm.data import PackedBatch
 from detfm.errors import ConfigError
 from detfm.models import create_model
-from detfm.models.synthetic import synthetic_batch
+from detfm.data.synthetic import synthetic_batch
 from detfm.tasks import MaskedPointModeling, Task
 
 SMALL = dict(embed_dim=32, depth=2, num_heads=2, num_groups=24, group_size=8, pointnet_hidden=(16, 32),

@@ -14,9 +14,11 @@ import detfm.models.interpolation as interpolation_module
 from detfm.data import EventDataset, PackedBatch, collate
 from detfm.errors import ConfigError, DataFormatError
 from detfm.models import PointMAE, create_model
-from detfm.models.synthetic import synthetic_batch
+from detfm.data.synthetic import synthetic_batch
 from detfm.sim.simulate import SimConfig, simulate_to_file
-from detfm.tasks.heads import SegmentationHead, interpolate, knn_interpolation, local_point_features
+from detfm.models.encoder import local_point_features
+from detfm.models.interpolation import interpolate, knn_interpolation
+from detfm.tasks.heads import PointHead
 from detfm.tasks.pid import PIDConfig, ParticleID, find_instances
 from detfm.tasks.segmentation import SegmentationConfig, SemanticSegmentation, segmentation_loss
 
@@ -116,25 +118,28 @@ def test_linear_head_is_one_linear_map_of_the_concatenation() -> None:
     batch = synthetic_batch(np.random.default_rng(0), [150, 90])
     backbone = tiny_backbone().eval()
     out = backbone.forward_features(batch)
-    head = SegmentationHead(backbone.num_features, 1, 5, kind="linear")
-    logits = head(batch, out)
+    head = PointHead(backbone.num_features, backbone.num_local_features, 5, kind="linear")
+    logits = head(out)
     # explicit form: interpolated token features, then [tokens, offset, energy] @ W^T + b
-    interp = knn_interpolation(batch.coord, batch.offsets, out.centers, out.mask)
-    features = torch.cat([interpolate(out.tokens, interp), local_point_features(batch, out)], dim=1)
+    tok = backbone.encode_tokens(batch)
+    interp = knn_interpolation(batch.coord, batch.offsets, tok.centers, tok.mask)
+    features = torch.cat([interpolate(tok.tokens, interp), local_point_features(batch, tok)], dim=1)
     weight = torch.cat([head.token_proj.weight, head.point_proj.weight], dim=1)
     torch.testing.assert_close(logits, features @ weight.t() + head.token_proj.bias, rtol=1e-4, atol=1e-5)
     assert logits.shape == (batch.num_points, 5)
 
 
-def test_head_rejects_tokens_of_another_batch() -> None:
+def test_head_rejects_features_of_another_width() -> None:
     rng = np.random.default_rng(1)
-    a, b = synthetic_batch(rng, [100]), synthetic_batch(rng, [120])
     backbone = tiny_backbone().eval()
-    head = SegmentationHead(backbone.num_features, 1, 5)
-    with pytest.raises(ConfigError, match="pass the batch"):
-        head(b, backbone.forward_features(a))
+    head = PointHead(backbone.num_features, backbone.num_local_features + 2, 5)
+    with pytest.raises(ConfigError, match="local features"):
+        head(backbone.forward_features(synthetic_batch(rng, [100])))
     with pytest.raises(ConfigError, match="head kind"):
-        SegmentationHead(96, 1, 5, kind="conv")  # type: ignore[arg-type]
+        PointHead(96, 4, 5, kind="conv")  # type: ignore[arg-type]
+    no_local = PointHead(backbone.num_features, 0, 3)  # a backbone with nothing to pass through
+    out = backbone.forward_features(synthetic_batch(rng, [50]))
+    assert no_local(replace(out, local=out.local[:, :0])).shape == (50, 3)
 
 
 # ----------------------------------------------------------------------------- loss
@@ -271,7 +276,7 @@ def test_pid_probe_is_linear_in_the_pooled_features_and_loss_is_per_event(events
     task = ParticleID(tiny_backbone(), PIDConfig(head="linear", freeze_backbone=True)).eval()
     with torch.no_grad():
         logits, inst = task.forward_instances(batch)
-        per_point = task.head(batch, task.backbone.forward_features(batch))
+        per_point = task.head(task.backbone.forward_features(batch))
         for m in (0, len(inst) - 1):
             torch.testing.assert_close(logits[m], per_point[inst.point_instance == m].mean(dim=0),
                                        rtol=1e-4, atol=1e-5)

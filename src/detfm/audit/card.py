@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from detfm.audit.kinds import SENSITIVITY as SENSITIVITY_KIND
+from detfm.evaluate.kinds import SENSITIVITY as SENSITIVITY_KIND
 from detfm.audit.registry import BACKBONE_MANIFEST, SYSTEMATICS_KIND, ModelVersion, Registry, format_lineage
 
 NOT_EVALUATED = "not evaluated"

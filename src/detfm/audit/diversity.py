@@ -39,13 +39,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from tqdm import tqdm
 
-from detfm.adapt import SPLIT_FILE, load_finetune_config, load_finetuned
-from detfm.audit import kinds
-from detfm.data import EventDataset, collate
+from detfm.recipes.adapt import SPLIT_FILE, load_finetune_config, load_finetuned
+from detfm.evaluate import kinds
+from detfm.data import EventDataset
 from detfm.errors import DetfmError
+from detfm.evaluate.scoring import eval_batches
 from detfm.evaluate.metrics import accuracy, confusion_matrix, macro_f1
 from detfm.io import atomic_path, atomic_write_text, layout
 from detfm.models.lora import merge_lora
@@ -297,15 +296,11 @@ def diversity_audit(run_dirs: Sequence[str | os.PathLike[str]], data_file: str |
     tasks = [_load_segmentation(run, device) for run in runs]
     dataset, source = _points(runs[0], data, thresholds[0], max_events)
     acc = DiversityAccumulator(_labels(runs), num_classes=tasks[0].config.num_classes)
-    with torch.no_grad(), tqdm(total=len(dataset), desc="comparing", unit="event", delay=2.0, leave=False,
-                               disable=not progress) as bar:
-        for a in range(0, len(dataset), batch_size):
-            batch = collate([dataset[i] for i in range(a, min(a + batch_size, len(dataset)))])
-            if batch.semantic is None:  # cannot happen: the dataset is opened with labels
-                raise DetfmError(f"{data}: the events carry no semantic labels")
-            probs = [task.predict_proba(batch.to(device)).float().cpu().numpy() for task in tasks]
-            acc.add(probs, batch.semantic.numpy(), batch.offsets.numpy())
-            bar.update(len(batch))
+    for _, batch in eval_batches(tasks[0], dataset, batch_size, progress, desc="comparing"):
+        if batch.semantic is None:  # cannot happen: the dataset is opened with labels
+            raise DetfmError(f"{data}: the events carry no semantic labels")
+        probs = [task.predict_proba(batch).float().cpu().numpy() for task in tasks]
+        acc.add(probs, batch.semantic.cpu().numpy(), batch.offsets.cpu().numpy())
     return acc.report(source=source, runs=[str(r) for r in runs])
 
 

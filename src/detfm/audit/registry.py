@@ -43,8 +43,8 @@ from typing import Any
 
 import yaml
 
-from detfm.audit import kinds
-from detfm.audit.manifest import CHUNK, MANIFEST_FILE, file_record, file_sha256, iso_utc
+from detfm.evaluate import kinds
+from detfm.engine.manifest import CHUNK, MANIFEST_FILE, file_record, file_sha256, iso_utc
 from detfm.errors import DetfmError
 from detfm.io import check_output_dir, follow_umask
 from detfm.io.outputs import (describe_os_error, incoming_prefix, remove_paths, remove_stale_temporaries,
@@ -648,18 +648,18 @@ def load_model(ref: str, registry: str | os.PathLike[str] | Registry | None = No
     """The model ``ref`` names, ready in eval mode (a fine-tuned task, or a pretrained backbone).
 
     The version is exported (hash-checked) into a temporary folder and loaded from
-    safetensors with :func:`detfm.adapt.load_finetuned` or :func:`detfm.pretrain.load_backbone`.
+    safetensors with :func:`detfm.recipes.adapt.load_finetuned` or :func:`detfm.recipes.pretrain.load_backbone`.
     """
     reg = registry if isinstance(registry, Registry) else Registry(registry)
     entry = reg.get(ref)
     with tempfile.TemporaryDirectory(prefix="detfm-load-") as tmp:
         run = reg.export(entry, Path(tmp) / "run")
         if entry.kind == "finetune":
-            from detfm.adapt import load_finetuned
+            from detfm.recipes.adapt import load_finetuned
 
             model = load_finetuned(run, map_location=map_location)
         else:
-            from detfm.pretrain import load_backbone
+            from detfm.recipes.pretrain import load_backbone
 
             model = load_backbone(run, map_location=map_location)
     return model.eval()

@@ -36,12 +36,14 @@ from typing import Any
 
 import numpy as np
 
-from detfm.adapt import EVAL_FILE, HEADLINE, SCRATCH, FinetuneConfig, load_finetune_config, run_finetune
-from detfm.audit import kinds
+from detfm.engine.runs import EVAL_FILE
+from detfm.recipes.adapt import SCRATCH, FinetuneConfig, load_finetune_config, run_finetune
+from detfm.tasks.registry import get_task
+from detfm.evaluate import kinds
 from detfm.engine.config import hashed_config
 from detfm.errors import DetfmError
 from detfm.io import atomic_write_text
-from detfm.pretrain import load_run_config
+from detfm.recipes.pretrain import load_run_config
 
 __all__ = [
     "KIND", "Conclusion", "MetricSpread", "SensitivityReport", "aggregate_metrics", "compare_to_scratch",
@@ -287,7 +289,7 @@ def sensitivity_audit(cfg: FinetuneConfig, seeds: Sequence[int], out_dir: str | 
             run = out / f"{prefix}{seed}"
             evals[name].append(_replica(replica_config(base, seed, progress=progress), run, progress))
             runs[name].append(str(run))
-    headline = HEADLINE[cfg.task]
+    headline = get_task(cfg.task).headline
     report = SensitivityReport(
         seeds=seeds, headline=headline, metrics=aggregate_metrics(evals["model"]),
         scratch_metrics=aggregate_metrics(evals["scratch"]) if compare_scratch else None,

@@ -129,7 +129,7 @@ def _scoring_config(args: argparse.Namespace) -> dict[str, Any]:
 
 def _rank_manifest(args: argparse.Namespace, out: Path, started: float) -> Path:
     """Write the ranking's manifest beside ``out``: the run's weights, the scored and reference files."""
-    from detfm.audit.manifest import run_inputs, write_manifest
+    from detfm.engine.manifest import run_inputs, write_manifest
 
     # the reference is read by the density and baseline scores only
     reference = [Path(args.reference)] if args.reference and args.method != "reconstruction" else []
@@ -154,7 +154,7 @@ def _named_files(items: list[str]) -> dict[str, str]:
 
 
 def _study(args: argparse.Namespace) -> int:
-    from detfm.audit.manifest import run_inputs, write_manifest
+    from detfm.engine.manifest import run_inputs, write_manifest
     from detfm.evaluate.anomaly import ANOMALIES_KIND, anomaly_study
 
     started = time.time()

@@ -57,8 +57,8 @@ def _add_sensitivity(audits: argparse._SubParsersAction) -> None:
 def _sensitivity(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from detfm.adapt import FinetuneConfig
-    from detfm.audit.manifest import run_inputs, write_manifest
+    from detfm.recipes.adapt import FinetuneConfig
+    from detfm.engine.manifest import run_inputs, write_manifest
     from detfm.audit.sensitivity import REPORT_FILE, TABLE_FILE, sensitivity_audit
     from detfm.engine import load_config
 
@@ -90,7 +90,7 @@ def _sensitivity(args: argparse.Namespace) -> int:
 def _replica_device(runs: dict[str, list[str]], configured: str) -> str:
     """Where the replicas ran, from their manifests (several: comma-separated); ``configured``
     (the config's ``train.device``) when no replica manifest names one."""
-    from detfm.audit.manifest import read_manifest
+    from detfm.engine.manifest import read_manifest
 
     devices: set[str] = set()
     for run in (r for variant in runs.values() for r in variant):
@@ -125,9 +125,9 @@ def _add_diversity(audits: argparse._SubParsersAction) -> None:
 
 
 def _diversity(args: argparse.Namespace) -> int:
-    from detfm.adapt import SPLIT_FILE
+    from detfm.recipes.adapt import SPLIT_FILE
     from detfm.audit.diversity import KIND, REPORT_FILE, diversity_audit
-    from detfm.audit.manifest import run_inputs, write_manifest
+    from detfm.engine.manifest import run_inputs, write_manifest
 
     started = time.time()
     if len(args.models) < 2:

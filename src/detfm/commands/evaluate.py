@@ -57,7 +57,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from detfm.commands.device import check_device
-    from detfm.evaluate.systematics import evaluate_systematics, format_systematics
+    from detfm.recipes.systematics import evaluate_systematics, format_systematics
     from detfm.io import check_output_dir
 
     if args.bootstrap < 2:

@@ -43,9 +43,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def _finetune(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from detfm.adapt import FinetuneConfig, load_finetune_config, run_finetune
+    from detfm.recipes.adapt import FinetuneConfig, load_finetune_config, run_finetune
     from detfm.engine import load_config
-    from detfm.pretrain import load_run_config
+    from detfm.recipes.pretrain import load_run_config
 
     if not args.out:
         raise DetfmError("finetune: --out RUN_DIR is required")

@@ -29,7 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from detfm.adapt import predict_file
+    from detfm.recipes.adapt import predict_file
 
     out, data = Path(args.out), Path(args.data)
     if out.exists() and data.exists() and out.resolve() == data.resolve():

@@ -37,7 +37,7 @@ def _pretrain(args: argparse.Namespace) -> int:
 
     from detfm.engine import load_config
     from detfm.models import list_models, model_description
-    from detfm.pretrain import PretrainConfig, load_run_config, run_pretrain
+    from detfm.recipes.pretrain import PretrainConfig, load_run_config, run_pretrain
 
     if args.list_models:
         for name in list_models():

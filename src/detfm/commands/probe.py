@@ -22,7 +22,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _probe(args: argparse.Namespace) -> int:
-    from detfm.evaluate.probe_study import probe_study
+    from detfm.recipes.probe_study import probe_study
     from detfm.io import check_output_dir
 
     check_output_dir(args.out, overwrite=args.overwrite, outputs=("probe.json", "probe.txt"))

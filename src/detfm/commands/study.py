@@ -69,12 +69,12 @@ def _missing_subcommand(parser: argparse.ArgumentParser) -> int:
 def _label_efficiency(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from detfm.adapt import FinetuneConfig, label_efficiency_study
+    from detfm.recipes.adapt import FinetuneConfig, label_efficiency_study
     from detfm.engine import load_config
 
     check_output_dir(args.out, overwrite=True)  # a study resumes: finished points are kept
     if args.collect:
-        from detfm.adapt import collect_label_efficiency
+        from detfm.recipes.adapt import collect_label_efficiency
 
         study = collect_label_efficiency(args.out)
         print(study.format())

@@ -4,7 +4,9 @@ The task interface
     A ``torch.nn.Module`` whose ``forward(batch)`` returns ``{"loss": scalar tensor,
     "outputs": dict}``. If ``forward`` also takes a ``generator`` keyword, it receives a
     ``torch.Generator`` (on the training device) to draw its randomness from (masks,
-    crops). Scalar tensors in ``outputs`` are logged as metrics. Batches come from
+    crops). Scalar tensors in ``outputs`` are logged as metrics. A task with an
+    ``after_step(step)`` method has it called after every optimiser step (with the number of
+    steps done), before logging and checkpoints: the hook of an EMA teacher. Batches come from
     ``collate(list of dataset items)``; anything with a ``.to(device)`` method (such as
     :class:`detfm.data.batch.PackedBatch` or a tensor), or a dict/list/tuple of them, works.
 
@@ -21,7 +23,7 @@ The run directory::
         last -> step_00000500    the newest checkpoint (relative symlink)
       model.safetensors          final weights, written when the run finishes
       manifest.json              inputs by SHA-256, code version, environment, seeds, times
-                                 (see :mod:`detfm.audit.manifest`; rewritten at the end)
+                                 (see :mod:`detfm.engine.manifest`; rewritten at the end)
 
 Loss scaling (why DDP and accumulation give the single-process gradient)
     ``batch_size`` events per step are cut into ``world_size * accum_steps`` equal
@@ -159,6 +161,7 @@ def _train(task: nn.Module, dataset: MapDataset, collate: Callable[[list[Any]], 
     batches = micro_batches(dataset, collate, plan, dist.rank, start, cfg.steps, cfg.num_workers,
                             pin_memory=device.type == "cuda")
     takes_generator = "generator" in inspect.signature(task.forward).parameters
+    after_step: Callable[[int], None] | None = getattr(task, "after_step", None)
     params = [p for p in task.parameters() if p.requires_grad]
     log = MetricsLog(out / "metrics.jsonl") if dist.is_main else None
     bar = ProgressBar(total=cfg.steps, initial=start, enabled=cfg.progress and dist.is_main)
@@ -192,6 +195,8 @@ def _train(task: nn.Module, dataset: MapDataset, collate: Callable[[list[Any]], 
         optimizer.zero_grad(set_to_none=True)
         _accumulate(sums, {"grad_norm": grad_norm}, 1.0)
         done, steps_logged = step + 1, steps_logged + 1
+        if after_step is not None:  # e.g. an EMA teacher following the student
+            after_step(done)
         save_now = (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or done == cfg.steps
 
         if done % cfg.log_every == 0 or save_now:  # log at checkpoints too: a resume starts a fresh line
@@ -242,7 +247,7 @@ class _RunManifest:
 
     def write(self, ended: float | None, **extra: Any) -> None:
         # The audit layer sits below the engine: imported where it is used.
-        from detfm.audit.manifest import file_sha256, find_seeds, write_manifest
+        from detfm.engine.manifest import file_sha256, find_seeds, write_manifest
 
         seeds = {"train.seed": self.cfg.seed,
                  **(find_seeds(self.run_config) if self.run_config is not None else {})}

@@ -43,6 +43,7 @@ from detfm.data import EventDataset, PackedBatch, collate
 from detfm.errors import ConfigError, DetfmError
 from detfm.io import atomic_path, atomic_write_text
 from detfm.models import pool_tokens
+from detfm.engine.runs import load_objective, run_settings
 from detfm.tasks import MaskedPointModeling
 from detfm.tasks.losses import chamfer_distance, masked_mean
 
@@ -108,32 +109,22 @@ def efficiency_at_fpr(scores_normal: Sequence[float] | np.ndarray, scores_anomal
 
 # ----------------------------------------------------------------------------- loading
 def load_pretraining_task(run_dir: str | os.PathLike[str], *, map_location: str = "cpu"
-                          ) -> tuple[MaskedPointModeling, Any]:
-    """(the run's full masked-point-modeling task in eval mode, its PretrainConfig).
+                          ) -> tuple[MaskedPointModeling, float]:
+    """(the run's full masked-point-modeling task in eval mode, its energy threshold in MeV).
 
     Raises a DetfmError if ``run_dir`` is not a pretraining run or holds no weights.
     """
-    from detfm.engine.checkpoint import load_weights
-    from detfm.pretrain import MODEL_FILE, build_task, load_run_config
-
     run = Path(run_dir)
     if not run.is_dir():
         raise DetfmError(f"{run}: no such run directory")
     try:
-        cfg = load_run_config(run)
+        task = load_objective(run, map_location=map_location)
     except ConfigError as exc:
         raise DetfmError(f"{run}: not a pretraining run ({exc})") from None
-    weights = run / MODEL_FILE
-    if not weights.is_file():
-        weights = run / "checkpoints" / "last" / MODEL_FILE
-    if not weights.is_file():
-        raise DetfmError(f"{run}: no weights ({MODEL_FILE}) in the run or its last checkpoint")
-    with torch.no_grad():
-        task = build_task(cfg)
-    load_weights(task, weights, strict=True, device=map_location)
-    task.to(map_location)
-    task.eval()
-    return task, cfg
+    if not isinstance(task, MaskedPointModeling):
+        raise DetfmError(f"{run}: anomaly scores need a masked-point-modeling run, not {type(task).__name__}")
+    threshold = (run_settings(run).get("data") or {}).get("energy_threshold", 0.13)
+    return task, float(threshold)
 
 
 def _dataset(path: str | os.PathLike[str], energy_threshold: float) -> EventDataset:
@@ -240,8 +231,8 @@ class AnomalyScorer:
 
     @classmethod
     def from_run(cls, run_dir: str | os.PathLike[str], **options: Any) -> AnomalyScorer:
-        task, cfg = load_pretraining_task(run_dir, map_location=options.get("device", "cpu"))
-        return cls(task=task, energy_threshold=cfg.data.energy_threshold, **options)
+        task, threshold = load_pretraining_task(run_dir, map_location=options.get("device", "cpu"))
+        return cls(task=task, energy_threshold=threshold, **options)
 
     # -- per-file quantities (cached) -------------------------------------------------
     def features(self, path: str | os.PathLike[str]) -> np.ndarray:
@@ -253,7 +244,7 @@ class AnomalyScorer:
             with torch.no_grad():
                 for rows, batch in _batches(ds, self.batch_size, self.progress, "features"):
                     if batch is not None:
-                        tok = self.task.backbone.forward_features(batch.to(self.device))
+                        tok = self.task.backbone.encode_tokens(batch.to(self.device))
                         out[rows] = pool_tokens(tok.tokens, tok.mask).double().cpu().numpy()
             self._features[key] = out
         return self._features[key]

@@ -9,16 +9,13 @@ eval mode without gradients, in dataset order, and restore the task's training m
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-from tqdm import tqdm
 
-from detfm.data import EventDataset, PackedBatch, collate
+from detfm.data import EventDataset, PackedBatch
 from detfm.errors import DetfmError
+from detfm.evaluate.scoring import eval_batches
 from detfm.evaluate.calibration import softmax
 from detfm.tasks.pid import ParticleID
 from detfm.tasks.segmentation import SemanticSegmentation
@@ -116,31 +113,6 @@ class ParticleOutputs:
 
 
 # ----------------------------------------------------------------------------- collection
-@contextmanager
-def _eval_mode(task: torch.nn.Module) -> Iterator[None]:
-    was_training = task.training
-    task.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        task.train(was_training)
-
-
-def _batches(dataset: EventDataset, batch_size: int, progress: bool) -> Iterator[tuple[int, PackedBatch]]:
-    """(first dataset position, batch) in dataset order, with a progress bar."""
-    if len(dataset) == 0:
-        raise DetfmError("nothing to evaluate: the dataset has no events")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise DetfmError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-    with tqdm(total=len(dataset), desc="scoring", unit="event", delay=2.0, leave=False,
-              disable=not progress) as bar:
-        for a in range(0, len(dataset), batch_size):
-            batch = collate([dataset[i] for i in range(a, min(a + batch_size, len(dataset)))])
-            yield a, batch
-            bar.update(len(batch))
-
-
 def _event_index(batch: PackedBatch, first: int) -> np.ndarray:
     if batch.index is not None:
         out: np.ndarray = batch.index.cpu().numpy().astype(np.int64)
@@ -151,16 +123,14 @@ def _event_index(batch: PackedBatch, first: int) -> np.ndarray:
 def collect_point_outputs(task: SemanticSegmentation, dataset: EventDataset, batch_size: int = 8,
                           progress: bool = False) -> PointOutputs:
     """The logits of every point of every event of ``dataset`` (labels -1 when it has none)."""
-    device = next(task.parameters()).device
     logits, labels, coords, counts, index = [], [], [], [], []
-    with _eval_mode(task):
-        for a, batch in _batches(dataset, batch_size, progress):
-            logits.append(task.forward_logits(batch.to(device)).float().cpu().numpy())
-            labels.append(batch.semantic.numpy() if batch.semantic is not None
-                          else np.full(batch.num_points, -1, dtype=np.int64))
-            coords.append(batch.coord.numpy())
-            counts.append(batch.counts.numpy())
-            index.append(_event_index(batch, a))
+    for a, batch in eval_batches(task, dataset, batch_size, progress):
+        logits.append(task.forward_logits(batch).float().cpu().numpy())
+        labels.append(batch.semantic.cpu().numpy() if batch.semantic is not None
+                      else np.full(batch.num_points, -1, dtype=np.int64))
+        coords.append(batch.coord.cpu().numpy())
+        counts.append(batch.counts.cpu().numpy())
+        index.append(_event_index(batch, a))
     offsets = np.zeros(sum(len(c) for c in counts) + 1, dtype=np.int64)
     np.cumsum(np.concatenate(counts), out=offsets[1:])
     return PointOutputs(logits=np.concatenate(logits).astype(np.float32, copy=False),
@@ -171,16 +141,14 @@ def collect_point_outputs(task: SemanticSegmentation, dataset: EventDataset, bat
 def collect_particle_outputs(task: ParticleID, dataset: EventDataset, batch_size: int = 8,
                              progress: bool = False) -> ParticleOutputs:
     """The logits of every particle instance with a PID label in ``dataset`` (needs labels)."""
-    device = next(task.parameters()).device
     logits, labels, events, index = [], [], [], []
-    with _eval_mode(task):
-        for a, batch in _batches(dataset, batch_size, progress):
-            out, inst = task.forward_instances(batch.to(device))
-            scored = (inst.label >= 0).cpu()
-            logits.append(out.float().cpu()[scored].numpy())
-            labels.append(inst.label.cpu()[scored].numpy())
-            events.append(inst.event.cpu()[scored].numpy() + a)
-            index.append(_event_index(batch, a))
+    for a, batch in eval_batches(task, dataset, batch_size, progress):
+        out, inst = task.forward_instances(batch)
+        scored = (inst.label >= 0).cpu()
+        logits.append(out.float().cpu()[scored].numpy())
+        labels.append(inst.label.cpu()[scored].numpy())
+        events.append(inst.event.cpu()[scored].numpy() + a)
+        index.append(_event_index(batch, a))
     return ParticleOutputs(logits=np.concatenate(logits).astype(np.float32, copy=False),
                            labels=np.concatenate(labels).astype(np.int64, copy=False),
                            event=np.concatenate(events).astype(np.int64, copy=False),

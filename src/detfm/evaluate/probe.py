@@ -48,7 +48,6 @@ from detfm.evaluate.metrics import (
     per_class_recall,
 )
 from detfm.io.layout import SEMANTIC_CLASSES
-from detfm.models import interpolate_tokens, point_features
 
 __all__ = [
     "PointFeatures", "ProbeResult", "compare_probes", "extract_point_features", "fit_probe",
@@ -218,18 +217,19 @@ def iter_point_features(backbone: nn.Module, dataset: Dataset[Sample], batch_siz
 
 @torch.no_grad()
 def _features(backbone: nn.Module, batch: PackedBatch) -> torch.Tensor:
-    """Per-point features of a frozen backbone.
+    """Per-point features of a frozen backbone (the contract's ``forward_intermediates``).
 
-    Backbones with ``forward_intermediates`` give the (normalised) outputs of every block,
-    each interpolated from the 3 nearest patch centres and concatenated, so the probe sees
-    what every depth of the encoder knows, at point resolution (the usual practice for
-    probing point-cloud encoders). Others give their patch token per point.
+    The (normalised) outputs of every block or stage, each carried to the points by the
+    backbone and concatenated, so the probe sees what every depth of the encoder knows, at
+    point resolution (the usual practice for probing point-cloud encoders; Panda's linear
+    probe reads the multi-level concatenation). A backbone without intermediates gives its
+    multi-level features.
     """
     if hasattr(backbone, "forward_intermediates"):
         out, blocks = backbone.forward_intermediates(batch, layers=None, norm=True)
-        f = torch.cat([interpolate_tokens(batch, out, t) for t in blocks], dim=1)
+        f = torch.cat(blocks, dim=1) if blocks else out.multilevel()
     else:
-        f = point_features(batch, backbone.forward_features(batch))
+        f = backbone.forward_features(batch).multilevel()
     if f.ndim != 2 or f.shape[0] != batch.num_points:
         raise DetfmError(f"backbone gave point features of shape {tuple(f.shape)}, expected "
                          f"({batch.num_points}, D)")

@@ -1,17 +1,28 @@
-"""Backbone configuration: a frozen dataclass, to and from plain dicts / YAML, with checks."""
+"""Model configuration: the base every backbone family's config extends.
+
+A config is a frozen dataclass with a ``name`` (the registry entry it was built from) and an
+``arch`` (the family, which picks the class that builds it). Each family's config lives in
+its own file and registers itself with :func:`register_arch`, so :func:`config_from_dict`
+rebuilds any family from a saved run without knowing the families in advance.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, fields
-from typing import Any
+from dataclasses import dataclass, fields
+from typing import Any, TypeVar
 
 import yaml
 
+from detfm.data.datasets import DEFAULT_DATASET, get_dataset
 from detfm.errors import ConfigError
-from detfm.models.grouping import GroupingConfig
+
+__all__ = ["ModelConfig", "check_keys", "config_class", "config_from_dict", "config_from_yaml",
+           "register_arch"]
+
+C = TypeVar("C", bound="ModelConfig")
 
 
 def check_keys(given: Iterable[str], valid: Iterable[str], what: str) -> None:
@@ -28,75 +39,78 @@ def check_keys(given: Iterable[str], valid: Iterable[str], what: str) -> None:
                       f"valid options: {', '.join(valid)}")
 
 
+def _plain(value: Any) -> Any:
+    """Tuples to lists, recursively (YAML-safe)."""
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
 @dataclass(frozen=True)
-class PointMAEConfig:
-    """A Point-MAE / PoLAr-MAE backbone: tokenizer + pre-norm transformer encoder.
+class ModelConfig:
+    """Fields every backbone config has.
 
     Attributes:
         name: registry name it was built from (provenance only).
-        embed_dim, depth, num_heads, mlp_ratio, qkv_bias: transformer size (ViT naming).
-        drop_path_rate: stochastic depth at the last block (linear from 0).
-        pos_every_layer: add the centre embedding before every block (Point-MAE), or once.
-        in_channels: per-point feature channels of ``PackedBatch.feat`` (1: log energy).
-        pointnet_hidden: widths of the patch PointNet's first MLP (Point-MAE: 128, 256).
-        num_classes: event-level head outputs (0: no head, ``forward`` returns pooled features).
-        seed: seed of the generator the backbone uses for drop-path when none is passed.
-        grouping: how events are cut into patches.
+        arch: the backbone family (``pointmae``, ``ptv3``, ...); fixed per config class.
+        in_channels: per-point input channels of ``PackedBatch.feat`` (1: log energy).
+        seed: seed of the initial weights (same config, same weights).
+        dataset: the kind of events (:func:`detfm.data.get_dataset`): it supplies the
+            coordinate normalisation.
     """
 
-    name: str = "pointmae"
-    embed_dim: int = 384
-    depth: int = 12
-    num_heads: int = 6
-    mlp_ratio: float = 4.0
-    qkv_bias: bool = True
-    drop_path_rate: float = 0.1
-    pos_every_layer: bool = True
+    name: str = "model"
+    arch: str = ""
     in_channels: int = 1
-    pointnet_hidden: tuple[int, int] = (128, 256)
-    num_classes: int = 0
     seed: int = 0
-    grouping: GroupingConfig = field(default_factory=GroupingConfig)
+    dataset: str = DEFAULT_DATASET
 
     def __post_init__(self) -> None:
-        for key in ("embed_dim", "depth", "num_heads", "in_channels"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
-        if self.embed_dim % self.num_heads:
-            raise ConfigError(f"embed_dim {self.embed_dim} must be divisible by num_heads {self.num_heads}")
-        if not self.mlp_ratio > 0:
-            raise ConfigError(f"mlp_ratio must be > 0, got {self.mlp_ratio}")
-        if not 0.0 <= self.drop_path_rate < 1.0:
-            raise ConfigError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
-        if self.num_classes < 0:
-            raise ConfigError(f"num_classes must be >= 0, got {self.num_classes}")
-        if len(self.pointnet_hidden) != 2 or min(self.pointnet_hidden) < 1:
-            raise ConfigError(f"pointnet_hidden must be two positive widths, got {self.pointnet_hidden}")
-        object.__setattr__(self, "pointnet_hidden", tuple(int(v) for v in self.pointnet_hidden))
+        if self.in_channels < 1:
+            raise ConfigError(f"in_channels must be >= 1, got {self.in_channels}")
+        get_dataset(self.dataset)  # a clear error for an unknown kind
 
-    def replace(self, **overrides: Any) -> PointMAEConfig:
-        """A copy with ``overrides``; grouping fields may be given flat (``radius=4.0``)."""
+    @classmethod
+    def _nested(cls) -> dict[str, type]:
+        """Fields holding a nested config dataclass (their keys may be given flat)."""
+        return {f.name: type(f.default_factory()) for f in fields(cls)  # type: ignore[misc]
+                if f.default_factory is not dataclasses.MISSING
+                and dataclasses.is_dataclass(f.default_factory())}  # type: ignore[misc]
+
+    def replace(self: C, **overrides: Any) -> C:
+        """A copy with ``overrides``; fields of nested configs may be given flat
+        (``radius=4.0`` for ``grouping.radius``). Unknown keys name the closest valid one."""
         own = {f.name for f in fields(self)}
-        group_keys = set(GroupingConfig.field_names())
-        check_keys(overrides, own | group_keys, f"model '{self.name}'")
-        top = {k: v for k, v in overrides.items() if k in own}
-        flat_group = {k: v for k, v in overrides.items() if k in group_keys}
-        grouping = top.pop("grouping", self.grouping)
-        if isinstance(grouping, Mapping):
-            check_keys(grouping, group_keys, "grouping")
-            grouping = dataclasses.replace(self.grouping, **grouping)
-        if flat_group:
-            grouping = dataclasses.replace(grouping, **flat_group)
-        return dataclasses.replace(self, grouping=grouping, **top)
+        nested = self._nested()
+        flat = {k: n for n, sub in nested.items() for k in (f.name for f in fields(sub))}
+        check_keys(overrides, own | set(flat), f"model '{self.name}' ({self.arch})")
+        if "arch" in overrides and overrides["arch"] != self.arch:
+            raise ConfigError(f"model '{self.name}' is a {self.arch} backbone; a config of arch "
+                              f"'{overrides['arch']}' does not fit it (pick a {overrides['arch']} model)")
+        top: dict[str, Any] = {}
+        for key, value in overrides.items():
+            if key in own:
+                current = getattr(self, key)
+                if key in nested and isinstance(value, Mapping):
+                    check_keys(value, [f.name for f in fields(current)], key)
+                    value = dataclasses.replace(current, **value)
+                elif isinstance(current, tuple) and isinstance(value, list):
+                    value = tuple(value)
+                top[key] = value
+        for key, value in overrides.items():
+            if key not in own:
+                holder = flat[key]
+                top[holder] = dataclasses.replace(top.get(holder, getattr(self, holder)), **{key: value})
+        return dataclasses.replace(self, **top)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain types only (lists for tuples), ready for YAML/JSON."""
-        out = dataclasses.asdict(self)
-        out["pointnet_hidden"] = list(self.pointnet_hidden)
-        return out
+        return _plain(dataclasses.asdict(self))
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> PointMAEConfig:
+    def from_dict(cls: type[C], data: Mapping[str, Any]) -> C:
         """Inverse of :meth:`to_dict`; unknown keys raise :class:`ConfigError`."""
         if not isinstance(data, Mapping):
             raise ConfigError(f"a model config must be a mapping, got {type(data).__name__}")
@@ -106,5 +120,37 @@ class PointMAEConfig:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     @classmethod
-    def from_yaml(cls, text: str) -> PointMAEConfig:
+    def from_yaml(cls: type[C], text: str) -> C:
         return cls.from_dict(yaml.safe_load(text) or {})
+
+
+_ARCHS: dict[str, type[ModelConfig]] = {}
+
+# Configs saved before the ``arch`` field existed are patch transformers.
+LEGACY_ARCH = "pointmae"
+
+
+def register_arch(cls: type[C]) -> type[C]:
+    """Class decorator: make a config class findable by its ``arch`` default."""
+    arch = cls().arch
+    if not arch:
+        raise ConfigError(f"{cls.__name__} must set a default arch")
+    _ARCHS[arch] = cls
+    return cls
+
+
+def config_class(arch: str) -> type[ModelConfig]:
+    if arch not in _ARCHS:
+        raise ConfigError(f"unknown backbone family (arch) '{arch}'; known: {', '.join(sorted(_ARCHS))}")
+    return _ARCHS[arch]
+
+
+def config_from_dict(data: Mapping[str, Any]) -> ModelConfig:
+    """Any family's config from a saved mapping (its ``arch`` picks the class)."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"a model config must be a mapping, got {type(data).__name__}")
+    return config_class(str(data.get("arch", LEGACY_ARCH))).from_dict(data)
+
+
+def config_from_yaml(text: str) -> ModelConfig:
+    return config_from_dict(yaml.safe_load(text) or {})

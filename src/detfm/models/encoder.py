@@ -1,16 +1,17 @@
 """The Point-MAE / PoLAr-MAE backbone: patch tokens -> pre-norm transformer.
 
-Every backbone offers the same surface, so probes, fine-tuning and LoRA need no
-model-specific code:
+It offers the backbone contract of :mod:`detfm.models.contract`, so probes, fine-tuning and
+LoRA need no model-specific code: ``forward_features(batch)`` gives per-point features,
+the tokens carried back to every point by PointNet++ feature propagation (inverse squared
+distance mean of the ``interp_k`` nearest patch centres of the point's own event), and as
+``local`` what the tokens cannot know: each point's offset from its own patch centre (in
+patch radii) and its input features.
 
-* ``forward_features(batch) -> TokenOutput``: (B, G, D) tokens, their padding mask and
-  centres, the patches, and the point -> patch map used by :func:`point_features`;
-* ``forward_intermediates(batch, layers)``: the same plus chosen blocks' outputs;
-* ``forward_head`` / ``reset_head(num_classes)``: an event-level head on pooled tokens;
-* ``num_features`` (token width D) and ``default_cfg`` (the :class:`PointMAEConfig`).
-
-Pre-training objectives work on the pieces: ``group`` (geometry), ``tokenizer`` (PointNet
-embedding of chosen patches) and ``forward_tokens`` (the transformer on any token subset).
+Patch-level pieces stay available to this family's pretraining objective (masked point
+modeling): ``encode_tokens(batch) -> TokenOutput``, ``group`` (geometry), ``tokenizer``
+(PointNet embedding of chosen patches) and ``forward_tokens`` (the transformer on any token
+subset); ``forward_head`` / ``reset_head(num_classes)`` give an event-level head on pooled
+tokens.
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ from torch import nn
 
 from detfm.data import PackedBatch
 from detfm.errors import ConfigError
-from detfm.models.config import PointMAEConfig
+from detfm.models.contract import BackboneOutput, GroupRules
 from detfm.models.grouping import Patches, assign_points
 from detfm.models.interpolation import interpolate, knn_interpolation
+from detfm.models.pointmae_config import PointMAEConfig
 from detfm.models.layers import (
     PositionEmbedding,
     Transformer,
@@ -55,27 +57,12 @@ class TokenOutput:
     point_patch: torch.Tensor
 
 
-def point_features(batch: PackedBatch, out: TokenOutput) -> torch.Tensor:
-    """(P, D) per-point features: each point takes the token of its patch (or, if it is in
-    no patch, of the nearest centre). Gradients flow to the tokens."""
-    if out.point_patch.shape[0] != batch.num_points:
-        raise ConfigError(f"token output covers {out.point_patch.shape[0]} points, batch has "
-                          f"{batch.num_points}: pass the batch the tokens were computed from")
-    return out.tokens.reshape(-1, out.tokens.shape[-1])[out.point_patch]
-
-
-def interpolate_tokens(batch: PackedBatch, out: TokenOutput, tokens: torch.Tensor | None = None,
-                       k: int = 3, eps: float = 1e-3) -> torch.Tensor:
-    """(P, D) per-point features: inverse-distance (``1 / (d + eps)``) mix of the tokens of the
-    ``k`` nearest patch centres of the point's own event.
-
-    Unlike :func:`point_features`, neighbouring points in one patch get different features,
-    which per-point tasks need. ``tokens`` defaults to ``out.tokens`` (any (B, G, D) works,
-    e.g. an intermediate block's output).
-    """
-    tokens = out.tokens if tokens is None else tokens
-    weights = knn_interpolation(batch.coord, batch.offsets, out.centers, out.mask, k=k, power=1, eps=eps)
-    return interpolate(tokens, weights)
+def local_point_features(batch: PackedBatch, out: TokenOutput) -> torch.Tensor:
+    """(P, 3 + C): each point's offset from its own patch centre (in patch radii) and its
+    input features (``batch.feat``, by default the normalised log energy)."""
+    centre = out.centers.reshape(-1, 3)[out.point_patch]
+    rel = (batch.coord.float() - centre) / out.patches.radius
+    return torch.cat([rel, batch.feat.float()], dim=-1)
 
 
 def pool_tokens(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -95,7 +82,7 @@ class PointMAE(nn.Module):
         with seeded_init(cfg.seed):  # same config, same initial weights
             self.tokenizer = Tokenizer(cfg.grouping, cfg.in_channels, cfg.embed_dim,
                                        cfg.pointnet_hidden)
-            self.pos_embed = PositionEmbedding(cfg.embed_dim)
+            self.pos_embed = PositionEmbedding(cfg.embed_dim, dataset=cfg.dataset)
             self.encoder = Transformer(cfg.embed_dim, cfg.depth, cfg.num_heads, cfg.mlp_ratio,
                                        cfg.qkv_bias, cfg.drop_path_rate, cfg.pos_every_layer)
             self.apply(init_weights)
@@ -111,8 +98,26 @@ class PointMAE(nn.Module):
 
     @property
     def num_features(self) -> int:
-        """Width D of a token (and of :func:`point_features`)."""
+        """Width D of a token (and of the per-point features)."""
         return self.cfg.embed_dim
+
+    @property
+    def num_local_features(self) -> int:
+        """Width of ``BackboneOutput.local``: the offset from the patch centre and the inputs."""
+        return 3 + self.cfg.in_channels
+
+    def group_matcher(self) -> GroupRules:
+        """Layer groups for layer-wise lr decay (MAE fine-tuning): tokenizer and position
+        embedding first, then one group per block, then the final norm and event head (the
+        output group, where task heads join)."""
+        return [(r"^(?:tokenizer|pos_embed)\.", (0,)),
+                (r"^encoder\.blocks\.(\d+)\.", (1,)),
+                (r"^(?:encoder\.norm|head)\.", (2,))]
+
+    def lora_targets(self) -> list[str]:
+        """The attention and MLP linears of every block (not the position-embedding MLP)."""
+        return [f"encoder.blocks.{i}.{leaf}" for i in range(self.cfg.depth)
+                for leaf in ("attn.qkv", "attn.proj", "mlp.0", "mlp.2")]
 
     @property
     def num_classes(self) -> int:
@@ -147,14 +152,36 @@ class PointMAE(nn.Module):
         pos = self.pos_embed(centers)
         return self.encoder(tokens, pos, mask, generator or self.generator, keep)
 
+    def encode_tokens(self, batch: PackedBatch, generator: torch.Generator | None = None) -> TokenOutput:
+        """The patch tokens of a batch (what this family's pretraining objective works on)."""
+        return self.token_intermediates(batch, [], generator=generator)[0]
+
+    def to_points(self, batch: PackedBatch, out: TokenOutput, *tokens: torch.Tensor) -> list[torch.Tensor]:
+        """(P, D) per-point features of each (B, G, D) ``tokens`` (default ``out.tokens``): the
+        inverse squared-distance mean of the ``interp_k`` nearest patch centres of the event."""
+        weights = knn_interpolation(batch.coord, batch.offsets, out.centers, out.mask, self.cfg.interp_k)
+        return [interpolate(t, weights) for t in (tokens or (out.tokens,))]
+
     def forward_features(self, batch: PackedBatch, generator: torch.Generator | None = None
-                         ) -> TokenOutput:
-        return self.forward_intermediates(batch, [], generator=generator)[0]
+                         ) -> BackboneOutput:
+        """Per-point features (the contract): tokens carried to the points, plus ``local``."""
+        tok = self.encode_tokens(batch, generator)
+        return BackboneOutput(point=self.to_points(batch, tok)[0], local=local_point_features(batch, tok),
+                              extras={"tokens": tok})
 
     def forward_intermediates(self, batch: PackedBatch, layers: int | Sequence[int] | None = None,
                               norm: bool = False, generator: torch.Generator | None = None
-                              ) -> tuple[TokenOutput, list[torch.Tensor]]:
-        """Features plus the (B, G, D) outputs of chosen blocks.
+                              ) -> tuple[BackboneOutput, list[torch.Tensor]]:
+        """Per-point features plus the chosen blocks' outputs carried to the points, (P, D) each
+        (``layers`` and ``norm`` as in :meth:`token_intermediates`)."""
+        tok, blocks = self.token_intermediates(batch, layers, norm, generator)
+        point, *per_block = self.to_points(batch, tok, tok.tokens, *blocks)
+        return BackboneOutput(point=point, local=local_point_features(batch, tok), extras={"tokens": tok}), per_block
+
+    def token_intermediates(self, batch: PackedBatch, layers: int | Sequence[int] | None = None,
+                            norm: bool = False, generator: torch.Generator | None = None
+                            ) -> tuple[TokenOutput, list[torch.Tensor]]:
+        """Tokens plus the (B, G, D) outputs of chosen blocks.
 
         ``layers``: block indices (negative counts from the end) or an int n for the last n
         blocks (timm convention); None for all. ``norm`` applies the final LayerNorm to them.
@@ -188,4 +215,4 @@ class PointMAE(nn.Module):
         return pooled if pre_logits else self.head(pooled)
 
     def forward(self, batch: PackedBatch) -> torch.Tensor:
-        return self.forward_head(self.forward_features(batch))
+        return self.forward_head(self.encode_tokens(batch))

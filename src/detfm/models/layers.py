@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from detfm.errors import ConfigError
-from detfm.io import layout
+from detfm.data.datasets import DEFAULT_DATASET, get_dataset
 
 
 @contextlib.contextmanager
@@ -143,12 +143,12 @@ class Transformer(nn.Module):
 
 
 class PositionEmbedding(nn.Module):
-    """Learned embedding of patch centres: MLP on xyz scaled from the 768-voxel box to [-1, 1]."""
+    """Learned embedding of patch centres: MLP on xyz scaled by the dataset to [-1, 1]."""
 
-    def __init__(self, dim: int, hidden: int = 128) -> None:
+    def __init__(self, dim: int, hidden: int = 128, dataset: str = DEFAULT_DATASET) -> None:
         super().__init__()
         self.mlp = Mlp(3, hidden, dim)
+        self.spec = get_dataset(dataset)
 
     def forward(self, centers: torch.Tensor) -> torch.Tensor:
-        half = layout.BOX_VOXELS / 2.0
-        return self.mlp((centers - half) / half)
+        return self.mlp(self.spec.normalise(centers))

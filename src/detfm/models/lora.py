@@ -102,17 +102,25 @@ class LoRALinear(nn.Linear):
 
 
 def apply_lora(model: nn.Module, rank: int = 8, alpha: float = 16.0,
-               targets: Sequence[str] = DEFAULT_TARGETS, seed: int = 0,
+               targets: Sequence[str] | None = None, seed: int = 0,
                within: str = DEFAULT_WITHIN) -> list[str]:
     """Freeze every parameter of ``model`` and wrap the target linear layers with LoRA.
 
-    Targets are module-name suffixes looked for under the module ``within`` (``"attn.qkv"``
-    matches ``encoder.blocks.3.attn.qkv``; ``within=""`` searches the whole model); every
-    match must be an ``nn.Linear``. The ``A`` matrices are drawn from a generator
-    seeded with ``seed``, in module order. Returns the names of the wrapped layers;
-    afterwards only the ``lora_A`` / ``lora_B`` parameters require gradients.
+    By default the targets are the layers a backbone names in ``lora_targets()`` (the
+    backbone contract). Given ``targets`` are module-name suffixes looked for under the
+    module ``within`` (``"attn.qkv"`` matches ``encoder.blocks.3.attn.qkv``; ``within=""``
+    searches the whole model). Every target must be an ``nn.Linear``. The ``A`` matrices
+    are drawn from a generator seeded with ``seed``, in module order. Returns the names of
+    the wrapped layers; afterwards only the ``lora_A`` / ``lora_B`` parameters require
+    gradients.
     """
-    if not targets:
+    named: set[str] | None = None
+    if targets is None:
+        if not hasattr(model, "lora_targets"):
+            raise ConfigError(f"{type(model).__name__} names no LoRA targets (lora_targets()); pass targets=")
+        named = set(model.lora_targets())
+        targets = ()
+    elif not targets:
         raise ConfigError("apply_lora needs at least one target layer name")
     if rank < 1 or not alpha > 0:
         raise ConfigError(f"LoRA needs rank >= 1 and alpha > 0, got rank={rank}, alpha={alpha}")
@@ -123,7 +131,10 @@ def apply_lora(model: nn.Module, rank: int = 8, alpha: float = 16.0,
     generator = torch.Generator().manual_seed(int(seed))
     prefix = within + "." if within else ""
     names = [name for name, _ in model.named_modules()
-             if name.startswith(prefix) and any(name.endswith("." + t) for t in targets)]
+             if (name in named if named is not None else
+                 name.startswith(prefix) and any(name.endswith("." + t) for t in targets))]
+    if named is not None and (missing := sorted(named - set(names))):
+        raise ConfigError(f"{type(model).__name__} names LoRA targets it does not have: {missing[:3]}")
     if not names:
         raise ConfigError(f"no layer under '{within}' matches the LoRA targets {list(targets)}")
     for name in names:

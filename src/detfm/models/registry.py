@@ -1,7 +1,11 @@
-"""Named model sizes, timm-style: ``create_model("pointmae_small", depth=6)``.
+"""Named models, timm-style: ``create_model("pointmae_small", depth=6)``.
 
-Sizes follow ViT naming (Dosovitskiy et al. 2021; DeiT, Touvron et al. 2021), as
-PoLAr-MAE's ``vit_tiny`` / ``vit_small`` / ``vit_base`` do (polarmae/layers/transformer.py):
+Every backbone family registers its sizes here with :func:`register_model` (name, config,
+description, builder); :func:`create_model` builds any of them with overrides, and
+:func:`build_model` rebuilds any family from a saved config (its ``arch`` picks the builder).
+
+Patch transformers follow ViT naming (Dosovitskiy et al. 2021; DeiT, Touvron et al. 2021),
+as PoLAr-MAE's ``vit_tiny`` / ``vit_small`` / ``vit_base`` do (polarmae/layers/transformer.py):
 
 ==================  =========  =====  =====  ==========================================
 name                embed dim  depth  heads  note
@@ -26,29 +30,39 @@ from typing import Any
 from torch import nn
 
 from detfm.errors import ConfigError
-from detfm.models.config import PointMAEConfig
+from detfm.models.config import ModelConfig
 from detfm.models.encoder import PointMAE
+from detfm.models.pointmae_config import PointMAEConfig
+
+Builder = Callable[[Any], nn.Module]
 
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """A registered model: its default config, the class that builds it, a description."""
+    """A registered model: its default config, what builds it, a description."""
 
-    cfg: PointMAEConfig
-    builder: Callable[[PointMAEConfig], nn.Module]
+    cfg: ModelConfig
+    builder: Builder
     description: str
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
+_BUILDERS: dict[str, Builder] = {}  # arch -> builder, for configs of unregistered names
 
 
-def register_model(name: str, cfg: PointMAEConfig, description: str,
-                   builder: Callable[[PointMAEConfig], nn.Module] = PointMAE) -> None:
-    """Add a named model; names are unique."""
+def register_model(name: str, cfg: ModelConfig, description: str, builder: Builder) -> None:
+    """Add a named model of any family; names are unique, and one family has one builder."""
     if name in _REGISTRY:
         raise ConfigError(f"model '{name}' is already registered")
-    _REGISTRY[name] = ModelEntry(cfg=PointMAEConfig.replace(cfg, name=name), builder=builder,
-                                 description=description)
+    if not isinstance(cfg, ModelConfig) or not cfg.arch:
+        raise ConfigError(f"model '{name}': the config must be a ModelConfig with an arch")
+    _REGISTRY[name] = ModelEntry(cfg=cfg.replace(name=name), builder=builder, description=description)
+    _BUILDERS.setdefault(cfg.arch, builder)
+
+
+def unregister_model(name: str) -> None:
+    """Remove a named model (tests register throw-away ones)."""
+    _REGISTRY.pop(name, None)
 
 
 def list_models(pattern: str = "*") -> list[str]:
@@ -64,7 +78,7 @@ def _entry(name: str) -> ModelEntry:
     return _REGISTRY[name]
 
 
-def model_config(name: str, **overrides: Any) -> PointMAEConfig:
+def model_config(name: str, **overrides: Any) -> ModelConfig:
     """The config ``create_model(name, **overrides)`` would build (checked, not built)."""
     return _entry(name).cfg.replace(**overrides)
 
@@ -74,24 +88,28 @@ def model_description(name: str) -> str:
 
 
 def create_model(name: str, **overrides: Any) -> nn.Module:
-    """Build a registered model; ``overrides`` replace config fields (grouping fields flat,
+    """Build a registered model; ``overrides`` replace config fields (nested fields flat,
     e.g. ``num_groups=128``). Unknown names or keys raise :class:`ConfigError` naming the
     closest valid spelling."""
     entry = _entry(name)
     return entry.builder(entry.cfg.replace(**overrides))
 
 
-def build_model(cfg: PointMAEConfig) -> nn.Module:
-    """Rebuild a model from a saved config (e.g. ``PointMAEConfig.from_yaml``)."""
+def build_model(cfg: ModelConfig) -> nn.Module:
+    """Rebuild a model of any family from a saved config (e.g. ``config_from_yaml``)."""
     entry = _REGISTRY.get(cfg.name)
-    return (entry.builder if entry else PointMAE)(cfg)
+    if entry is not None and entry.cfg.arch == cfg.arch:
+        return entry.builder(cfg)
+    if cfg.arch not in _BUILDERS:
+        raise ConfigError(f"no registered model builds arch '{cfg.arch}' (model '{cfg.name}')")
+    return _BUILDERS[cfg.arch](cfg)
 
 
 register_model("pointmae_micro", PointMAEConfig(embed_dim=96, depth=4, num_heads=3),
-               "Point-MAE micro (96 wide, 4 blocks, 3 heads): CPU smoke tests and quick starts")
+               "Point-MAE micro (96 wide, 4 blocks, 3 heads): CPU smoke tests and quick starts", PointMAE)
 register_model("pointmae_tiny", PointMAEConfig(embed_dim=192, depth=12, num_heads=3),
-               "Point-MAE ViT-Tiny (192 wide, 12 blocks, 3 heads)")
+               "Point-MAE ViT-Tiny (192 wide, 12 blocks, 3 heads)", PointMAE)
 register_model("pointmae_small", PointMAEConfig(embed_dim=384, depth=12, num_heads=6),
-               "Point-MAE ViT-Small (384 wide, 12 blocks, 6 heads), the PoLAr-MAE size")
+               "Point-MAE ViT-Small (384 wide, 12 blocks, 6 heads), the PoLAr-MAE size", PointMAE)
 register_model("pointmae_base", PointMAEConfig(embed_dim=768, depth=12, num_heads=12),
-               "Point-MAE ViT-Base (768 wide, 12 blocks, 12 heads), for GPUs")
+               "Point-MAE ViT-Base (768 wide, 12 blocks, 12 heads), for GPUs", PointMAE)

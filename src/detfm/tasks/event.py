@@ -7,8 +7,8 @@ neutrino analysis (is this a muon-neutrino or an electron-neutrino interaction, 
 the leading lepton) asked of the built-in simulator's events. Events without any labeled
 instance are not scored.
 
-Model: the same per-point features as segmentation and PID
-(:class:`~detfm.tasks.heads.SegmentationHead`), mean-pooled over all points of the event,
+Model: the same per-point head outputs as segmentation and PID
+(:class:`~detfm.tasks.heads.PointHead`), mean-pooled over all points of the event,
 then a classifier (for ``head="linear"`` the pooled linear outputs are the logits). Loss:
 the focal loss over events (class weights optional).
 """
@@ -19,10 +19,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from detfm.data import PackedBatch
 from detfm.errors import DataFormatError
-from detfm.models.encoder import PointMAE
 from detfm.models.packing import local_index
 from detfm.tasks.base import TaskOutput
 from detfm.tasks.pid import PIDConfig, PooledClassifier, find_instances
@@ -76,8 +76,17 @@ def event_focal_loss(logits: torch.Tensor, label: torch.Tensor, class_weights: t
 class EventClassification(PooledClassifier):
     """Backbone + per-point features + mean pooling over the event + classifier."""
 
-    def __init__(self, backbone: PointMAE, cfg: EventConfig | None = None) -> None:
+    def __init__(self, backbone: nn.Module, cfg: EventConfig | None = None) -> None:
         super().__init__(backbone, cfg or EventConfig())
+
+    def scored_items(self, batch: PackedBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every event's leading-particle PID (-1: not scored) and logits."""
+        return leading_particle_label(batch), self.forward_logits(batch)
+
+    def item_outputs(self, batch: PackedBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One row of logits per event, its event number, and the event number as its id."""
+        event = torch.arange(len(batch), device=batch.offsets.device)
+        return self.forward_logits(batch), event, event
 
     def forward_logits(self, batch: PackedBatch, generator: torch.Generator | None = None) -> torch.Tensor:
         """(B, 5) logits, one row per event."""

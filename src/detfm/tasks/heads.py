@@ -1,136 +1,150 @@
-"""Heads on backbone tokens: per-point segmentation by feature propagation.
+"""What every adaptation task shares: the head config, the per-point head, and a backbone
+that may be frozen, with layer-wise learning rates.
 
-A backbone gives one token per patch; segmentation needs one prediction per point. As in
-PointNet++ "feature propagation" (Qi et al. 2017, Eq. 2), each point takes the inverse
-squared-distance weighted mean of the tokens of its ``k = 3`` nearest patch centres,
-looking only at centres of its own event. That is concatenated with a small per-point
-embedding of what the tokens cannot know: the point's offset from its own patch centre
-and its energy feature. A linear layer (``probe``) or an MLP (``head``, fine-tuning, LoRA)
-maps the result to class logits.
+Heads see only the backbone contract (:class:`~detfm.models.contract.BackboneOutput`):
+per-point features ``point`` (P, D) and the per-point inputs ``local`` (P, L) the backbone
+passes through. A linear layer (``probe``) or an MLP (``head``, fine-tuning, LoRA) maps them
+to outputs:
 
-One shortcut keeps memory low: the first layer after the concatenation is linear, and
-interpolation is a weighted mean with weights summing to 1, so
-``Linear([interp(tokens), point]) == interp(Linear_t(tokens)) + Linear_p(point)``. The
-head projects the (B, G, D) tokens first and interpolates the narrow projection, never
-materialising (P, D) per-point token features.
+* ``linear``: ``Linear(point) + Linear(local)``, one linear map of ``[point, local]``;
+* ``mlp``: ``local`` goes through a small embedding (``point_dim`` wide) first, then
+  ``Linear(point) + Linear(embedding)`` through LayerNorm, GELU and two more layers.
 """
 
 from __future__ import annotations
 
-import re
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import nn
 
-from detfm.data import PackedBatch
 from detfm.errors import ConfigError
-from detfm.models.encoder import PointMAE, TokenOutput
-from detfm.models.interpolation import (
-    DEFAULT_K,
-    Interpolation,
-    interpolate,
-    knn_interpolation,
-)
+from detfm.models.contract import BackboneOutput, layer_ids
 from detfm.models.layers import init_weights, seeded_init
 
-__all__ = ["DEFAULT_K", "AdaptationTask", "HeadKind", "Interpolation", "SegmentationHead", "interpolate",
-           "knn_interpolation", "local_point_features"]
+__all__ = ["AdaptationTask", "HeadConfig", "HeadKind", "PointHead"]
 
 HeadKind = Literal["linear", "mlp"]
 
-def check_head_settings(head: str, focal_gamma: float, class_weights: tuple[float, ...] | None,
-                        num_classes: int) -> tuple[float, ...] | None:
-    """Validate the settings every adaptation head shares; return ``class_weights`` as floats."""
-    if head not in ("linear", "mlp"):
-        raise ConfigError(f"head must be 'linear' or 'mlp', got {head!r}")
-    if focal_gamma < 0:
-        raise ConfigError(f"focal_gamma must be >= 0, got {focal_gamma}")
-    if class_weights is None:
-        return None
-    w = tuple(float(x) for x in class_weights)
-    if len(w) != num_classes or any(not x >= 0 for x in w) or not any(x > 0 for x in w):
-        raise ConfigError(f"class_weights must be {num_classes} values >= 0, not all 0, "
-                          f"got {list(class_weights)}")
-    return w
+# Focal-loss focusing parameter of Lin et al. 2017 (RetinaNet), their best setting.
+DEFAULT_FOCAL_GAMMA = 2.0
 
 
-def local_point_features(batch: PackedBatch, out: TokenOutput) -> torch.Tensor:
-    """(P, 3 + C): each point's offset from its own patch centre (in patch radii) and its
-    input features (``batch.feat``, by default the normalised log energy)."""
-    centre = out.centers.reshape(-1, 3)[out.point_patch]
-    rel = (batch.coord.float() - centre) / out.patches.radius
-    return torch.cat([rel, batch.feat.float()], dim=-1)
+@dataclass(frozen=True)
+class HeadConfig:
+    """Settings every adaptation task shares (task configs extend it).
 
-
-class SegmentationHead(nn.Module):
-    """Per-point logits from patch tokens: feature propagation + point embedding + classifier.
-
-    ``kind="linear"``: logits are one linear map of ``[interpolated token, offset, energy]``
-    (a linear probe). ``kind="mlp"``: the offset and energy go through a small embedding
-    (``point_dim`` wide), and the concatenation through an MLP with ``hidden`` units.
+    Attributes:
+        head: ``"linear"`` (probe) or ``"mlp"``.
+        hidden, point_dim: widths of the MLP head and of the embedding of ``local``.
+        focal_gamma: focal-loss exponent (0: cross-entropy).
+        class_weights: per-class loss weights ``alpha`` (None: all 1).
+        freeze_backbone: backbone weights fixed (probe / head modes).
+        layer_decay: layer-wise learning-rate decay for fine-tuning (1: none); see
+            :meth:`AdaptationTask.param_lr_scales`.
+        seed: seed of the head's initial weights.
     """
 
-    def __init__(self, token_dim: int, in_channels: int, num_classes: int, kind: HeadKind = "mlp",
-                 hidden: int = 128, point_dim: int = 32, k: int = DEFAULT_K, seed: int = 0) -> None:
+    num_classes: int = 5
+    head: HeadKind = "mlp"
+    hidden: int = 128
+    point_dim: int = 32
+    focal_gamma: float = DEFAULT_FOCAL_GAMMA
+    class_weights: tuple[float, ...] | None = None
+    freeze_backbone: bool = False
+    layer_decay: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.head not in ("linear", "mlp"):
+            raise ConfigError(f"head must be 'linear' or 'mlp', got {self.head!r}")
+        if self.num_classes < 2:
+            raise ConfigError(f"num_classes must be >= 2, got {self.num_classes}")
+        if self.hidden < 1 or self.point_dim < 1:
+            raise ConfigError(f"hidden and point_dim must be >= 1, got {self.hidden}, {self.point_dim}")
+        if self.focal_gamma < 0:
+            raise ConfigError(f"focal_gamma must be >= 0, got {self.focal_gamma}")
+        if not 0.0 < self.layer_decay <= 1.0:
+            raise ConfigError(f"layer_decay must be in (0, 1], got {self.layer_decay}")
+        if self.class_weights is not None:
+            w = tuple(float(x) for x in self.class_weights)
+            if len(w) != self.num_classes or any(not x >= 0 for x in w) or not any(x > 0 for x in w):
+                raise ConfigError(f"class_weights must be {self.num_classes} values >= 0, not all 0, "
+                                  f"got {list(self.class_weights)}")
+            object.__setattr__(self, "class_weights", w)
+
+    def class_weight_tensor(self) -> torch.Tensor:
+        return (torch.ones(self.num_classes) if self.class_weights is None
+                else torch.tensor(self.class_weights)).float()
+
+
+class PointHead(nn.Module):
+    """Per-point outputs from a :class:`BackboneOutput` (see the module docstring)."""
+
+    def __init__(self, num_features: int, num_local: int, out_features: int, kind: HeadKind = "mlp",
+                 hidden: int = 128, point_dim: int = 32, seed: int = 0) -> None:
         super().__init__()
         if kind not in ("linear", "mlp"):
             raise ConfigError(f"head kind must be 'linear' or 'mlp', got {kind!r}")
-        for name, value in (("token_dim", token_dim), ("in_channels", in_channels),
-                            ("num_classes", num_classes), ("hidden", hidden), ("point_dim", point_dim),
-                            ("k", k)):
+        for name, value in (("num_features", num_features), ("out_features", out_features),
+                            ("hidden", hidden), ("point_dim", point_dim)):
             if value < 1:
                 raise ConfigError(f"{name} must be >= 1, got {value}")
+        if num_local < 0:
+            raise ConfigError(f"num_local must be >= 0, got {num_local}")
         self.kind = kind
-        self.k = k
-        local = 3 + in_channels
+        self.num_local = num_local
         with seeded_init(seed):
             if kind == "linear":
                 self.point_embed: nn.Module = nn.Identity()
-                self.token_proj = nn.Linear(token_dim, num_classes)
-                self.point_proj = nn.Linear(local, num_classes, bias=False)
+                self.token_proj = nn.Linear(num_features, out_features)
+                self.point_proj: nn.Module | None = (nn.Linear(num_local, out_features, bias=False)
+                                                     if num_local else None)
                 self.classifier: nn.Module = nn.Identity()
             else:
-                self.point_embed = nn.Sequential(nn.Linear(local, point_dim), nn.GELU())
-                self.token_proj = nn.Linear(token_dim, hidden)
-                self.point_proj = nn.Linear(point_dim, hidden, bias=False)
+                self.point_embed = nn.Sequential(nn.Linear(num_local, point_dim), nn.GELU()) if num_local \
+                    else nn.Identity()
+                self.token_proj = nn.Linear(num_features, hidden)
+                self.point_proj = nn.Linear(point_dim, hidden, bias=False) if num_local else None
                 self.classifier = nn.Sequential(nn.LayerNorm(hidden), nn.GELU(), nn.Linear(hidden, hidden),
-                                                nn.GELU(), nn.Linear(hidden, num_classes))
+                                                nn.GELU(), nn.Linear(hidden, out_features))
             self.apply(init_weights)
 
-    def forward(self, batch: PackedBatch, out: TokenOutput) -> torch.Tensor:
-        """(P, num_classes) logits for every point of ``batch`` (the batch ``out`` came from)."""
-        if out.point_patch.shape[0] != batch.num_points:
-            raise ConfigError(f"token output covers {out.point_patch.shape[0]} points, batch has "
-                              f"{batch.num_points}: pass the batch the tokens were computed from")
-        interp = knn_interpolation(batch.coord, batch.offsets, out.centers, out.mask, self.k)
-        fused = interpolate(self.token_proj(out.tokens), interp)
-        fused = fused + self.point_proj(self.point_embed(local_point_features(batch, out)))
+    def forward(self, out: BackboneOutput) -> torch.Tensor:
+        """(P, out_features) for every point of the batch ``out`` came from."""
+        if out.local.shape[-1] != self.num_local:
+            raise ConfigError(f"the head expects {self.num_local} local features per point, the backbone "
+                              f"gave {out.local.shape[-1]}: build the head from this backbone")
+        fused = self.token_proj(out.point)
+        if self.point_proj is not None:
+            fused = fused + self.point_proj(self.point_embed(out.local))
         return self.classifier(fused)
 
 
-_BLOCK_RE = re.compile(r"^backbone\.encoder\.blocks\.(\d+)\.")
-
-
 class AdaptationTask(nn.Module):
-    """What adaptation tasks share: a backbone that may be frozen, and layer-wise lr scales.
+    """What adaptation tasks share: a backbone that may be frozen, a :class:`PointHead`, class
+    weights, and layer-wise lr scales.
 
     Frozen backbone (``probe`` / ``head`` modes): its parameters do not require gradients,
     it runs in eval mode (no drop-path) under ``no_grad``, and :meth:`train` keeps it there,
     so neither its weights nor its outputs can change.
     """
 
-    def __init__(self, backbone: PointMAE, freeze_backbone: bool = False, layer_decay: float = 1.0) -> None:
+    def __init__(self, backbone: nn.Module, cfg: HeadConfig, head_outputs: int | None = None) -> None:
         super().__init__()
-        if not 0.0 < layer_decay <= 1.0:
-            raise ConfigError(f"layer_decay must be in (0, 1], got {layer_decay}")
         self.backbone = backbone
-        self.freeze_backbone = freeze_backbone
-        self.layer_decay = layer_decay
-        if freeze_backbone:
+        self.config = cfg
+        self.freeze_backbone = cfg.freeze_backbone
+        self.layer_decay = cfg.layer_decay
+        if cfg.freeze_backbone:
             for param in self.backbone.parameters():
                 param.requires_grad_(False)
             self.backbone.eval()
+        self.head = PointHead(backbone.num_features, backbone.num_local_features,
+                              head_outputs or cfg.num_classes, cfg.head, cfg.hidden, cfg.point_dim, cfg.seed)
+        # A buffer, so the weights a run trained with are saved with (and restored from) its weights.
+        self.register_buffer("class_weights", cfg.class_weight_tensor())
 
     def train(self, mode: bool = True) -> AdaptationTask:
         """Set training mode; a frozen backbone always stays in eval mode."""
@@ -139,29 +153,31 @@ class AdaptationTask(nn.Module):
             self.backbone.eval()
         return self
 
-    def encode(self, batch: PackedBatch, generator: torch.Generator | None = None) -> TokenOutput:
-        """The backbone's tokens (without gradients when it is frozen)."""
+    def encode(self, batch, generator: torch.Generator | None = None) -> BackboneOutput:  # type: ignore[no-untyped-def]
+        """The backbone's per-point features (without gradients when it is frozen)."""
         if self.freeze_backbone:
             with torch.no_grad():
                 return self.backbone.forward_features(batch)
         return self.backbone.forward_features(batch, generator=generator)
 
+    def point_outputs(self, batch, generator: torch.Generator | None = None) -> torch.Tensor:  # type: ignore[no-untyped-def]
+        """(P, head outputs): the head on every point of the batch."""
+        return self.head(self.encode(batch, generator))
+
     def param_lr_scales(self) -> dict[str, float]:
         """Learning-rate multiplier per parameter name (the engine's optimiser hook).
 
-        Layer-wise decay as in BEiT / MAE fine-tuning (MAE ``util/lr_decay.py``): with L
-        blocks, the tokenizer and position embedding are layer 0, block i is layer i + 1,
-        everything after the blocks (final norm, heads) is layer L + 1, and layer l trains
-        at ``layer_decay ** (L + 1 - l)`` times the base rate. All 1 when ``layer_decay == 1``.
+        Layer-wise decay as in BEiT / MAE fine-tuning (MAE ``util/lr_decay.py``): the
+        backbone's ``group_matcher()`` numbers its parameters' layers 0..L (an unmatched
+        parameter is an error); the task's own parameters join the last (output) layer L;
+        layer l trains at ``layer_decay ** (L - l)`` times the base rate.
         """
-        depth = self.backbone.default_cfg.depth
+        names = [n for n, _ in self.backbone.named_parameters()]
+        ids = layer_ids(names, self.backbone.group_matcher())
+        top = max(ids.values(), default=0)
         scales = {}
         for name, _ in self.named_parameters():
-            if name.startswith(("backbone.tokenizer.", "backbone.pos_embed.")):
-                layer = 0
-            elif match := _BLOCK_RE.match(name):
-                layer = int(match.group(1)) + 1
-            else:
-                layer = depth + 1
-            scales[name] = self.layer_decay ** (depth + 1 - layer)
+            inner = name.removeprefix("backbone.")
+            layer = ids[inner] if name.startswith("backbone.") and inner in ids else top
+            scales[name] = self.layer_decay ** (top - layer)
         return scales

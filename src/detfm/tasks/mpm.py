@@ -27,6 +27,8 @@ both and leaves ``step`` alone.
 
 from __future__ import annotations
 
+import dataclasses
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,7 +38,6 @@ from torch import nn
 
 from detfm.data import PackedBatch
 from detfm.errors import ConfigError
-from detfm.models.encoder import PointMAE
 from detfm.models.grouping import Patches
 from detfm.models.layers import Mlp, PositionEmbedding, Transformer, init_weights, seeded_init
 from detfm.tasks.base import TaskOutput
@@ -136,11 +137,14 @@ def _rank() -> int:
 class MaskedPointModeling(nn.Module):
     """PoLAr-MAE pre-training task around a backbone; ``task(batch) -> {"loss", "outputs"}``."""
 
-    def __init__(self, backbone: PointMAE, mask_ratio: float = 0.6, decoder_depth: int = 4,
+    def __init__(self, backbone: nn.Module, mask_ratio: float = 0.6, decoder_depth: int = 4,
                  decoder_dim: int | None = None, decoder_heads: int | None = None,
                  chamfer_weight: float = 1.0, energy_weight: float = 1.0, energy_channel: int = 0,
                  huber_delta: float = 0.2, energy_hidden: int = 128, seed: int = 0) -> None:
         super().__init__()
+        if getattr(backbone.default_cfg, "arch", "") != "pointmae":
+            raise ConfigError(f"masked point modeling works on patch backbones (pointmae_*); "
+                              f"{backbone.default_cfg.name} is a {backbone.default_cfg.arch} backbone")
         cfg = MPMConfig(mask_ratio, decoder_depth, decoder_dim, decoder_heads, chamfer_weight,
                         energy_weight, energy_channel, huber_delta, energy_hidden, seed)
         bcfg = backbone.default_cfg
@@ -158,7 +162,7 @@ class MaskedPointModeling(nn.Module):
             self.decoder_embed: nn.Module = (nn.Identity() if dim == bcfg.embed_dim
                                              else nn.Linear(bcfg.embed_dim, dim))
             self.mask_token = nn.Parameter(torch.zeros(dim))
-            self.decoder_pos = PositionEmbedding(dim)
+            self.decoder_pos = PositionEmbedding(dim, dataset=backbone.default_cfg.dataset)
             self.decoder = Transformer(dim, decoder_depth, heads, bcfg.mlp_ratio, bcfg.qkv_bias,
                                        bcfg.drop_path_rate, pos_every_layer=True)
             self.point_head = nn.Linear(dim, 3 * self.group_size)
@@ -170,6 +174,10 @@ class MaskedPointModeling(nn.Module):
                 module.apply(init_weights)
             nn.init.trunc_normal_(self.mask_token, std=0.02)
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
+
+    @classmethod
+    def from_config(cls, backbone: nn.Module, cfg: MPMConfig) -> MaskedPointModeling:
+        return cls(backbone, **dataclasses.asdict(cfg))
 
     # -- randomness -----------------------------------------------------------------
     def make_generator(self) -> torch.Generator:

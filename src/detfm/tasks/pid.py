@@ -2,9 +2,9 @@
 
 The particle instances are given (the ``instance`` label: the group id of the primary
 each point descends from, PILArNet-M's "group"); the task says what each one is. Per-point
-features come from the same feature propagation as segmentation
-(:class:`~detfm.tasks.heads.SegmentationHead`), are mean-pooled over the points of each
-instance, and a classifier maps the pooled feature to 5 classes.
+features come from the same head as segmentation (:class:`~detfm.tasks.heads.PointHead`),
+are mean-pooled over the points of each instance, and a classifier maps the pooled feature
+to 5 classes.
 
 Instance label: an instance holds the points of a primary *and* its descendants (a muon's
 delta rays and Michel electron are electrons), so its PID is the most common PID among its
@@ -25,40 +25,31 @@ import torch
 from torch import nn
 
 from detfm.data import PackedBatch
+from detfm.data.datasets import DEFAULT_DATASET, get_dataset
 from detfm.errors import ConfigError, DataFormatError
-from detfm.io import layout
-from detfm.models.encoder import PointMAE
 from detfm.models.layers import init_weights, seeded_init
 from detfm.models.packing import local_index
 from detfm.tasks.base import TaskOutput
-from detfm.tasks.heads import DEFAULT_K, AdaptationTask, HeadKind, SegmentationHead, check_head_settings
-from detfm.tasks.segmentation import DEFAULT_FOCAL_GAMMA, event_mean_focal_loss
+from detfm.tasks.heads import AdaptationTask, HeadConfig
+from detfm.tasks.segmentation import event_mean_focal_loss
 
 __all__ = ["Instances", "PIDConfig", "ParticleID", "PooledClassifier", "find_instances"]
 
-NUM_PID = layout.PID_NONE  # photon, electron, muon, pion, proton; 5 is "none"
+NUM_PID = len(get_dataset(DEFAULT_DATASET).pid_classes)  # photon, electron, muon, pion, proton
 
 
 @dataclass(frozen=True)
-class PIDConfig:
-    """Settings of :class:`ParticleID` (fields as in :class:`~detfm.tasks.segmentation.SegmentationConfig`)."""
+class PIDConfig(HeadConfig):
+    """Settings of :class:`ParticleID`: the head settings of :class:`~detfm.tasks.heads.HeadConfig`
+    with the 5 particle classes."""
 
     num_classes: int = NUM_PID
-    head: HeadKind = "mlp"
-    hidden: int = 128
-    point_dim: int = 32
-    k: int = DEFAULT_K
-    focal_gamma: float = DEFAULT_FOCAL_GAMMA
-    class_weights: tuple[float, ...] | None = None
-    freeze_backbone: bool = False
-    layer_decay: float = 1.0
-    seed: int = 0
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.num_classes != NUM_PID:
-            raise ConfigError(f"the PID classifiers have {NUM_PID} classes (photon ... proton), got num_classes={self.num_classes}")
-        object.__setattr__(self, "class_weights", check_head_settings(
-            self.head, self.focal_gamma, self.class_weights, self.num_classes))
+            raise ConfigError(f"the PID classifiers have {NUM_PID} classes (photon ... proton), "
+                              f"got num_classes={self.num_classes}")
 
 
 @dataclass(frozen=True)
@@ -102,30 +93,31 @@ def find_instances(offsets: torch.Tensor, instance: torch.Tensor, pid: torch.Ten
                      size=size)
 
 
-class PooledClassifier(AdaptationTask):
-    """What particle ID and event classification share: per-point features
-    (:class:`~detfm.tasks.heads.SegmentationHead`) to be mean-pooled over groups of points,
-    and a classifier of the pooled feature (identity for ``head="linear"``)."""
+def instance_labels(batch: PackedBatch) -> torch.Tensor:
+    """(M,) PID of every particle instance of the batch (-1: not scored)."""
+    if batch.instance is None or batch.pid is None:
+        raise DataFormatError("particle identification needs per-point instance and pid labels", field="instance")
+    return find_instances(batch.offsets, batch.instance, batch.pid).label
 
-    def __init__(self, backbone: PointMAE, cfg: PIDConfig) -> None:
-        super().__init__(backbone, cfg.freeze_backbone, cfg.layer_decay)
-        self.config = cfg
-        width = cfg.num_classes if cfg.head == "linear" else cfg.hidden
-        self.head = SegmentationHead(backbone.num_features, backbone.default_cfg.in_channels, width, cfg.head,
-                                     cfg.hidden, cfg.point_dim, cfg.k, cfg.seed)
+
+class PooledClassifier(AdaptationTask):
+    """What particle ID and event classification share: per-point head outputs to be
+    mean-pooled over groups of points, and a classifier of the pooled feature (identity for
+    ``head="linear"``)."""
+
+    def __init__(self, backbone: nn.Module, cfg: PIDConfig) -> None:
+        super().__init__(backbone, cfg, head_outputs=cfg.num_classes if cfg.head == "linear" else cfg.hidden)
         with seeded_init(cfg.seed + 1):
             self.classifier: nn.Module = (nn.Identity() if cfg.head == "linear" else
                                           nn.Sequential(nn.LayerNorm(cfg.hidden), nn.GELU(),
                                                         nn.Linear(cfg.hidden, cfg.num_classes)))
             self.classifier.apply(init_weights)
-        weights = torch.ones(cfg.num_classes) if cfg.class_weights is None else torch.tensor(cfg.class_weights)
-        self.register_buffer("class_weights", weights.float())
 
     def pooled_logits(self, batch: PackedBatch, group: torch.Tensor, num_groups: int,
                       generator: torch.Generator | None = None) -> torch.Tensor:
         """(num_groups, num_classes) logits of the mean point feature of each group; ``group``
         gives each point's group (-1: in none)."""
-        point = self.head(batch, self.encode(batch, generator))
+        point = self.point_outputs(batch, generator)
         inside = group >= 0
         pooled = point.new_zeros(num_groups, point.shape[1]).index_add(0, group[inside], point[inside])
         size = torch.bincount(group[inside], minlength=num_groups).clamp(min=1)
@@ -135,8 +127,18 @@ class PooledClassifier(AdaptationTask):
 class ParticleID(PooledClassifier):
     """Backbone + per-point features + mean pooling per instance + classifier."""
 
-    def __init__(self, backbone: PointMAE, cfg: PIDConfig | None = None) -> None:
+    def __init__(self, backbone: nn.Module, cfg: PIDConfig | None = None) -> None:
         super().__init__(backbone, cfg or PIDConfig())
+
+    def scored_items(self, batch: PackedBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every instance's PID (-1: not scored) and logits (what the scoring loop counts)."""
+        logits, inst = self.forward_instances(batch)
+        return inst.label, logits
+
+    def item_outputs(self, batch: PackedBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Logits of every instance, the event it belongs to, and its group id (for predictions)."""
+        logits, inst = self.forward_instances(batch)
+        return logits, inst.event, inst.group
 
     def forward_instances(self, batch: PackedBatch, generator: torch.Generator | None = None
                           ) -> tuple[torch.Tensor, Instances]:

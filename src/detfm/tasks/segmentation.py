@@ -1,8 +1,8 @@
 """Per-point semantic segmentation (shower, track, Michel, delta, low-energy) on a backbone.
 
-``task(batch) -> {"loss", "outputs"}`` like every task. The backbone encodes the event into
-patch tokens, :class:`~detfm.tasks.heads.SegmentationHead` carries them back to every
-point, and the loss is a class-weighted focal loss.
+``task(batch) -> {"loss", "outputs"}`` like every task. The backbone gives per-point
+features, :class:`~detfm.tasks.heads.PointHead` maps them to class logits, and the loss is
+a class-weighted focal loss.
 
 Loss (why focal, and how it is averaged)
     Classes are very unbalanced (tracks and showers hold most points, Michel and delta
@@ -18,10 +18,11 @@ Loss (why focal, and how it is averaged)
     that is a mean over events is what makes the engine's DDP / accumulation gradient equal
     the single-process one.
 
-``exclude_low_energy`` leaves class 4 (low-energy deposits) out of the loss and the logged
-accuracy, as the PoLAr-MAE evaluation does; the model still outputs 5 logits.
+``exclude_low_energy`` leaves the dataset's excluded class (LArTPC: class 4, low-energy
+deposits) out of the loss and the logged accuracy, as the PoLAr-MAE evaluation does; the
+model still outputs 5 logits.
 
-Freezing the backbone and layer-wise learning rates come from
+Freezing the backbone, the head and layer-wise learning rates come from
 :class:`~detfm.tasks.heads.AdaptationTask`.
 """
 
@@ -31,60 +32,44 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from detfm.data import PackedBatch
+from detfm.data.datasets import DEFAULT_DATASET, get_dataset
 from detfm.errors import ConfigError, DataFormatError
-from detfm.io import layout
-from detfm.models.encoder import PointMAE
 from detfm.tasks.base import TaskOutput
-from detfm.tasks.heads import DEFAULT_K, AdaptationTask, HeadKind, SegmentationHead, check_head_settings
+from detfm.tasks.heads import DEFAULT_FOCAL_GAMMA, AdaptationTask, HeadConfig
 
 __all__ = ["SegmentationConfig", "SemanticSegmentation", "event_mean_focal_loss", "segmentation_loss"]
 
-NUM_SEMANTIC = len(layout.SEMANTIC_CLASSES)
-
-# Focal-loss focusing parameter of Lin et al. 2017 (RetinaNet), their best setting.
-DEFAULT_FOCAL_GAMMA = 2.0
+NUM_SEMANTIC = len(get_dataset(DEFAULT_DATASET).semantic_classes)
 
 
 @dataclass(frozen=True)
-class SegmentationConfig:
-    """Settings of :class:`SemanticSegmentation`.
+class SegmentationConfig(HeadConfig):
+    """Settings of :class:`SemanticSegmentation`: the head settings of
+    :class:`~detfm.tasks.heads.HeadConfig`, and
 
     Attributes:
-        num_classes: output classes (5 semantic classes).
-        head: ``"linear"`` (probe) or ``"mlp"``.
-        hidden, point_dim, k: head widths and interpolation neighbours (see ``SegmentationHead``).
-        focal_gamma: focal-loss exponent (0: cross-entropy).
-        class_weights: per-class loss weights ``alpha`` (None: all 1).
-        exclude_low_energy: ignore class 4 in the loss and logged accuracy.
-        freeze_backbone: backbone weights fixed (probe / head modes).
-        layer_decay: layer-wise learning-rate decay for fine-tuning (1: none); see
-            :meth:`~detfm.tasks.heads.AdaptationTask.param_lr_scales`.
-        seed: seed of the head's initial weights.
+        exclude_low_energy: leave the dataset's excluded class (LArTPC: low-energy
+            deposits) out of the loss and logged accuracy.
+        dataset: the kind of events (class names and the excluded class).
     """
 
     num_classes: int = NUM_SEMANTIC
-    head: HeadKind = "mlp"
-    hidden: int = 128
-    point_dim: int = 32
-    k: int = DEFAULT_K
-    focal_gamma: float = DEFAULT_FOCAL_GAMMA
-    class_weights: tuple[float, ...] | None = None
     exclude_low_energy: bool = False
-    freeze_backbone: bool = False
-    layer_decay: float = 1.0
-    seed: int = 0
+    dataset: str = DEFAULT_DATASET
 
     def __post_init__(self) -> None:
-        if self.num_classes < 2:
-            raise ConfigError(f"num_classes must be >= 2, got {self.num_classes}")
-        object.__setattr__(self, "class_weights", check_head_settings(
-            self.head, self.focal_gamma, self.class_weights, self.num_classes))
-        if not 0.0 < self.layer_decay <= 1.0:
-            raise ConfigError(f"layer_decay must be in (0, 1], got {self.layer_decay}")
-        if self.exclude_low_energy and self.num_classes <= layout.LOW_ENERGY:
-            raise ConfigError("exclude_low_energy needs the 5 semantic classes")
+        super().__post_init__()
+        excluded = get_dataset(self.dataset).excluded_semantic
+        if self.exclude_low_energy and (excluded is None or self.num_classes <= excluded):
+            raise ConfigError(f"exclude_low_energy needs the {self.dataset} semantic classes with an excluded class")
+
+    @property
+    def ignore_class(self) -> int | None:
+        """The class left out of the loss, or None."""
+        return get_dataset(self.dataset).excluded_semantic if self.exclude_low_energy else None
 
 
 def event_mean_focal_loss(logits: torch.Tensor, target: torch.Tensor, event: torch.Tensor, num_events: int,
@@ -125,21 +110,26 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, offsets: torch
 
 
 class SemanticSegmentation(AdaptationTask):
-    """Backbone + :class:`SegmentationHead` + focal loss; ``task(batch) -> {"loss", "outputs"}``."""
+    """Backbone + per-point head + focal loss; ``task(batch) -> {"loss", "outputs"}``."""
 
-    def __init__(self, backbone: PointMAE, cfg: SegmentationConfig | None = None) -> None:
-        cfg = cfg or SegmentationConfig()
-        super().__init__(backbone, cfg.freeze_backbone, cfg.layer_decay)
-        self.config = cfg
-        self.head = SegmentationHead(backbone.num_features, backbone.default_cfg.in_channels, cfg.num_classes,
-                                     cfg.head, cfg.hidden, cfg.point_dim, cfg.k, cfg.seed)
-        weights = torch.ones(cfg.num_classes) if cfg.class_weights is None else torch.tensor(cfg.class_weights)
-        # A buffer, so the weights a run trained with are saved with (and restored from) its weights.
-        self.register_buffer("class_weights", weights.float())
+    config: SegmentationConfig
+
+    def __init__(self, backbone: nn.Module, cfg: SegmentationConfig | None = None) -> None:
+        super().__init__(backbone, cfg or SegmentationConfig())
 
     def forward_logits(self, batch: PackedBatch, generator: torch.Generator | None = None) -> torch.Tensor:
         """(P, num_classes) logits for every point of the batch."""
-        return self.head(batch, self.encode(batch, generator))
+        return self.point_outputs(batch, generator)
+
+    def scored_items(self, batch: PackedBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every point's true class and logits (what the scoring loop counts)."""
+        if batch.semantic is None:
+            raise DataFormatError("segmentation needs per-point semantic labels", field="semantic")
+        return batch.semantic, self.forward_logits(batch)
+
+    def item_outputs(self, batch: PackedBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Logits of every point, the event it belongs to, and its position in the batch."""
+        return self.forward_logits(batch), batch.batch_index(), torch.arange(batch.num_points)
 
     @torch.no_grad()
     def predict_proba(self, batch: PackedBatch) -> torch.Tensor:
@@ -156,7 +146,7 @@ class SemanticSegmentation(AdaptationTask):
             raise DataFormatError(f"semantic labels must lie in 0..{self.config.num_classes - 1}",
                                   field="semantic")
         logits = self.forward_logits(batch, generator)
-        ignore = layout.LOW_ENERGY if self.config.exclude_low_energy else None
+        ignore = self.config.ignore_class
         loss = segmentation_loss(logits, target, batch.offsets, self.class_weights, self.config.focal_gamma,
                                  ignore)
         with torch.no_grad():

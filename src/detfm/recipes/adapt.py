@@ -1,6 +1,6 @@
 """The adaptation recipe: a backbone + a task head, trained on N labeled events.
 
-Sits next to :mod:`detfm.pretrain` (after the engine): it wires public pieces together.
+Sits next to :mod:`detfm.recipes.pretrain` (after the engine): it wires public pieces together.
 ``detfm finetune`` wraps :func:`run_finetune`, ``detfm predict`` wraps :func:`predict_file`.
 
 Tasks: ``semseg`` (per-point semantic segmentation, :mod:`detfm.tasks.segmentation`),
@@ -40,55 +40,45 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
+from torch import nn
 from tqdm import tqdm
 
-from detfm.data import EventDataset, PackedBatch, collate, split_indices
+from detfm.data import EventDataset, collate, split_indices
 from detfm.engine import TrainConfig, TrainResult, load_config, load_weights, train
+from detfm.engine.runs import (BACKBONE_FILE, CONFIG_FILE, EVAL_FILE, PREDICTIONS_FORMAT, SPLIT_FILE, backbone_config,
+                               load_backbone, weights_path)
 from detfm.errors import ConfigError, DataFormatError, DetfmError
-from detfm.evaluate.metrics import (
-    accuracy,
-    confusion_matrix,
-    macro_f1,
-    per_class_f1,
-    per_class_precision,
-    per_class_recall,
-)
-from detfm.io import atomic_path, atomic_write_text, layout
-from detfm.models import PointMAE, PointMAEConfig, build_model, model_config
+from detfm.evaluate.scoring import json_float, score_task
+from detfm.io import atomic_path, atomic_write_text
+from detfm.models import ModelConfig, build_model, config_from_yaml, model_config
 from detfm.models.lora import apply_lora, merge_lora
-from detfm.pretrain import CONFIG_FILE, MODEL_FILE, DataConfig, build_dataset, load_backbone, load_run_config
-from detfm.tasks.event import EventClassification, EventConfig, leading_particle_label
+from detfm.recipes.pretrain import DataConfig, build_dataset, load_run_config
 from detfm.tasks.heads import AdaptationTask
-from detfm.tasks.pid import NUM_PID, PIDConfig, ParticleID, find_instances
-from detfm.tasks.segmentation import SegmentationConfig, SemanticSegmentation
+from detfm.tasks.registry import get_task
 
 __all__ = [
     "CPU_OVERRIDES", "EventSplit", "FinetuneConfig", "FinetuneResult", "Mode", "PredictReport",
     "LabelEfficiencyStudy", "build_backbone", "build_task", "class_balance_weights", "collect_label_efficiency",
-    "evaluate_event", "evaluate_pid", "evaluate_segmentation", "label_efficiency_study", "load_finetune_config", "load_finetuned", "predict_file", "run_finetune",
+    "evaluate_segmentation", "evaluate_task", "label_efficiency_study", "load_finetune_config", "load_finetuned", "predict_file", "run_finetune",
     "split_events",
 ]
 
 Mode = Literal["probe", "head", "finetune", "lora"]
-TaskName = Literal["semseg", "pid", "event"]
+TaskName = str  # a registered task (detfm.tasks.registry): semseg, pid, event, ...
 MODES: tuple[str, ...] = get_args(Mode)
 SCRATCH = "scratch"
 
-BACKBONE_FILE = "backbone.yaml"
-SPLIT_FILE = "split.json"
-EVAL_FILE = "eval.json"
-PREDICT_FORMAT = "detfm-predictions/1"
+PREDICT_FORMAT = PREDICTIONS_FORMAT
 
 # A CPU-sized tokenizer for scratch backbones: 128 patches of up to 32 points within 10
 # voxels (3 cm) instead of PoLAr-MAE's 512 patches of 5 voxels (see GroupingConfig).
@@ -165,8 +155,7 @@ class FinetuneConfig:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
-        if self.task not in get_args(TaskName):
-            raise ConfigError(f"task must be one of {', '.join(get_args(TaskName))}, got {self.task!r}")
+        spec = get_task(self.task)  # a clear error naming the registered tasks
         if not self.backbone:
             raise ConfigError(f"backbone must be a pretraining run directory or '{SCRATCH}'")
         if self.labels < 1:
@@ -191,8 +180,9 @@ class FinetuneConfig:
             raise ConfigError(f"layer_decay must be in (0, 1], got {self.layer_decay}")
         if self.focal_gamma < 0:
             raise ConfigError(f"focal_gamma must be >= 0, got {self.focal_gamma}")
-        if self.exclude_low_energy and self.task != "semseg":
-            raise ConfigError("exclude_low_energy applies to the semseg task only")
+        if self.exclude_low_energy and spec.excluded_class is None:
+            raise ConfigError(f"exclude_low_energy applies to tasks with an excluded class (semseg), "
+                              f"not to '{self.task}'")
 
     @property
     def scratch(self) -> bool:
@@ -239,26 +229,19 @@ def split_events(num_events: int, cfg: FinetuneConfig) -> EventSplit:
 def class_balance_weights(dataset: EventDataset, task: TaskName = "semseg", exclude_low_energy: bool = False,
                           min_fraction: float = MIN_CLASS_FRACTION) -> tuple[float, ...]:
     """Loss weights ``1 / sqrt(max(f_c, min_fraction))`` from the class fractions ``f_c`` of
-    the dataset's points (semseg; class 4 left out when excluded), particle instances (pid)
-    or events (event). Absent classes get weight 1."""
-    n = len(layout.SEMANTIC_CLASSES) if task == "semseg" else NUM_PID
+    the task's scored items in the dataset (points for semseg, with the excluded class left
+    out when asked; particle instances for pid; events for event). Absent classes get weight 1."""
+    spec = get_task(task)
+    n = len(spec.class_names)
     counts = np.zeros(n, dtype=np.int64)
     for i in range(len(dataset)):
         sample = dataset[i]
         if sample.semantic is None or sample.pid is None or sample.instance is None:
             raise DataFormatError("class weights need labels", field="cluster")
-        if task == "semseg":
-            labels = sample.semantic
-        elif task == "event":
-            labels = leading_particle_label(collate([sample])).numpy()
-            labels = labels[labels >= 0]
-        else:
-            inst = find_instances(torch.tensor([0, sample.n_points]), torch.from_numpy(sample.instance),
-                                  torch.from_numpy(sample.pid))
-            labels = inst.label[inst.label >= 0].numpy()
-        counts += np.bincount(labels, minlength=n)[:n]
-    if exclude_low_energy and task == "semseg":
-        counts[layout.LOW_ENERGY] = 0
+        labels = spec.labels(collate([sample])).numpy()
+        counts += np.bincount(labels[labels >= 0], minlength=n)[:n]
+    if exclude_low_energy and spec.excluded_class is not None:
+        counts[spec.excluded_class] = 0
     total = counts.sum()
     if total == 0:
         raise DetfmError(f"the labeled events have nothing to score for {task} (no labeled points or particles)")
@@ -268,55 +251,39 @@ def class_balance_weights(dataset: EventDataset, task: TaskName = "semseg", excl
 
 
 # ----------------------------------------------------------------------------- model
-def _backbone_config(cfg: FinetuneConfig) -> PointMAEConfig:
+def _backbone_config(cfg: FinetuneConfig) -> ModelConfig:
     """The backbone architecture a config asks for (checked, not built)."""
     if cfg.scratch:
         overrides = {"seed": cfg.train.seed, **cfg.model_overrides}
         return model_config(cfg.model, **overrides)
-    run_cfg = load_run_config(cfg.backbone)
-    return model_config(run_cfg.model, **run_cfg.model_overrides)
+    return backbone_config(cfg.backbone)
 
 
-def build_backbone(cfg: FinetuneConfig) -> PointMAE:
+def build_backbone(cfg: FinetuneConfig) -> nn.Module:
     """A random backbone (``scratch``) or the pretrained one of ``cfg.backbone``."""
     if cfg.scratch:
-        backbone = build_model(_backbone_config(cfg))
-    else:
-        path = Path(cfg.backbone)
-        if not path.is_dir():
-            raise DetfmError(f"backbone {cfg.backbone}: no such run directory (give a pretraining run "
-                             f"or '{SCRATCH}')")
-        try:
-            backbone = load_backbone(path)
-        except RuntimeError as exc:  # load_state_dict's shape mismatch (pretrain.load_backbone lets it through)
-            detail = str(exc).strip().splitlines()[-1].strip()
-            raise DetfmError(f"backbone {cfg.backbone}: the weights do not fit its architecture ({detail})") from None
-    if not isinstance(backbone, PointMAE):
-        raise DetfmError(f"backbone {cfg.backbone}: {type(backbone).__name__} is not a PointMAE backbone")
-    return backbone
+        return build_model(_backbone_config(cfg))
+    if not Path(cfg.backbone).is_dir():
+        raise DetfmError(f"backbone {cfg.backbone}: no such run directory (give a pretraining run "
+                         f"or '{SCRATCH}')")
+    return load_backbone(cfg.backbone)
 
 
-def build_task(cfg: FinetuneConfig, backbone: PointMAE,
+def build_task(cfg: FinetuneConfig, backbone: nn.Module,
                class_weights: Sequence[float] | None = None) -> AdaptationTask:
     """The task of ``cfg.task`` and ``cfg.mode`` around ``backbone`` (LoRA layers added for ``lora``)."""
     if cfg.mode == "lora":
         apply_lora(backbone, rank=cfg.lora_rank, alpha=cfg.lora_alpha, seed=cfg.train.seed)
-    head: Literal["linear", "mlp"] = "linear" if cfg.mode == "probe" else "mlp"
-    weights = None if class_weights is None else tuple(float(w) for w in class_weights)
-    frozen = cfg.mode in ("probe", "head")
-    decay = cfg.layer_decay if cfg.mode == "finetune" else 1.0
-    if cfg.task == "event":
-        return EventClassification(backbone, EventConfig(
-            head=head, hidden=cfg.head_hidden, point_dim=cfg.point_dim, focal_gamma=cfg.focal_gamma,
-            class_weights=weights, freeze_backbone=frozen, layer_decay=decay, seed=cfg.train.seed))
-    if cfg.task == "pid":
-        return ParticleID(backbone, PIDConfig(head=head, hidden=cfg.head_hidden, point_dim=cfg.point_dim,
-                                              focal_gamma=cfg.focal_gamma, class_weights=weights,
-                                              freeze_backbone=frozen, layer_decay=decay, seed=cfg.train.seed))
-    return SemanticSegmentation(backbone, SegmentationConfig(
-        head=head, hidden=cfg.head_hidden, point_dim=cfg.point_dim, focal_gamma=cfg.focal_gamma,
-        class_weights=weights, exclude_low_energy=cfg.exclude_low_energy, freeze_backbone=frozen,
-        layer_decay=decay, seed=cfg.train.seed))
+    spec = get_task(cfg.task)
+    settings: dict[str, Any] = {
+        "head": "linear" if cfg.mode == "probe" else "mlp", "hidden": cfg.head_hidden, "point_dim": cfg.point_dim,
+        "focal_gamma": cfg.focal_gamma,
+        "class_weights": None if class_weights is None else tuple(float(w) for w in class_weights),
+        "freeze_backbone": cfg.mode in ("probe", "head"),
+        "layer_decay": cfg.layer_decay if cfg.mode == "finetune" else 1.0, "seed": cfg.train.seed}
+    if cfg.exclude_low_energy:
+        settings["exclude_low_energy"] = True
+    return spec.build(backbone, spec.config_cls(**settings))
 
 
 # ----------------------------------------------------------------------------- run
@@ -352,6 +319,7 @@ def run_finetune(cfg: FinetuneConfig, out_dir: str | os.PathLike[str], resume: b
     """
     backbone = build_backbone(cfg)
     arch = backbone.default_cfg
+    spec = get_task(cfg.task)
     events = _labeled_dataset(cfg)
     split = split_events(len(events), cfg)
     if cfg.train.batch_size > cfg.labels:
@@ -366,12 +334,7 @@ def run_finetune(cfg: FinetuneConfig, out_dir: str | os.PathLike[str], resume: b
     out = Path(out_dir)
     test = events.subset(split.test[:cfg.max_eval_events] if cfg.max_eval_events else split.test)
     show = cfg.train.progress if progress is None else progress
-    if isinstance(task, ParticleID):
-        scores = evaluate_pid(task, test, batch_size=cfg.eval_batch_size, progress=show)
-    elif isinstance(task, EventClassification):
-        scores = evaluate_event(task, test, batch_size=cfg.eval_batch_size, progress=show)
-    else:
-        scores = evaluate_segmentation(task, test, batch_size=cfg.eval_batch_size, progress=show)
+    scores = score_task(task, spec, test, batch_size=cfg.eval_batch_size, progress=show)
     scores = {"task": cfg.task, "mode": cfg.mode, "backbone": cfg.backbone, "labels": cfg.labels,
               "class_weights": None if weights is None else list(weights), **scores}
     if _is_main_process():
@@ -387,115 +350,17 @@ def run_finetune(cfg: FinetuneConfig, out_dir: str | os.PathLike[str], resume: b
 
 
 # ----------------------------------------------------------------------------- scoring
-def _json_float(x: float) -> float | None:
-    return None if x is None or not math.isfinite(x) else float(x)
+def evaluate_task(task: AdaptationTask, cfg: FinetuneConfig, dataset: EventDataset, batch_size: int = 8,
+                  progress: bool = False) -> dict[str, Any]:
+    """The scores of a trained task of run config ``cfg`` on ``dataset`` (see
+    :func:`detfm.evaluate.scoring.score_task`)."""
+    return score_task(task, get_task(cfg.task), dataset, batch_size=batch_size, progress=progress)
 
 
-def _named(values: np.ndarray, classes: Sequence[str]) -> dict[str, float | None]:
-    return {c: _json_float(float(v)) for c, v in zip(classes, values, strict=True)}
-
-
-def evaluate_segmentation(task: SemanticSegmentation, dataset: EventDataset, batch_size: int = 8,
+def evaluate_segmentation(task: AdaptationTask, dataset: EventDataset, batch_size: int = 8,
                           progress: bool = False) -> dict[str, Any]:
-    """Score every point of every event of ``dataset`` (labeled, not augmented).
-
-    Two views, both with per-class precision/recall/F1 and macro-F1:
-
-    * all 5 classes, prediction = argmax over all logits (``macro_f1_5``);
-    * without low-energy deposits, as the reference evaluation: points of class 4 are
-      dropped and the prediction is the argmax over the 4 other logits (``macro_f1_4``).
-    """
-    if len(dataset) == 0:
-        raise DetfmError("nothing to evaluate: the dataset has no events")
-    device = next(task.parameters()).device
-    was_training = task.training
-    task.eval()
-    n = len(layout.SEMANTIC_CLASSES)
-    cm5 = np.zeros((n, n), dtype=np.int64)
-    cm4 = np.zeros((4, 4), dtype=np.int64)
-    points = 0
-    try:
-        with torch.no_grad(), tqdm(total=len(dataset), desc="scoring", unit="event", delay=2.0,
-                                   leave=False, disable=not progress) as bar:
-            for a in range(0, len(dataset), batch_size):
-                batch = collate([dataset[i] for i in range(a, min(a + batch_size, len(dataset)))])
-                logits = task.forward_logits(batch.to(device)).float().cpu()
-                truth = batch.semantic.numpy()
-                cm5 += confusion_matrix(truth, logits.argmax(dim=-1).numpy(), n)
-                keep = truth != layout.LOW_ENERGY
-                cm4 += confusion_matrix(truth[keep], logits[keep][:, :4].argmax(dim=-1).numpy(), 4)
-                points += batch.num_points
-                bar.update(len(batch))
-    finally:
-        task.train(was_training)
-    classes = layout.SEMANTIC_CLASSES
-    four = classes[:4]
-    return {
-        "split": "test", "events": len(dataset), "points": points, "classes": list(classes),
-        "macro_f1_5": _json_float(macro_f1(cm5)), "macro_f1_4": _json_float(macro_f1(cm4)),
-        "accuracy_5": _json_float(accuracy(cm5)), "accuracy_4": _json_float(accuracy(cm4)),
-        "f1": _named(per_class_f1(cm5), classes), "precision": _named(per_class_precision(cm5), classes),
-        "recall": _named(per_class_recall(cm5), classes), "confusion": cm5.tolist(),
-        "f1_4": _named(per_class_f1(cm4), four), "confusion_4": cm4.tolist(),
-    }
-
-
-def _pid_scores(cm: np.ndarray, dataset: EventDataset, unit: str) -> dict[str, Any]:
-    classes = layout.PID_CLASSES[:NUM_PID]
-    return {
-        "split": "test", "events": len(dataset), unit: int(cm.sum()), "classes": list(classes),
-        "macro_f1": _json_float(macro_f1(cm)), "accuracy": _json_float(accuracy(cm)),
-        "f1": _named(per_class_f1(cm), classes), "efficiency": _named(per_class_recall(cm), classes),
-        "purity": _named(per_class_precision(cm), classes), "confusion": cm.tolist(),
-    }
-
-
-def _class_confusion(task: AdaptationTask, dataset: EventDataset, batch_size: int, progress: bool,
-                     truth_and_logits: Callable[[PackedBatch], tuple[torch.Tensor, torch.Tensor]]) -> np.ndarray:
-    """(5, 5) confusion matrix over a dataset; ``truth_and_logits(batch)`` gives the scored
-    items' labels (-1: not scored) and logits. Eval mode, no gradients; the mode is restored."""
-    if len(dataset) == 0:
-        raise DetfmError("nothing to evaluate: the dataset has no events")
-    device = next(task.parameters()).device
-    was_training = task.training
-    task.eval()
-    cm = np.zeros((NUM_PID, NUM_PID), dtype=np.int64)
-    try:
-        with torch.no_grad(), tqdm(total=len(dataset), desc="scoring", unit="event", delay=2.0,
-                                   leave=False, disable=not progress) as bar:
-            for a in range(0, len(dataset), batch_size):
-                batch = collate([dataset[i] for i in range(a, min(a + batch_size, len(dataset)))]).to(device)
-                truth, logits = truth_and_logits(batch)
-                truth, pred = truth.cpu(), logits.float().cpu().argmax(dim=-1)
-                scored = truth >= 0
-                cm += confusion_matrix(truth[scored].numpy(), pred[scored].numpy(), NUM_PID)
-                bar.update(len(batch))
-    finally:
-        task.train(was_training)
-    return cm
-
-
-def evaluate_pid(task: ParticleID, dataset: EventDataset, batch_size: int = 8,
-                 progress: bool = False) -> dict[str, Any]:
-    """Score every particle instance with a PID label (see :mod:`detfm.tasks.pid`) of ``dataset``.
-
-    Per class: F1, efficiency (recall: fraction of true particles of the class found) and
-    purity (precision: fraction of particles called the class that are), plus macro-F1.
-    """
-    def instances(batch: PackedBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        logits, inst = task.forward_instances(batch)
-        return inst.label, logits
-
-    return _pid_scores(_class_confusion(task, dataset, batch_size, progress, instances), dataset, "instances")
-
-
-def evaluate_event(task: EventClassification, dataset: EventDataset, batch_size: int = 8,
-                   progress: bool = False) -> dict[str, Any]:
-    """Score the leading-particle class of every event of ``dataset`` that has one (see
-    :mod:`detfm.tasks.event`): per class F1, efficiency and purity, macro-F1, accuracy."""
-    cm = _class_confusion(task, dataset, batch_size, progress,
-                          lambda batch: (leading_particle_label(batch), task.forward_logits(batch)))
-    return _pid_scores(cm, dataset, "scored_events")
+    """Semseg scores: 5 classes and the 4 without low-energy deposits (``macro_f1_4``)."""
+    return score_task(task, get_task("semseg"), dataset, batch_size=batch_size, progress=progress)
 
 
 # ----------------------------------------------------------------------------- reload
@@ -521,14 +386,10 @@ def load_finetuned(run_dir: str | os.PathLike[str], *, map_location: str = "cpu"
     cfg = load_finetune_config(run)
     arch_file = run / BACKBONE_FILE
     if arch_file.is_file():
-        arch = PointMAEConfig.from_yaml(arch_file.read_text(encoding="utf-8"))
+        arch = config_from_yaml(arch_file.read_text(encoding="utf-8"))
     else:  # an unfinished run: rebuild the architecture from its config
         arch = _backbone_config(cfg)
-    weights = run / MODEL_FILE
-    if not weights.is_file():
-        weights = run / "checkpoints" / "last" / MODEL_FILE
-    if not weights.is_file():
-        raise DetfmError(f"{run}: no weights ({MODEL_FILE}) in the run or its last checkpoint")
+    weights = weights_path(run)
     task = build_task(cfg, build_model(arch))
     load_weights(task, weights, strict=True, device=map_location)
     return task.eval()
@@ -580,13 +441,15 @@ def predict_file(run_dir: str | os.PathLike[str], data: str | os.PathLike[str],
     cfg = load_finetune_config(run_dir)
     task = load_finetuned(run_dir, map_location=device)
     merge_lora(task)  # inference only: fold LoRA updates into the weights (no-op otherwise)
-    is_pid = isinstance(task, ParticleID)
-    is_event = isinstance(task, EventClassification)
-    dataset = EventDataset([src], energy_threshold=cfg.data.energy_threshold, min_points=0, labels=is_pid)
-    if is_pid and len(dataset) and dataset[0].instance is None:
-        raise DataFormatError(f"{src}: particle ID needs the particle instances (the cluster 'group' column)",
+    spec = get_task(cfg.task)
+    per_event = spec.unit == "event"  # one fixed row per event, else variable-length rows
+    by_instance = spec.unit == "instance"  # rows carry the group id of each particle
+    dataset = EventDataset([src], energy_threshold=cfg.data.energy_threshold, min_points=0, labels=by_instance)
+    if by_instance and len(dataset) and dataset[0].instance is None:
+        raise DataFormatError(f"{src}: {cfg.task} needs the particle instances (the cluster 'group' column)",
                               path=str(src), field="cluster")
     num_classes = task.config.num_classes
+    prefix = spec.prediction_prefix
     import h5py
 
     t0 = time.perf_counter()
@@ -594,44 +457,32 @@ def predict_file(run_dir: str | os.PathLike[str], data: str | os.PathLike[str],
     n = len(dataset)
     with atomic_path(dst) as tmp, h5py.File(tmp, "w") as h5, torch.no_grad(), \
             tqdm(total=n, desc="predicting", unit="event", delay=2.0, leave=False, disable=not progress) as bar:
-        prefix = "pid_" if is_pid else "event_" if is_event else ""
-        if is_event:  # one row of num_classes values per event
-            probs_ds = h5.create_dataset("event_probs", (n, num_classes), dtype=np.dtype(dtype))
-            pred_ds = h5.create_dataset("event_pred", (n,), dtype=np.int16)
+        if per_event:  # one row of num_classes values per event
+            probs_ds = h5.create_dataset(f"{prefix}probs", (n, num_classes), dtype=np.dtype(dtype))
+            pred_ds = h5.create_dataset(f"{prefix}pred", (n,), dtype=np.int16)
         else:
             probs_ds = h5.create_dataset(f"{prefix}probs", (n,), dtype=h5py.vlen_dtype(np.dtype(dtype)))
             pred_ds = h5.create_dataset(f"{prefix}pred", (n,), dtype=h5py.vlen_dtype(np.uint8))
-        group_ds = h5.create_dataset("group", (n,), dtype=h5py.vlen_dtype(np.int64)) if is_pid else None
+        group_ds = h5.create_dataset("group", (n,), dtype=h5py.vlen_dtype(np.int64)) if by_instance else None
         index_ds = h5.create_dataset("event_index", (n,), dtype=np.int64)
         count_ds = h5.create_dataset("n_points", (n,), dtype=np.int64)
-        classes = layout.PID_CLASSES[:NUM_PID] if is_pid or is_event else layout.SEMANTIC_CLASSES
-        h5.attrs.update({"format": PREDICT_FORMAT, "task": cfg.task, "classes": json.dumps(list(classes)),
+        h5.attrs.update({"format": PREDICT_FORMAT, "task": cfg.task, "classes": json.dumps(list(spec.class_names)),
                          "num_classes": num_classes, "energy_threshold": dataset.energy_threshold,
                          "model_run": str(Path(run_dir).resolve()), "source_file": str(src.resolve()),
                          "point_order": "points with value >= energy_threshold, in stored order"})
         for a in range(0, n, batch_size):
             samples = [dataset[i] for i in range(a, min(a + batch_size, n))]
             full = [s for s in samples if s.n_points > 0]
-            rows: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # event -> (probs, group ids)
+            rows: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # event -> (probs, item ids)
             if full:
-                batch = collate(full).to(device)
-                if is_event:
-                    probs = torch.softmax(task.forward_logits(batch).float(), dim=-1).cpu().numpy()
-                    for j, s in enumerate(full):
-                        rows[s.index] = (probs[j:j + 1], np.zeros(0))
-                elif is_pid:
-                    logits, inst = task.forward_instances(batch)
-                    probs = torch.softmax(logits.float(), dim=-1).cpu().numpy()
-                    event, group = inst.event.cpu().numpy(), inst.group.cpu().numpy()
-                    for j, s in enumerate(full):
-                        rows[s.index] = (probs[event == j], group[event == j])
-                else:
-                    probs = task.predict_proba(batch).cpu().numpy()
-                    for j, s in enumerate(full):
-                        rows[s.index] = (probs[int(batch.offsets[j]):int(batch.offsets[j + 1])], np.zeros(0))
+                logits, event, ids = task.item_outputs(collate(full).to(device))
+                probs = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+                event, ids = event.cpu().numpy(), ids.cpu().numpy()
+                for j, s in enumerate(full):
+                    rows[s.index] = (probs[event == j], ids[event == j])
             for k, s in enumerate(samples):
                 p, groups = rows.get(s.index, (np.zeros((0, num_classes), np.float32), np.zeros(0, np.int64)))
-                if is_event:  # an empty event: probabilities NaN, class -1
+                if per_event:  # an empty event: probabilities NaN, class -1
                     probs_ds[a + k] = p[0].astype(dtype) if len(p) else np.full(num_classes, np.nan, dtype)
                     pred_ds[a + k] = int(p[0].argmax()) if len(p) else -1
                 else:
@@ -647,8 +498,6 @@ def predict_file(run_dir: str | os.PathLike[str], data: str | os.PathLike[str],
 
 
 # ----------------------------------------------------------------------------- label efficiency
-# The metric a study summarises; for semseg the reference's, without low-energy deposits.
-HEADLINE = {"semseg": "macro_f1_4", "pid": "macro_f1", "event": "macro_f1"}
 
 
 @dataclass(frozen=True)
@@ -672,7 +521,7 @@ class LabelEfficiencyStudy:
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": "detfm-label-efficiency/1", "metric": self.metric, "runs": self.runs,
-                "summary": {name: {str(n): {**v, "mean": _json_float(v["mean"])} for n, v in by_n.items()}
+                "summary": {name: {str(n): {**v, "mean": json_float(v["mean"])} for n, v in by_n.items()}
                             for name, by_n in self.summary.items()},
                 "per_class_f1": {name: {str(n): v for n, v in by_n.items()} for name, by_n in self.per_class.items()}}
 
@@ -759,7 +608,7 @@ def label_efficiency_study(base: FinetuneConfig, labels: Sequence[int], seeds: S
     # check every label count against the data before the first (long) run starts
     split_events(len(_labeled_dataset(base)), dataclasses.replace(base, labels=max(labels)))
     out = Path(out_dir)
-    metric = HEADLINE[base.task]
+    metric = get_task(base.task).headline
     runs: list[dict[str, Any]] = []
     grid = [(b, m, n, s) for b in backbones for m in modes for n in sorted(set(labels)) for s in seeds]
     for name, mode, count, seed in tqdm(grid, desc="label-efficiency", unit="run", disable=not progress):
@@ -781,7 +630,7 @@ def _finish_study(runs: list[dict[str, Any]], metric: str, task: str, out: Path)
     """Summarise finished grid points (mean ± std over seeds, per-class F1) and write the outputs."""
     summary: dict[str, dict[int, dict[str, float]]] = {}
     per_class: dict[str, dict[int, dict[str, float | None]]] = {}
-    f1_key = "f1_4" if task == "semseg" else "f1"
+    f1_key = get_task(task).per_class
     for variant_name in dict.fromkeys(r["variant"] for r in runs):
         summary[variant_name], per_class[variant_name] = {}, {}
         for count in sorted({r["labels"] for r in runs if r["variant"] == variant_name}):
@@ -792,7 +641,7 @@ def _finish_study(runs: list[dict[str, Any]], metric: str, task: str, out: Path)
                                             "n": int(values.size)}
             classes = chosen[0]["scores"].get(f1_key, {}) if chosen else {}
             per_class[variant_name][count] = {
-                c: _json_float(float(np.mean(v))) if (v := [r["scores"][f1_key][c] for r in chosen
+                c: json_float(float(np.mean(v))) if (v := [r["scores"][f1_key][c] for r in chosen
                                                             if r["scores"][f1_key].get(c) is not None]) else None
                 for c in classes}
     study = LabelEfficiencyStudy(metric=metric, runs=runs, summary=summary, per_class=per_class, out_dir=out)
@@ -823,11 +672,11 @@ def collect_label_efficiency(out_dir: str | os.PathLike[str]) -> LabelEfficiency
         if task is not None and scores.get("task") != task:
             raise DetfmError(f"{run}: a '{scores.get('task')}' run in a '{task}' study directory")
         task = scores.get("task", "semseg")
-        metric = HEADLINE[task]
+        metric = get_task(task).headline
         runs.append({"variant": f"{match['backbone']}/{match['mode']}", "backbone": match["backbone"],
                      "mode": match["mode"], "labels": int(match["labels"]), "seed": int(match["seed"]),
                      "run": str(run), metric: scores.get(metric), "scores": scores})
     if task is None:
         raise DetfmError(f"{out}: no finished runs (<backbone>_<mode>_n<labels>_s<seed>/eval.json) to collect")
     runs.sort(key=lambda r: (r["backbone"] != "pretrained", r["mode"], r["labels"], r["seed"]))
-    return _finish_study(runs, HEADLINE[task], task, out)
+    return _finish_study(runs, get_task(task).headline, task, out)

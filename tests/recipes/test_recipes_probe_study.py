@@ -11,8 +11,8 @@ import torch
 from detfm.cli import main
 from detfm.engine import TrainConfig
 from detfm.errors import DetfmError
-from detfm.evaluate.probe_study import probe_study
-from detfm.pretrain import DataConfig, PretrainConfig, run_pretrain
+from detfm.recipes.probe_study import probe_study
+from detfm.recipes.pretrain import DataConfig, PretrainConfig, run_pretrain
 from detfm.sim.simulate import SimConfig, simulate_to_file
 
 TINY = {"num_groups": 32, "radius": 12.0, "cover_radius": 12.0, "group_size": 16, "depth": 1}

@@ -30,7 +30,6 @@ continues where it stopped)::
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -41,12 +40,10 @@ from typing import Any
 
 import numpy as np
 
-from detfm.commands.seeds import add_seeds_option, parse_seeds
 from detfm.errors import ConfigError, DetfmError
 from detfm.io import atomic_path, atomic_write_text
 
-__all__ = ["RESULTS_KIND", "add_sim_to_data_arguments", "format_sim_to_data", "gap_summary",
-           "run_sim_to_data_from_args", "sim_to_data_study"]
+__all__ = ["RESULTS_KIND", "format_sim_to_data", "gap_summary", "sim_to_data_study"]
 
 RESULTS_KIND = "detfm-sim-to-data/1"
 METRIC = "macro_f1_4"
@@ -99,7 +96,7 @@ def _unlabeled_file(nominal_cfg: Any, detector: str, events: int, seed: int, fol
 
 def _pretrain(pretrain_config: Any, unlabeled: Path, run: Path) -> Path:
     from detfm.engine import load_config
-    from detfm.pretrain import MODEL_FILE, PretrainConfig, run_pretrain
+    from detfm.recipes.pretrain import MODEL_FILE, PretrainConfig, run_pretrain
 
     cfg = pretrain_config
     if isinstance(cfg, (str, os.PathLike)):
@@ -116,8 +113,8 @@ def _pretrain(pretrain_config: Any, unlabeled: Path, run: Path) -> Path:
 
 # ----------------------------------------------------------------------------- runs
 def _variants(base: Any, pretrain_run: Path, b_mode: str | None) -> dict[str, Any]:
-    from detfm.adapt import SCRATCH
-    from detfm.pretrain import load_run_config
+    from detfm.recipes.adapt import SCRATCH
+    from detfm.recipes.pretrain import load_run_config
 
     arch = load_run_config(pretrain_run)
     return {"A": dataclasses.replace(base, backbone=SCRATCH, model=arch.model,
@@ -126,7 +123,7 @@ def _variants(base: Any, pretrain_run: Path, b_mode: str | None) -> dict[str, An
 
 
 def _finetune(cfg: Any, run: Path, progress: bool) -> None:
-    from detfm.adapt import EVAL_FILE, run_finetune
+    from detfm.recipes.adapt import EVAL_FILE, run_finetune
 
     if (run / EVAL_FILE).is_file():
         return
@@ -137,9 +134,9 @@ def _finetune(cfg: Any, run: Path, progress: bool) -> None:
 def _score_twins(run: Path, nominal: Path, data: Path, progress: bool) -> dict[str, Any]:
     """Macro-F1 of the run on its nominal test events and on their data twins (same events,
     those non-empty in both files, up to the run's ``max_eval_events``)."""
-    from detfm.adapt import evaluate_segmentation, load_finetune_config, load_finetuned
+    from detfm.recipes.adapt import evaluate_segmentation, load_finetune_config, load_finetuned
     from detfm.data import EventDataset
-    from detfm.evaluate.systematics import heldout_event_ids
+    from detfm.recipes.systematics import heldout_event_ids
     from detfm.models.lora import merge_lora
 
     cached = run / TWIN_EVAL_FILE
@@ -177,9 +174,9 @@ def sim_to_data_study(pretrain_config: Any, finetune_base: Any, nominal_file: st
     """Run the study (see the module docstring) and write ``out_dir/results.json``.
 
     Args:
-        pretrain_config: a :class:`~detfm.pretrain.PretrainConfig` or its YAML file; its data
+        pretrain_config: a :class:`~detfm.recipes.pretrain.PretrainConfig` or its YAML file; its data
             paths are replaced by the unlabeled data file. Ignored with ``pretrain_run``.
-        finetune_base: the :class:`~detfm.adapt.FinetuneConfig` both A and B use (labels,
+        finetune_base: the :class:`~detfm.recipes.adapt.FinetuneConfig` both A and B use (labels,
             mode, steps, ...); backbone, data paths and ``train.seed`` are set per run.
         nominal_file: labeled nominal events made by ``detfm simulate`` (its data twin is
             re-simulated from its attributes).
@@ -192,7 +189,7 @@ def sim_to_data_study(pretrain_config: Any, finetune_base: Any, nominal_file: st
             ``finetune_base.mode``); B's runs are then ``B_<b_mode>_s<seed>`` and the results
             ``results.<b_mode>.json``, so both variants can share one study directory.
     """
-    from detfm.adapt import MODES, FinetuneConfig
+    from detfm.recipes.adapt import MODES, FinetuneConfig
     from detfm.evaluate.twins import make_twins, sim_config_of
     from detfm.sim.detector import get_detector
 
@@ -307,58 +304,3 @@ def plot_sim_to_data(results: dict[str, Any], path: str | os.PathLike[str]) -> P
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
     return out
-
-
-# ----------------------------------------------------------------------------- command line
-def add_sim_to_data_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``detfm study sim-to-data`` (added to ``parser``)."""
-    parser.add_argument("--data", required=True, metavar="NOMINAL.h5",
-                        help="labeled nominal events made by `detfm simulate`")
-    parser.add_argument("--out", required=True, metavar="DIR", help="study directory (resumable)")
-    parser.add_argument("--data-detector", default="data_like", help="detector model of the 'data' (default data_like)")
-    add_seeds_option(parser, default="3", what="fine-tuning seeds of A and B (3 or more for the goal)")
-    parser.add_argument("--pretrain-config", metavar="YAML", help="PretrainConfig for pretraining on the data events")
-    parser.add_argument("--pretrain-run", metavar="RUN_DIR", help="reuse this pretraining run instead")
-    parser.add_argument("--pretrain-steps", type=int, help="pretraining steps (overrides the config)")
-    parser.add_argument("--unlabeled-events", type=int, default=1000,
-                        help="unlabeled data events to pretrain on (default 1000)")
-    parser.add_argument("--finetune-config", metavar="YAML", help="FinetuneConfig shared by A and B")
-    parser.add_argument("--labels", type=int, help="labeled nominal training events")
-    parser.add_argument("--mode", choices=["probe", "head", "finetune", "lora"], help="what trains in A and B")
-    parser.add_argument("--b-mode", choices=["probe", "head", "finetune", "lora"],
-                        help="adapt B this way instead (A keeps --mode); results go to results.<mode>.json")
-    parser.add_argument("--steps", type=int, help="fine-tuning steps per run")
-    parser.add_argument("--batch-size", type=int, help="fine-tuning events per step (capped at --labels)")
-    parser.add_argument("--workers", type=int, default=1, help="simulation worker processes (default 1)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-
-
-def run_sim_to_data_from_args(args: argparse.Namespace) -> int:
-    """Run the study from parsed :func:`add_sim_to_data_arguments` options; print the table."""
-    from detfm.adapt import FinetuneConfig
-    from detfm.engine import load_config
-    from detfm.pretrain import PretrainConfig
-
-    if args.pretrain_config and args.pretrain_run:
-        raise DetfmError("sim-to-data: give --pretrain-config or --pretrain-run, not both")
-    pre_cfg = load_config(PretrainConfig, args.pretrain_config) if args.pretrain_config else PretrainConfig()
-    if args.pretrain_steps is not None:
-        pre_cfg = dataclasses.replace(pre_cfg, train=dataclasses.replace(pre_cfg.train, steps=args.pretrain_steps))
-    if args.quiet:
-        pre_cfg = dataclasses.replace(pre_cfg, train=dataclasses.replace(pre_cfg.train, progress=False))
-    base = load_config(FinetuneConfig, args.finetune_config) if args.finetune_config else FinetuneConfig()
-    top = {k: v for k, v in (("labels", args.labels), ("mode", args.mode)) if v is not None}
-    base = dataclasses.replace(base, **top)
-    train_over: dict[str, Any] = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size))
-                                  if v is not None}
-    train_over["batch_size"] = max(1, min(train_over.get("batch_size", base.train.batch_size), base.labels))
-    if args.quiet:
-        train_over["progress"] = False
-    base = dataclasses.replace(base, train=dataclasses.replace(base.train, **train_over))
-    results = sim_to_data_study(pre_cfg, base, args.data, args.out, data_detector=args.data_detector,
-                                seeds=parse_seeds(args.seeds), unlabeled_events=args.unlabeled_events,
-                                pretrain_run=args.pretrain_run, b_mode=args.b_mode, workers=args.workers,
-                                progress=not args.quiet)
-    print(format_sim_to_data(results))
-    print(f"wrote {Path(args.out) / (f'results.{args.b_mode}.json' if args.b_mode else 'results.json')}")
-    return 0

@@ -9,18 +9,17 @@ from pathlib import Path
 import pytest
 from detfm_testing import TINY_SHALLOW
 
-from detfm.adapt import FinetuneConfig, load_finetune_config
+from detfm.recipes.adapt import FinetuneConfig, load_finetune_config
 from detfm.engine import TrainConfig
 from detfm.errors import ConfigError, DetfmError
 from detfm.io import EventFile, read_events, write_events
-from detfm.pretrain import DataConfig, PretrainConfig
+from detfm.recipes.pretrain import DataConfig, PretrainConfig
 from detfm.sim.simulate import SimConfig, simulate_to_file
-from detfm.sim_to_data import (
+from detfm.commands.sim_to_data import add_sim_to_data_arguments, run_sim_to_data_from_args
+from detfm.recipes.sim_to_data import (
     RESULTS_KIND,
-    add_sim_to_data_arguments,
     format_sim_to_data,
     gap_summary,
-    run_sim_to_data_from_args,
     sim_to_data_study,
 )
 

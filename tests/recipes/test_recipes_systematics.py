@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from detfm_testing import TINY_SHALLOW, one_torch_thread
 
-from detfm.adapt import FinetuneConfig, run_finetune
+from detfm.recipes.adapt import FinetuneConfig, run_finetune
 from detfm.cli import main
 from detfm.commands import evaluate as evaluate_cmd
 from detfm.engine import TrainConfig, save_config
 from detfm.errors import DetfmError
 from detfm.evaluate.metrics import accuracy, confusion_matrix, macro_f1, per_class_f1, per_class_recall
-from detfm.evaluate.systematics import (
+from detfm.recipes.systematics import (
     DEFAULT_VARIATIONS,
     REPORT_KIND,
     batched_metrics,
@@ -28,7 +28,7 @@ from detfm.evaluate.systematics import (
     heldout_event_ids,
     summarize_flips,
 )
-from detfm.pretrain import DataConfig
+from detfm.recipes.pretrain import DataConfig
 from detfm.sim.simulate import SimConfig, simulate_to_file
 
 

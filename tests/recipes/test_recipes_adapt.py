@@ -15,7 +15,7 @@ from detfm_testing import TINY
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from detfm.adapt import (
+from detfm.recipes.adapt import (
     FinetuneConfig,
     load_finetuned,
     predict_file,
@@ -29,7 +29,7 @@ from detfm.errors import ConfigError, DataFormatError, DetfmError
 from detfm.evaluate.display import show_file
 from detfm.io import Event, layout, read_events, write_events
 from detfm.models.lora import LoRALinear
-from detfm.pretrain import DataConfig
+from detfm.recipes.pretrain import DataConfig
 
 
 @pytest.fixture(scope="module")
@@ -297,7 +297,7 @@ def test_pid_task_through_the_recipe(events: Path, tmp_path: Path) -> None:
         probs = h5["pid_probs"][0].reshape(len(groups), 5)
         np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
         assert np.array_equal(h5["pid_pred"][0], probs.argmax(axis=1))
-    with pytest.raises(ConfigError, match="semseg task only"):
+    with pytest.raises(ConfigError, match=r"applies to tasks with an excluded class \(semseg\)"):
         config(events, task="pid", exclude_low_energy=True)
 
 

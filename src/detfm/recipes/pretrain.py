@@ -8,7 +8,6 @@ fine-tuning and prediction.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,13 +18,15 @@ import torch
 from detfm.data import EventDataset, collate
 from detfm.data.transforms import Compose, RandomRotation, Subsample
 from detfm.engine import TrainConfig, TrainResult, load_config, train
+from detfm.engine.runs import BACKBONE_FILE, CONFIG_FILE, MODEL_FILE, load_backbone, random_backbone
 from detfm.errors import ConfigError, DetfmError
-from detfm.models import PointMAE, create_model
-from detfm.tasks import MaskedPointModeling, MPMConfig
+from detfm.io import atomic_write_text
+from detfm.models import create_model
+from detfm.tasks import MPMConfig
+from detfm.tasks.registry import get_objective, list_objectives
 
-CONFIG_FILE = "config.yaml"
-MODEL_FILE = "model.safetensors"
-BACKBONE_PREFIX = "backbone."
+__all__ = ["CONFIG_FILE", "MODEL_FILE", "DataConfig", "PretrainConfig", "build_dataset", "build_task",
+           "load_backbone", "load_run_config", "random_backbone", "run_pretrain"]
 
 
 @dataclass(frozen=True)
@@ -49,10 +50,15 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class PretrainConfig:
-    """Everything that defines a pretraining run (saved as ``config.yaml`` in the run)."""
+    """Everything that defines a pretraining run (saved as ``config.yaml`` in the run).
+
+    ``objective`` names a registered pretraining objective (``detfm.tasks.registry``);
+    ``task`` holds its settings.
+    """
 
     model: str = "pointmae_tiny"
     model_overrides: dict[str, Any] = field(default_factory=dict)
+    objective: str = "mpm"
     task: MPMConfig = field(default_factory=MPMConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -72,10 +78,15 @@ def build_dataset(data: DataConfig, seed: int, labels: bool = False) -> EventDat
                         transform=Compose(transforms) if transforms else None)
 
 
-def build_task(cfg: PretrainConfig) -> MaskedPointModeling:
-    """Backbone (from the registry) wrapped in the masked-point-modeling objective."""
+def build_task(cfg: PretrainConfig) -> torch.nn.Module:
+    """Backbone (from the registry) wrapped in the run's pretraining objective."""
+    spec = get_objective(cfg.objective)
     backbone = create_model(cfg.model, **cfg.model_overrides)
-    return MaskedPointModeling(backbone, **dataclasses.asdict(cfg.task))
+    arch = backbone.default_cfg.arch
+    if arch not in spec.families:
+        raise ConfigError(f"objective '{cfg.objective}' does not work on {arch} backbones ({cfg.model}); "
+                          f"objectives: {', '.join(list_objectives())}")
+    return spec.build(backbone, cfg.task)
 
 
 def run_pretrain(cfg: PretrainConfig, out_dir: str | os.PathLike[str], resume: bool = False) -> TrainResult:
@@ -85,7 +96,10 @@ def run_pretrain(cfg: PretrainConfig, out_dir: str | os.PathLike[str], resume: b
         raise DetfmError(f"only {len(dataset)} usable events (min_points={cfg.data.min_points}) "
                          f"for a batch of {cfg.train.batch_size}: simulate more or lower --batch-size")
     task = build_task(cfg)
-    return train(task, dataset, collate, cfg.train, out_dir, resume=resume, run_config=cfg)
+    result = train(task, dataset, collate, cfg.train, out_dir, resume=resume, run_config=cfg)
+    if int(os.environ.get("RANK", "0")) == 0:
+        atomic_write_text(Path(out_dir) / BACKBONE_FILE, task.backbone.default_cfg.to_yaml())
+    return result
 
 
 def load_run_config(run_dir: str | os.PathLike[str]) -> PretrainConfig:
@@ -94,43 +108,3 @@ def load_run_config(run_dir: str | os.PathLike[str]) -> PretrainConfig:
     if not path.is_file():
         raise DetfmError(f"{run_dir}: not a pretraining run (no {CONFIG_FILE})")
     return load_config(PretrainConfig, path)
-
-
-def load_backbone(run_dir: str | os.PathLike[str], *, map_location: str = "cpu") -> PointMAE:
-    """The pretrained encoder of a run (final weights, else the last checkpoint).
-
-    Weights are read from safetensors only; nothing is unpickled.
-    """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    run = Path(run_dir)
-    cfg = load_run_config(run)
-    weights = run / MODEL_FILE
-    if not weights.is_file():
-        weights = run / "checkpoints" / "last" / MODEL_FILE
-    if not weights.is_file():
-        raise DetfmError(f"{run}: no weights ({MODEL_FILE}) in the run or its last checkpoint")
-    try:
-        state = load_file(str(weights), device=map_location)
-    except (SafetensorError, OSError) as exc:
-        raise DetfmError(f"{weights}: cannot read weights ({exc})") from None
-    backbone = create_model(cfg.model, **cfg.model_overrides)
-    own = {k[len(BACKBONE_PREFIX):]: v for k, v in state.items() if k.startswith(BACKBONE_PREFIX)}
-    try:
-        missing, unexpected = backbone.load_state_dict(own, strict=False)
-    except RuntimeError as exc:  # shape mismatch
-        raise DetfmError(f"{weights}: weights do not fit {cfg.model}: {str(exc).splitlines()[-1].strip()}") from None
-    if missing or unexpected:
-        raise DetfmError(f"{weights}: weights do not fit {cfg.model} "
-                         f"(missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]})")
-    backbone.eval()
-    return backbone
-
-
-def random_backbone(run_dir: str | os.PathLike[str], seed: int = 1234) -> PointMAE:
-    """The same architecture as a run, randomly initialised (the baseline for probes)."""
-    cfg = load_run_config(run_dir)
-    with torch.no_grad():
-        model = create_model(cfg.model, **{**cfg.model_overrides, "seed": seed})
-    return model.eval()

@@ -8,7 +8,7 @@ the bootstrap resamples *events* (the same draw for every variation), so the int
 
 What :func:`evaluate_systematics` measures, per variation:
 
-* every score of :func:`detfm.adapt.evaluate_segmentation` (macro-F1 over 5 and 4 classes,
+* every score of :func:`detfm.recipes.adapt.evaluate_segmentation` (macro-F1 over 5 and 4 classes,
   accuracy, per-class F1/precision/recall), from per-event confusion matrices, with a 68 %
   percentile bootstrap interval over events (``n_boot`` seeded resamples), and the same for
   the paired difference to nominal;
@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from detfm.audit import kinds
+from detfm.evaluate import kinds
 from detfm.errors import ConfigError, DetfmError
 from detfm.io import EventFile, atomic_path, atomic_write_text, layout
 
@@ -68,7 +68,7 @@ HEADLINE = ("macro_f1_4", "macro_f1_5", "accuracy_5")
 def event_confusions(logits: np.ndarray, labels: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-event confusion matrices: ``(E, 5, 5)`` over all classes (argmax of all logits) and
     ``(E, 4, 4)`` without low-energy points (argmax of the first 4 logits), as
-    :func:`detfm.adapt.evaluate_segmentation` scores them. Rows: true class."""
+    :func:`detfm.recipes.adapt.evaluate_segmentation` scores them. Rows: true class."""
     logits = np.asarray(logits)
     labels = np.asarray(labels).astype(np.int64)
     offsets = np.asarray(offsets, dtype=np.int64)
@@ -103,7 +103,7 @@ def _nanmean_last(x: np.ndarray) -> np.ndarray:
 
 
 def batched_metrics(cm5: np.ndarray, cm4: np.ndarray) -> dict[str, np.ndarray]:
-    """The scores of :func:`detfm.adapt.evaluate_segmentation` for a batch of confusion
+    """The scores of :func:`detfm.recipes.adapt.evaluate_segmentation` for a batch of confusion
     matrices ``(..., 5, 5)`` and ``(..., 4, 4)``: same conventions as
     :mod:`detfm.evaluate.metrics` (NaN where undefined; macro-F1 over defined classes).
 
@@ -293,7 +293,7 @@ def _collect(task: Any, path: Path, ids: np.ndarray, threshold: float, seed: int
 
 
 def _load_model(run_dir: Path, device: str) -> tuple[Any, Any]:
-    from detfm.adapt import load_finetune_config, load_finetuned
+    from detfm.recipes.adapt import load_finetune_config, load_finetuned
     from detfm.models.lora import merge_lora
 
     cfg = load_finetune_config(run_dir)
@@ -586,7 +586,7 @@ def _save(fig: Any, path: Path, plt: Any) -> Path:
 
 def _manifest(out: Path, run: Path, files: Mapping[str, Path], *, seed: int, started: float, device: str,
               config: Mapping[str, Any]) -> None:
-    from detfm.audit.manifest import run_inputs, write_manifest
+    from detfm.engine.manifest import run_inputs, write_manifest
 
     inputs = run_inputs(run)
     inputs += sorted({Path(p) for p in files.values()})

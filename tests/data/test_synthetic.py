@@ -8,7 +8,7 @@ import torch
 
 from detfm.errors import ConfigError
 from detfm.io import layout
-from detfm.models.synthetic import synthetic_batch
+from detfm.data.synthetic import synthetic_batch
 
 
 def test_exact_sizes_unique_voxels_in_the_box() -> None:

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from detfm.cli import main
 from detfm.errors import ConfigError, DetfmError
-from detfm.pretrain import DataConfig, PretrainConfig, load_backbone, random_backbone, run_pretrain
+from detfm.recipes.pretrain import DataConfig, PretrainConfig, load_backbone, random_backbone, run_pretrain
 from detfm.engine import TrainConfig
 from detfm.sim.simulate import SimConfig, simulate_to_file
 

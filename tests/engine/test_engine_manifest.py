@@ -17,8 +17,8 @@ import pytest
 import torch
 from torch import nn
 
-from detfm.audit import manifest as manifest_mod
-from detfm.audit.manifest import SCHEMA, file_sha256, read_manifest, write_manifest
+from detfm.engine import manifest as manifest_mod
+from detfm.engine.manifest import SCHEMA, file_sha256, read_manifest, write_manifest
 from detfm.engine import TrainConfig, train
 from detfm.errors import DetfmError
 

@@ -21,7 +21,7 @@ from detfm.errors import DetfmError
 from detfm.evaluate.feature_viz import feature_pca_figure
 from detfm.evaluate.probe import ProbeResult, compare_probes, extract_point_features, fit_probe
 from detfm.io import atomic_write_text, layout
-from detfm.pretrain import load_backbone, load_run_config, random_backbone
+from detfm.recipes.pretrain import load_backbone, load_run_config, random_backbone
 
 FOUR_CLASSES = tuple(c for c in layout.SEMANTIC_CLASSES if c != "low_energy")
 

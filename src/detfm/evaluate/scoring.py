@@ -1,0 +1,117 @@
+"""One scoring loop for every task: eval mode, no gradients, batches in dataset order, a
+progress bar; and the scores of a registered task on a labeled dataset.
+
+A task says what it scores through ``task.scored_items(batch) -> (labels, logits)`` (items
+are points, particle instances or events; label -1: not scored) and its registry entry
+(:class:`~detfm.tasks.registry.TaskSpec`): class names, the unit, and a class that a second
+view leaves out (semseg: low-energy deposits, the reference's 4-class score).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from detfm.data import EventDataset, PackedBatch, collate
+from detfm.errors import DetfmError
+from detfm.evaluate.metrics import (
+    accuracy,
+    confusion_matrix,
+    macro_f1,
+    per_class_f1,
+    per_class_precision,
+    per_class_recall,
+)
+from detfm.tasks.registry import TaskSpec
+
+__all__ = ["eval_batches", "json_float", "score_task", "task_confusion"]
+
+# The count key of each unit in the scores (kept from the first release of the scores files).
+_COUNT_KEY = {"point": "points", "instance": "instances", "event": "scored_events"}
+
+
+def json_float(x: float | None) -> float | None:
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+def _named(values: np.ndarray, classes: Sequence[str]) -> dict[str, float | None]:
+    return {c: json_float(float(v)) for c, v in zip(classes, values, strict=True)}
+
+
+def eval_batches(module: nn.Module, dataset: Any, batch_size: int = 8, progress: bool = False,
+                 desc: str = "scoring") -> Iterator[tuple[int, PackedBatch]]:
+    """``(first dataset position, batch on the module's device)`` over ``dataset`` in order,
+    with ``module`` in eval mode and gradients off; the module's mode is restored after."""
+    if len(dataset) == 0:
+        raise DetfmError("nothing to evaluate: the dataset has no events")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise DetfmError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    device = next(module.parameters()).device
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad(), tqdm(total=len(dataset), desc=desc, unit="event", delay=2.0, leave=False,
+                                   disable=not progress) as bar:
+            for a in range(0, len(dataset), batch_size):
+                batch = collate([dataset[i] for i in range(a, min(a + batch_size, len(dataset)))])
+                yield a, batch.to(device)
+                bar.update(len(batch))
+    finally:
+        module.train(was_training)
+
+
+def task_confusion(task: nn.Module, dataset: EventDataset, num_classes: int, excluded: int | None = None,
+                   batch_size: int = 8, progress: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """Confusion matrices (rows: truth) of ``task.scored_items`` over ``dataset``: over all
+    classes, and (when ``excluded`` is given) without the items of that class, predicted by
+    the argmax over the other classes' logits."""
+    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
+    kept = [c for c in range(num_classes) if c != excluded]
+    cm_kept = None if excluded is None else np.zeros((len(kept), len(kept)), dtype=np.int64)
+    remap = np.full(num_classes, -1, dtype=np.int64)
+    remap[kept] = np.arange(len(kept))
+    for _, batch in eval_batches(task, dataset, batch_size, progress):
+        truth, logits = task.scored_items(batch)
+        truth, logits = truth.cpu().numpy(), logits.float().cpu()
+        scored = truth >= 0
+        cm += confusion_matrix(truth[scored], logits[scored].argmax(dim=-1).numpy(), num_classes)
+        if cm_kept is not None:
+            keep = scored & (truth != excluded)
+            pred = logits[keep][:, kept].argmax(dim=-1).numpy()
+            cm_kept += confusion_matrix(remap[truth[keep]], pred, len(kept))
+    return cm, cm_kept
+
+
+def score_task(task: nn.Module, spec: TaskSpec, dataset: EventDataset, batch_size: int = 8,
+               progress: bool = False) -> dict[str, Any]:
+    """The scores of a task on every scored item of ``dataset`` (labeled, not augmented).
+
+    Per class F1, precision and recall (called efficiency and purity for particles and
+    events), macro-F1 and accuracy, and the confusion matrix. With an excluded class (semseg)
+    there are two views: all classes (``macro_f1_5``, ...) and without it (``macro_f1_4``,
+    ``f1_4``, ``confusion_4``), as the reference evaluation scores segmentation.
+    """
+    classes = spec.class_names
+    cm, cm_kept = task_confusion(task, dataset, len(classes), spec.excluded_class, batch_size, progress)
+    head = {"split": "test", "events": len(dataset)}
+    if cm_kept is None:
+        return {**head, _COUNT_KEY[spec.unit]: int(cm.sum()), "classes": list(classes),
+                "macro_f1": json_float(macro_f1(cm)), "accuracy": json_float(accuracy(cm)),
+                "f1": _named(per_class_f1(cm), classes), "efficiency": _named(per_class_recall(cm), classes),
+                "purity": _named(per_class_precision(cm), classes), "confusion": cm.tolist()}
+    n, k = len(classes), len(classes) - 1
+    kept = [c for i, c in enumerate(classes) if i != spec.excluded_class]
+    return {
+        **head, _COUNT_KEY[spec.unit]: int(cm.sum()), "classes": list(classes),
+        f"macro_f1_{n}": json_float(macro_f1(cm)), f"macro_f1_{k}": json_float(macro_f1(cm_kept)),
+        f"accuracy_{n}": json_float(accuracy(cm)), f"accuracy_{k}": json_float(accuracy(cm_kept)),
+        "f1": _named(per_class_f1(cm), classes), "precision": _named(per_class_precision(cm), classes),
+        "recall": _named(per_class_recall(cm), classes), "confusion": cm.tolist(),
+        f"f1_{k}": _named(per_class_f1(cm_kept), kept), f"confusion_{k}": cm_kept.tolist(),
+    }
