@@ -396,3 +396,13 @@ def test_bad_input(case: Case, world: World, capsys: pytest.CaptureFixture[str])
 def test_every_row_names_a_distinct_case() -> None:
     ids = [c.id for c in CASES]
     assert len(ids) == len(set(ids)) >= 40
+
+
+def test_show_draws_a_bad_event_as_stored_and_warns(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    """The display is the tool to look at a bad event: it draws it, and says what other commands refuse."""
+    out = world.tmp / "e.html"
+    assert main(["show", str(world.negative), "--event", "0", "--out", str(out)]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert out.is_file()
+    assert len(err) == 1 and re.search(r"warning: .*negative\.h5: event 0: point: 1 point\(s\) with a negative "
+                                       r"voxel value .*other commands refuse this event", err[0]), err

@@ -181,3 +181,14 @@ def test_add_cleans_incoming_leftovers(reg: Registry, tmp_path: Path) -> None:
     reg.add(_run(tmp_path / "other", seed=1), "m")
     assert not dead.exists()
     assert blob_path(reg.root, reg.get("m:2").weights_sha256).is_file()
+
+
+def test_blobs_are_read_only_and_follow_the_umask(tmp_path: Path) -> None:
+    old = os.umask(0o077)
+    try:
+        registry = Registry(tmp_path / "reg")
+        entry, _ = registry.add(_run(tmp_path / "run"), "m")
+    finally:
+        os.umask(old)
+    for file in entry.files.values():
+        assert blob_path(registry.root, file.sha256).stat().st_mode & 0o777 == 0o400

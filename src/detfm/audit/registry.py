@@ -382,7 +382,7 @@ class Registry:
                 tmp.unlink()
             else:
                 dest.parent.mkdir(parents=True, exist_ok=True)
-                os.chmod(tmp, 0o444)
+                os.chmod(tmp, 0o444 & ~_umask())  # read-only, and no wider than the umask allows
                 os.replace(tmp, dest)
             return sha, size
         except OSError as exc:
@@ -823,6 +823,12 @@ def _last_metrics_line(path: Path) -> dict[str, Any] | None:
             if isinstance(record, dict):
                 return record
     return None
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _is_plain_name(name: str) -> bool:
