@@ -84,3 +84,15 @@ def test_check_output_dir_names_the_outputs_it_would_replace(tmp_path: Path) -> 
         check_output_dir(tmp_path, overwrite=False, outputs=("report.json", "report.txt"))
     assert check_output_dir(tmp_path, overwrite=True, outputs=("report.json",)) == tmp_path
     assert check_output_dir(tmp_path / "new", overwrite=False, outputs=("report.json",)) == tmp_path / "new"
+
+
+def test_a_folder_without_write_permission_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As a user without write permission sees it (root may write anywhere, so ``os.access`` is faked)."""
+    import detfm.io.outputs as outputs
+
+    monkeypatch.setattr(outputs.os, "access", lambda path, mode: Path(path) != tmp_path)
+    with pytest.raises(OutputError, match=rf"{tmp_path}/out\.h5: cannot write here: {tmp_path} is not writable "
+                                          r"\(permission denied\)"):
+        check_output_file(tmp_path / "out.h5", overwrite=False)
+    with pytest.raises(OutputError, match=r"folder is not writable \(permission denied\)"):
+        check_output_dir(tmp_path, overwrite=True)
