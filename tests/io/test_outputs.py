@@ -96,3 +96,21 @@ def test_a_folder_without_write_permission_is_named(tmp_path: Path, monkeypatch:
         check_output_file(tmp_path / "out.h5", overwrite=False)
     with pytest.raises(OutputError, match=r"folder is not writable \(permission denied\)"):
         check_output_dir(tmp_path, overwrite=True)
+
+
+def test_checkpoint_folders_follow_the_umask(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    from detfm.engine.checkpoint import save_checkpoint
+
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.ones(1, 2)).sum().backward()
+    optimizer.step()
+    old = os.umask(0o027)
+    try:
+        folder = save_checkpoint(tmp_path / "checkpoints" / "step_00000001", model, optimizer, {"step": 1})
+    finally:
+        os.umask(old)
+    assert folder.stat().st_mode & 0o777 == 0o750
+    assert {p.name: p.stat().st_mode & 0o777 for p in folder.iterdir()} == {
+        "model.safetensors": 0o640, "state.safetensors": 0o640, "state.json": 0o640}
