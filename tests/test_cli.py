@@ -31,6 +31,7 @@ def test_every_subcommand_has_help(capsys: pytest.CaptureFixture[str]) -> None:
         assert "usage: detfm " + name in capsys.readouterr().out
 
 
+@pytest.mark.e2e
 def test_simulate_info_validate_show(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "ev.h5"
     assert main(["simulate", "--events", "4", "--seed", "3", "--out", str(out), "--quiet"]) == 0

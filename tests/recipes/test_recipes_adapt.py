@@ -249,6 +249,7 @@ def test_optimizer_groups_follow_param_lr_scales() -> None:
 
 
 # ----------------------------------------------------------------------------- CLI
+@pytest.mark.e2e
 def test_cli_finetune_scratch_with_arch_and_predict(events: Path, pretrained: Path, tmp_path: Path,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
     run = tmp_path / "cli"

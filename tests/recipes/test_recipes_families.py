@@ -30,6 +30,8 @@ from detfm.tasks.registry import get_task, list_tasks
 
 register_test_models()
 
+pytestmark = pytest.mark.e2e
+
 
 def _config(events: Path, model: str, **kw: object) -> FinetuneConfig:
     base = FinetuneConfig(model=model, model_overrides={}, labels=4, max_eval_events=2,
