@@ -226,3 +226,29 @@ def test_intermediates(model: PTv3) -> None:
     torch.testing.assert_close(blocks[1], out.point)
     with pytest.raises(ConfigError, match="out of range"):
         model.forward_intermediates(batch, layers=[model.num_blocks])
+
+
+def test_registration_and_rebuild_from_saved_config() -> None:
+    from detfm.models import build_model, config_from_yaml, create_model, list_models, unregister_model
+    from detfm.models.ptv3 import register_all
+    from detfm.models.uresnet import UResNet
+    from detfm.models.uresnet import register_all as register_uresnet
+
+    added = []
+    if "ptv3_micro" not in list_models():
+        register_all()
+        added += list(PTV3_SIZES)
+    if "uresnet_micro" not in list_models():
+        register_uresnet()
+        added += ["uresnet_micro", "uresnet_small"]
+    try:
+        model = create_model("ptv3_micro", seed=3)
+        assert isinstance(model, PTv3) and model.cfg.seed == 3 and model.cfg.name == "ptv3_micro"
+        again = build_model(config_from_yaml(model.cfg.to_yaml()))
+        assert isinstance(again, PTv3) and again.cfg == model.cfg
+        assert isinstance(create_model("uresnet_micro"), UResNet)
+        with pytest.raises(ConfigError, match="did you mean 'enc_depths'"):
+            create_model("ptv3_micro", enc_depth=(1,))
+    finally:
+        for name in added:
+            unregister_model(name)

@@ -10,20 +10,18 @@ Shares the voxel hierarchy, kernel maps and pooling of :mod:`detfm.models.sparse
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-import yaml
 from torch import nn
 
 from detfm.data.batch import PackedBatch
+from detfm.data.datasets import get_dataset
 from detfm.errors import ConfigError, DataFormatError
-from detfm.models.config import check_keys
+from detfm.models.config import ModelConfig, register_arch
 from detfm.models.contract import BackboneOutput, GroupRules
 from detfm.models.layers import seeded_init
 from detfm.models.ptv3.model import normalised_coordinates
@@ -35,31 +33,32 @@ from detfm.models.sparse.serialization import inverse_permutation
 __all__ = ["UResNet", "UResNetConfig", "URESNET_SIZES", "register_all"]
 
 
+@register_arch
 @dataclass(frozen=True)
-class UResNetConfig:
+class UResNetConfig(ModelConfig):
     """A sparse-convolution U-Net.
 
     Attributes:
         name: registry name it was built from (provenance only).
         arch: family tag, always "uresnet".
         in_channels: per-point channels of ``PackedBatch.feat`` (1: log energy).
+        seed: seed of the initial weights.
+        dataset: the kind of events; its box size bounds the coordinates.
         coord_features: also feed normalised coordinates to the stem (as PTv3 does).
         channels: width of each level, full resolution first (SPINE: 16, 32, 48, 64, 80).
         reps: residual blocks per level in the encoder and in the decoder.
         leaky_slope: negative slope of the LeakyReLU activations (SPINE: 0.33).
-        seed: seed of the initial weights.
     """
 
     name: str = "uresnet"
     arch: str = "uresnet"
-    in_channels: int = 1
     coord_features: bool = False
     channels: tuple[int, ...] = (16, 32, 48, 64, 80)
     reps: int = 2
     leaky_slope: float = 0.33
-    seed: int = 0
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if isinstance(self.channels, (str, bytes)) or not hasattr(self.channels, "__iter__"):
             raise ConfigError(f"channels must be a list, got {self.channels!r}")
         object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
@@ -69,38 +68,15 @@ class UResNetConfig:
         if not self.channels or min(self.channels) < 1:
             raise ConfigError(f"channels must be positive widths, got {list(self.channels)}")
         if len(self.channels) > 10:
-            raise ConfigError(f"at most 10 levels fit the 768-voxel box, got {len(self.channels)}")
-        if self.in_channels < 1 or self.reps < 1:
-            raise ConfigError(f"in_channels and reps must be >= 1, got {self.in_channels}, {self.reps}")
+            raise ConfigError(f"at most 10 levels fit a voxel box, got {len(self.channels)}")
+        if self.reps < 1:
+            raise ConfigError(f"reps must be >= 1, got {self.reps}")
         if not 0.0 <= self.leaky_slope < 1.0:
             raise ConfigError(f"leaky_slope must be in [0, 1), got {self.leaky_slope}")
 
     @property
     def stem_channels(self) -> int:
         return self.in_channels + (3 if self.coord_features else 0)
-
-    def replace(self, **overrides: Any) -> UResNetConfig:
-        """A copy with ``overrides``; unknown keys raise :class:`ConfigError`."""
-        check_keys(overrides, [f.name for f in fields(self)], f"model '{self.name}'")
-        return dataclasses.replace(self, **overrides)
-
-    def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        out["channels"] = list(self.channels)
-        return out
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> UResNetConfig:
-        if not isinstance(data, Mapping):
-            raise ConfigError(f"a model config must be a mapping, got {type(data).__name__}")
-        return cls().replace(**dict(data))
-
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
-
-    @classmethod
-    def from_yaml(cls, text: str) -> UResNetConfig:
-        return cls.from_dict(yaml.safe_load(text) or {})
 
 
 def _child_groups(level: Level) -> tuple[torch.Tensor, tuple[int, ...]]:
@@ -225,14 +201,14 @@ class UResNet(nn.Module):
         if batch.feat.ndim != 2 or batch.feat.shape[1] != self.cfg.in_channels:
             raise DataFormatError(f"the model expects feat of shape (P, {self.cfg.in_channels}), "
                                   f"got {tuple(batch.feat.shape)}", field="feat")
-        return build_geometry(batch, ("z",), len(self.cfg.channels))
+        return build_geometry(batch, ("z",), len(self.cfg.channels), get_dataset(self.cfg.dataset).box_size)
 
     def _forward(self, batch: PackedBatch, keep: set[int]) -> tuple[BackboneOutput, dict[int, torch.Tensor]]:
         batch = batch.to(self.stem.weight.device)
         geo = self.geometry(batch)
         inputs = batch.feat
         if self.cfg.coord_features:
-            inputs = torch.cat([normalised_coordinates(batch.coord), inputs], dim=1)
+            inputs = torch.cat([normalised_coordinates(batch.coord, get_dataset(self.cfg.dataset).box_size), inputs], dim=1)
         x = self.stem(geo.voxel_mean(inputs), geo.levels[0].kmap())
         slope = self.cfg.leaky_slope
         n = len(self.cfg.channels)

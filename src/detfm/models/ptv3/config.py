@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Mapping
-from dataclasses import dataclass, fields
-from typing import Any
-
-import yaml
+from dataclasses import dataclass
 
 from detfm.errors import ConfigError
-from detfm.models.config import check_keys
+from detfm.models.config import ModelConfig, register_arch
 from detfm.models.sparse.serialization import ORDERS
 
 __all__ = ["PTv3Config"]
@@ -19,16 +14,19 @@ _TUPLES = ("enc_depths", "enc_channels", "enc_num_head", "enc_patch_size", "dec_
            "dec_channels", "dec_num_head", "dec_patch_size", "orders")
 
 
+@register_arch
 @dataclass(frozen=True)
-class PTv3Config:
+class PTv3Config(ModelConfig):
     """A Point Transformer V3 backbone (Wu et al. 2024; the Panda / Sonata encoder).
 
     Attributes:
         name: registry name it was built from (provenance only).
         arch: family tag, always "ptv3".
         in_channels: per-point channels of ``PackedBatch.feat`` (1: log energy).
-        coord_features: also feed the normalised coordinates ``(x - 384) / (768 sqrt(3) / 2)``
-            to the stem (Panda's 4 inputs x, y, z, log E).
+        seed: seed of the initial weights and of the generator used when none is passed.
+        dataset: the kind of events; its box size bounds the coordinates.
+        coord_features: also feed the coordinates, scaled as Panda does
+            (``(x - box / 2) / (box sqrt(3) / 2)``), to the stem (Panda's 4 inputs x, y, z, log E).
         enc_depths, enc_channels, enc_num_head, enc_patch_size: per encoder stage; stage
             s > 0 starts with a stride-2 grid pooling.
         dec_depths, dec_channels, dec_num_head, dec_patch_size: per decoder stage (one fewer
@@ -41,12 +39,10 @@ class PTv3Config:
         layer_scale: initial layer-scale value (Panda 1e-5); None for no layer scale.
         drop_path: stochastic depth at the last block (linear from 0), per event.
         mask_token: a learned (1, C0) token replacing the embedding of masked points.
-        seed: seed of the initial weights and of the generator used when none is passed.
     """
 
     name: str = "ptv3"
     arch: str = "ptv3"
-    in_channels: int = 1
     coord_features: bool = True
     enc_depths: tuple[int, ...] = (2, 2, 2, 6, 2)
     enc_channels: tuple[int, ...] = (32, 64, 128, 256, 512)
@@ -63,9 +59,9 @@ class PTv3Config:
     layer_scale: float | None = None
     drop_path: float = 0.3
     mask_token: bool = False
-    seed: int = 0
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         for key in _TUPLES:
             value = getattr(self, key)
             if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
@@ -74,8 +70,6 @@ class PTv3Config:
         if self.arch != "ptv3":
             raise ConfigError(f"a PTv3 config has arch 'ptv3', got {self.arch!r} (a config of "
                               f"another model family?)")
-        if self.in_channels < 1:
-            raise ConfigError(f"in_channels must be >= 1, got {self.in_channels}")
         stages = len(self.enc_depths)
         if stages < 1:
             raise ConfigError("enc_depths needs at least one stage")
@@ -116,29 +110,3 @@ class PTv3Config:
     def stem_channels(self) -> int:
         """Input channels of the stem: coordinates (if used) and ``feat``."""
         return self.in_channels + (3 if self.coord_features else 0)
-
-    def replace(self, **overrides: Any) -> PTv3Config:
-        """A copy with ``overrides``; unknown keys raise :class:`ConfigError`."""
-        check_keys(overrides, [f.name for f in fields(self)], f"model '{self.name}'")
-        return dataclasses.replace(self, **overrides)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain types only (lists for tuples), ready for YAML/JSON."""
-        out = dataclasses.asdict(self)
-        for key in _TUPLES:
-            out[key] = list(out[key])
-        return out
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> PTv3Config:
-        """Inverse of :meth:`to_dict`; unknown keys raise :class:`ConfigError`."""
-        if not isinstance(data, Mapping):
-            raise ConfigError(f"a model config must be a mapping, got {type(data).__name__}")
-        return cls().replace(**dict(data))
-
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
-
-    @classmethod
-    def from_yaml(cls, text: str) -> PTv3Config:
-        return cls.from_dict(yaml.safe_load(text) or {})

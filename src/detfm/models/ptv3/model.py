@@ -23,6 +23,7 @@ from torch import nn
 from torch.profiler import record_function
 
 from detfm.data.batch import PackedBatch
+from detfm.data.datasets import get_dataset
 from detfm.errors import ConfigError, DataFormatError
 from detfm.io import layout
 from detfm.models.contract import BackboneOutput, GroupRules
@@ -34,13 +35,10 @@ from detfm.models.sparse.pooling import PoolMap, max_pool
 
 __all__ = ["PTv3", "EventDropPath", "normalised_coordinates"]
 
-_CENTRE = layout.BOX_VOXELS / 2.0
-_HALF_DIAGONAL = layout.BOX_VOXELS * math.sqrt(3.0) / 2.0
-
-
-def normalised_coordinates(coord: torch.Tensor) -> torch.Tensor:
-    """Panda's input coordinates: ``(x - 384) / (768 sqrt(3) / 2)``, inside the unit ball."""
-    return (coord - _CENTRE) / _HALF_DIAGONAL
+def normalised_coordinates(coord: torch.Tensor, box_size: float = float(layout.BOX_VOXELS)) -> torch.Tensor:
+    """Panda's input coordinates: ``(x - box / 2) / (box sqrt(3) / 2)`` (for the 768-voxel
+    box ``(x - 384) / 665.1``): the box's corners land on the unit sphere."""
+    return (coord - box_size / 2.0) / (box_size * math.sqrt(3.0) / 2.0)
 
 
 class EventDropPath(nn.Module):
@@ -300,7 +298,12 @@ class PTv3(nn.Module):
             raise DataFormatError(f"the model expects feat of shape (P, {self.cfg.in_channels}), "
                                   f"got {tuple(batch.feat.shape)}", field="feat")
         with record_function("ptv3.serialization"):
-            return build_geometry(batch, self.cfg.orders, self.cfg.num_stages)
+            return build_geometry(batch, self.cfg.orders, self.cfg.num_stages, self.box_size)
+
+    @property
+    def box_size(self) -> float:
+        """Extent of the coordinates (voxels per axis) of the config's dataset kind."""
+        return get_dataset(self.cfg.dataset).box_size
 
     def _order_map(self, generator: torch.Generator | None) -> list[int]:
         count = len(self.cfg.orders)
@@ -319,7 +322,7 @@ class PTv3(nn.Module):
         orders = self._order_map(generator)
         inputs = batch.feat
         if self.cfg.coord_features:
-            inputs = torch.cat([normalised_coordinates(batch.coord), inputs], dim=1)
+            inputs = torch.cat([normalised_coordinates(batch.coord, self.box_size), inputs], dim=1)
         voxel_mask = None
         if mask is not None:
             if mask.shape != (batch.num_points,) or mask.dtype != torch.bool:

@@ -20,7 +20,7 @@ import torch
 from detfm.data.batch import PackedBatch
 from detfm.errors import ConfigError, DataFormatError
 from detfm.io import layout
-from detfm.models.sparse.hashing import KernelMap, kernel_map, voxel_keys
+from detfm.models.sparse.hashing import MAX_BOX, KernelMap, kernel_map, voxel_keys
 from detfm.models.sparse.pooling import PoolMap, grid_pool_map
 from detfm.models.sparse.serialization import DEPTH, encode, inverse_permutation
 
@@ -172,7 +172,7 @@ class Geometry:
         return total / count[:, None].to(point_feat.dtype)
 
 
-def check_coordinates(batch: PackedBatch) -> None:
+def check_coordinates(batch: PackedBatch, box_size: float = float(layout.BOX_VOXELS)) -> None:
     """Raise :class:`DataFormatError` naming the event of a non-finite or out-of-box point."""
     coord = batch.coord
     if coord.ndim != 2 or coord.shape[1] != 3:
@@ -180,24 +180,29 @@ def check_coordinates(batch: PackedBatch) -> None:
     if int(batch.offsets[-1]) != coord.shape[0] or int(batch.offsets[0]) != 0:
         raise DataFormatError(f"offsets {batch.offsets.tolist()[:4]}... do not cover "
                               f"{coord.shape[0]} points", field="offsets")
-    box = layout.BOX_VOXELS
+    box = box_size
     bad = ~torch.isfinite(coord).all(1) | (coord < 0).any(1) | (coord >= box).any(1)
     if bool(bad.any()):
         i = int(bad.nonzero()[0, 0])
         event = int(torch.searchsorted(batch.offsets, torch.tensor(i, device=coord.device),
                                        right=True)) - 1
         raise DataFormatError(f"point {i - int(batch.offsets[event])} has coordinate "
-                              f"{coord[i].tolist()} outside the detector box [0, {box}) voxels "
+                              f"{coord[i].tolist()} outside the detector box [0, {box:g}) "
                               f"(crop or clip events before the backbone)", event=event, field="coord")
 
 
-def build_geometry(batch: PackedBatch, orders: tuple[str, ...], num_levels: int) -> Geometry:
-    """Voxelize ``batch`` and build ``num_levels`` levels serialized along ``orders``."""
+def build_geometry(batch: PackedBatch, orders: tuple[str, ...], num_levels: int,
+                   box_size: float = float(layout.BOX_VOXELS)) -> Geometry:
+    """Voxelize ``batch`` (coordinates in voxel units, inside ``[0, box_size)``) and build
+    ``num_levels`` levels serialized along ``orders``."""
+    if not 0 < box_size <= MAX_BOX:
+        raise ConfigError(f"the voxel hierarchy handles boxes of up to {MAX_BOX} voxels per axis, "
+                          f"got {box_size:g}")
     if not 1 <= num_levels <= DEPTH:
         raise ConfigError(f"need 1 to {DEPTH} levels, got {num_levels}")
     if batch.num_points == 0:
         raise DataFormatError("the batch has no points", field="coord")
-    check_coordinates(batch)
+    check_coordinates(batch, box_size)
     with torch.no_grad():
         grid = batch.coord.floor().long()
         events = batch.batch_index()

@@ -2,7 +2,7 @@
 
 A voxel's key packs its event index and integer coordinates into one int64
 (``b << 30 | x << 20 | y << 10 | z``). Keys are sorted once per level; the 27 neighbours of
-every voxel are found by binary search of ``key + offset``. Coordinates lie in [0, 768), so
+every voxel are found by binary search of ``key + offset``. Coordinates lie in [0, 1023), so
 an offset that steps off the box wraps into the never-used value 1023 of a neighbouring bit
 field and never matches a real voxel.
 """
@@ -15,10 +15,10 @@ import torch
 
 from detfm.errors import ConfigError
 
-__all__ = ["KernelMap", "voxel_keys", "kernel_map", "KERNEL_OFFSETS"]
+__all__ = ["KernelMap", "voxel_keys", "kernel_map", "KERNEL_OFFSETS", "MAX_BOX"]
 
 _BITS = 10
-_LIMIT = 768  # coordinates must stay below this so 1023 never occurs in a field
+MAX_BOX = (1 << _BITS) - 1  # coordinates stay below this, so 1023 never occurs in a field
 
 # (27, 3) offsets in kernel order k = k0 * 9 + k1 * 3 + k2, offset (k0 - 1, k1 - 1, k2 - 1)
 # along the (x, y, z) columns: the layout (out, k0, k1, k2, in) of the reference weights.
@@ -28,8 +28,8 @@ KERNEL_OFFSETS = torch.stack(torch.meshgrid(*(torch.arange(-1, 2),) * 3, indexin
 
 def voxel_keys(grid: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
     """(N,) int64 keys of (N, 3) integer voxel coordinates in events ``batch``."""
-    if grid.numel() and (int(grid.min()) < 0 or int(grid.max()) >= _LIMIT):
-        raise ConfigError(f"voxel coordinates must lie in [0, {_LIMIT}), got "
+    if grid.numel() and (int(grid.min()) < 0 or int(grid.max()) >= MAX_BOX):
+        raise ConfigError(f"voxel coordinates must lie in [0, {MAX_BOX}), got "
                           f"[{int(grid.min())}, {int(grid.max())}]")
     g = grid.long()
     return ((batch.long() << (3 * _BITS)) | (g[:, 0] << (2 * _BITS)) | (g[:, 1] << _BITS)
