@@ -88,7 +88,7 @@ def test_check_output_dir_names_the_outputs_it_would_replace(tmp_path: Path) -> 
 
 def test_a_folder_without_write_permission_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """As a user without write permission sees it (root may write anywhere, so ``os.access`` is faked)."""
-    import detfm.io.outputs as outputs
+    from detfm.io import outputs
 
     monkeypatch.setattr(outputs.os, "access", lambda path, mode: Path(path) != tmp_path)
     with pytest.raises(OutputError, match=rf"{tmp_path}/out\.h5: cannot write here: {tmp_path} is not writable "

@@ -37,14 +37,15 @@ def _report(args: argparse.Namespace) -> int:
     check_output_file(args.out, overwrite=args.overwrite)
     if not any(_has_results(d, report) for d in dirs):
         raise DetfmError(f"nothing to report in {', '.join(args.run_dirs)}: no run or results files "
-                         f"({', '.join(_RESULT_NAMES(report))}) there or one folder down")
+                         f"({', '.join(_result_names(report))}) there or one folder down")
     path = report.build_report(args.run_dirs, args.out, predictions=args.predictions, max_events=args.max_events,
                                title=args.title)
     print(path)
     return 0
 
 
-def _RESULT_NAMES(report: Any) -> tuple[str, ...]:  # noqa: N802 - a constant read lazily
+def _result_names(report: Any) -> tuple[str, ...]:
+    """The files the report reads, by name (from :mod:`detfm.audit.report`, imported lazily)."""
     return (report.MANIFEST_FILE, report.CONFIG_FILE, report.METRICS_FILE, report.EVAL_FILE, *report.STUDY_FILES,
             report.SENSITIVITY_FILE, report.DIVERSITY_FILE, report.SYSTEMATICS_FILE, report.ANOMALY_FILE,
             report.RANKED_FILE)
@@ -52,5 +53,5 @@ def _RESULT_NAMES(report: Any) -> tuple[str, ...]:  # noqa: N802 - a constant re
 
 def _has_results(folder: Path, report: Any) -> bool:
     """True if ``folder`` holds a file the report reads (a run's files or a results file)."""
-    return (any((folder / name).is_file() for name in _RESULT_NAMES(report))
+    return (any((folder / name).is_file() for name in _result_names(report))
             or any(folder.glob("*.manifest.json")))

@@ -116,9 +116,8 @@ def check_output_file(path: str | os.PathLike[str], *, overwrite: bool, flag: st
     path = Path(path)
     if path.is_dir():
         raise OutputError(f"{path}: is a folder; give a file name")
-    if path.exists() or path.is_symlink():
-        if not overwrite:
-            raise OutputError(f"{path} exists; pass {flag} to replace it")
+    if (path.exists() or path.is_symlink()) and not overwrite:
+        raise OutputError(f"{path} exists; pass {flag} to replace it")
     _check_parent(path)
     return path
 

@@ -75,12 +75,12 @@ def event_problems(points: np.ndarray, clusters: np.ndarray) -> list[tuple[str, 
     coords = points[:, :3]
     outside = (coords < 0) | (coords >= layout.BOX_VOXELS)
     if outside.any():
-        out.append(("point", f"{int(outside.any(axis=1).sum())} point(s) with coordinates outside "
-                             f"[0, {layout.BOX_VOXELS}) voxels (min {coords.min():.1f}, max {coords.max():.1f})"))
+        out.append(("point", (f"{int(outside.any(axis=1).sum())} point(s) with coordinates outside "
+                              f"[0, {layout.BOX_VOXELS}) voxels (min {coords.min():.1f}, max {coords.max():.1f})")))
     negative = points[:, layout.VALUE] < 0
     if negative.any():
-        out.append(("point", f"{int(negative.sum())} point(s) with a negative voxel value (energy; "
-                             f"min {points[:, layout.VALUE].min():.3g} MeV)"))
+        out.append(("point", (f"{int(negative.sum())} point(s) with a negative voxel value (energy; "
+                              f"min {points[:, layout.VALUE].min():.3g} MeV)")))
     if not np.isfinite(clusters).all():
         out.append(("cluster", "non-finite values (NaN/inf) in the cluster table"))
         return out
@@ -90,8 +90,7 @@ def event_problems(points: np.ndarray, clusters: np.ndarray) -> list[tuple[str, 
     sem = clusters[:, layout.C_SEMANTIC]
     bad_sem = sorted(set(sem.tolist()) - set(range(len(layout.SEMANTIC_CLASSES))) - {-1})
     if bad_sem:
-        out.append(("cluster", f"unknown semantic class(es) {_codes(bad_sem)} (expected 0-4, or -1 for "
-                               f"unlabeled)"))
+        out.append(("cluster", f"unknown semantic class(es) {_codes(bad_sem)} (expected 0-4, or -1 for unlabeled)"))
     pid = clusters[:, layout.C_PID]
     bad_pid = sorted(set(pid.tolist()) - set(range(len(layout.PID_CLASSES))) - {-1})
     if bad_pid:
