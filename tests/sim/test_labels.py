@@ -87,7 +87,20 @@ def test_size_cuts(role: Role, n_voxels: int, survives: bool) -> None:
     assert (out == 1).sum() == (n_voxels if survives else 0)
     assert (out == -1).sum() == 1 + (0 if survives else n_voxels)
     assert (out == 0).sum() == 2
-    assert (DELTA_MIN_VOXELS, COMPTON_MAX_LOW_VOXELS) == (3, 10)  # PILArNet-M values (PHYSICS.md)
+    assert (DELTA_MIN_VOXELS, COMPTON_MAX_LOW_VOXELS) == (10, 10)  # Supera's DeltaSize, ComptonSize
+
+
+def test_small_delta_rays_merge_into_their_parent_track() -> None:
+    # fragments: 0 track, 1 delta of 0 with 9 voxels, 2 delta of 0 with 10 voxels,
+    # 3 delta of delta 1 (merges through 1 into 0), 4 delta without a parent (low-energy)
+    owner = np.array([0] * 20 + [1] * 9 + [2] * 10 + [3] * 2 + [4] * 5 + [-1])
+    roles = np.array([Role.TRACK, Role.DELTA, Role.DELTA, Role.DELTA, Role.DELTA])
+    parent = np.array([-1, 0, 0, 1, -1])
+    out = apply_size_cuts(owner, roles, parent)
+    assert (out == 0).sum() == 20 + 9 + 2
+    assert (out == 2).sum() == 10
+    assert (out == -1).sum() == 5 + 1
+    assert not np.isin(out, [1, 3, 4]).any()
 
 
 def _truth(pieces: list[tuple[Role, int, list[tuple[int, int, int]], float]]) -> TruthEvent:
@@ -112,42 +125,50 @@ def row(axis_start: tuple[int, int, int], n: int) -> list[tuple[int, int, int]]:
     return [(axis_start[0], axis_start[1], axis_start[2] + k) for k in range(n)]
 
 
-def test_small_deltas_and_comptons_become_low_energy_in_rendered_events() -> None:
+def test_small_deltas_and_comptons_in_rendered_events() -> None:
     track = (Role.TRACK, layout.PID_MUON, row((10, 10, 10), 40), 0.63)
-    ev = _run(track,
-              (Role.DELTA, layout.PID_ELECTRON, row((100, 10, 10), 2), 0.5),     # 2 voxels -> low-energy
-              (Role.DELTA, layout.PID_ELECTRON, row((120, 10, 10), 3), 0.5),     # 3 voxels -> delta
-              (Role.COMPTON, layout.PID_ELECTRON, row((200, 10, 10), 10), 0.5),  # 10 -> low-energy
-              (Role.COMPTON, layout.PID_ELECTRON, row((220, 10, 10), 11), 0.5),  # 11 -> shower
-              (Role.LOW_ENERGY, layout.PID_ELECTRON, row((300, 10, 10), 30), 0.5))  # always low-energy
+    truth = _truth([track,
+                    (Role.DELTA, layout.PID_ELECTRON, row((100, 10, 10), 9), 0.5),     # 9, no parent -> low-energy
+                    (Role.DELTA, layout.PID_ELECTRON, row((120, 10, 10), 10), 0.5),    # 10 voxels -> delta
+                    (Role.COMPTON, layout.PID_ELECTRON, row((200, 10, 10), 10), 0.5),  # 10 -> low-energy
+                    (Role.COMPTON, layout.PID_ELECTRON, row((220, 10, 10), 11), 0.5),  # 11 -> shower
+                    (Role.LOW_ENERGY, layout.PID_ELECTRON, row((300, 10, 10), 30), 0.5),  # always low-energy
+                    (Role.DELTA, layout.PID_ELECTRON, row((10, 11, 10), 9), 0.5)])     # 9 of track 0 -> track
+    truth.fragments.parent[6] = 0
+    ev = render(truth, SHARP, np.random.default_rng(0))
     c = ev.clusters
     assert c[:, layout.C_FRAGMENT].tolist() == [-1, 0, 2, 4]
     assert c[:, layout.C_SEMANTIC].tolist() == [layout.LOW_ENERGY, layout.TRACK, layout.DELTA, layout.SHOWER]
     assert c[:, layout.C_PID].tolist() == [layout.PID_NONE, layout.PID_MUON, layout.PID_ELECTRON,
                                            layout.PID_ELECTRON]
-    assert c[:, layout.C_NPOINTS].tolist() == [2 + 10 + 30, 40, 3, 11]
+    assert c[:, layout.C_NPOINTS].tolist() == [9 + 10 + 30, 40 + 9, 10, 11]
     assert np.all(ev.semantic[ev.fragment == -1] == layout.LOW_ENERGY)
 
 
 def test_a_delta_leaving_its_track_counts_only_the_voxels_it_owns() -> None:
     track = (Role.TRACK, layout.PID_MUON, row((10, 10, 10), 20), 0.63)
-    # Three delta voxels, the first on the track: the track owns it, the delta keeps 2 -> low-energy.
-    delta = (Role.DELTA, layout.PID_ELECTRON, [(10, 10, 15), (10, 11, 15), (10, 12, 15)], 2.0)
+    # Eleven delta voxels, the first on the track: the track owns it, the delta keeps 10 -> delta.
+    delta = (Role.DELTA, layout.PID_ELECTRON, [(10, 10 + k, 15) for k in range(11)], 2.0)
     ev = _run(track, delta)
-    assert ev.clusters[:, layout.C_FRAGMENT].tolist() == [-1, 0]
-    assert ev.clusters[:, layout.C_NPOINTS].tolist() == [2, 20]
+    assert ev.clusters[:, layout.C_FRAGMENT].tolist() == [-1, 0, 1]
+    assert ev.clusters[:, layout.C_NPOINTS].tolist() == [0, 20, 10]
     shared = np.all(ev.coords == [10, 10, 15], axis=1)
     assert ev.fragment[shared].tolist() == [0]
     assert ev.points[shared, layout.DE][0] == pytest.approx(2.63, rel=1e-5)  # both energies recorded
+    # With ten voxels, one on the track, it keeps 9 and merges into the track it came from.
+    truth = _truth([track, (Role.DELTA, layout.PID_ELECTRON, [(10, 10 + k, 15) for k in range(10)], 2.0)])
+    truth.fragments.parent[1] = 0
+    ev = render(truth, SHARP, np.random.default_rng(0))
+    assert ev.clusters[:, layout.C_NPOINTS].tolist() == [0, 29]
     # A Michel sharing a voxel with a shower takes it; a shower with a delta takes it.
     michel = (Role.MICHEL, layout.PID_ELECTRON, row((50, 50, 50), 5), 0.3)
     shower = (Role.SHOWER, layout.PID_ELECTRON, row((50, 50, 52), 5), 3.0)
-    delta = (Role.DELTA, layout.PID_ELECTRON, row((50, 50, 56), 4), 3.0)
+    delta = (Role.DELTA, layout.PID_ELECTRON, row((50, 50, 56), 11), 3.0)
     ev = _run(michel, shower, delta)
     coords = ev.coords.astype(int).tolist()
     by_voxel = {tuple(k): f for k, f in zip(coords, ev.fragment.tolist(), strict=True)}
     assert [by_voxel[(50, 50, z)] for z in range(50, 60)] == [0, 0, 0, 0, 0, 1, 1, 2, 2, 2]
-    # ... and the delta, left with 3 voxels of its own, survives as a delta.
+    # ... and the delta, left with 10 voxels of its own, survives as a delta.
     assert ev.clusters[:, layout.C_SEMANTIC].tolist() == [layout.LOW_ENERGY, layout.MICHEL, layout.SHOWER,
                                                           layout.DELTA]
 

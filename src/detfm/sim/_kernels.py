@@ -89,8 +89,15 @@ LEADING_FRACTION_MIN, LEADING_FRACTION_MAX = 0.3, 0.9
 PION_PRODUCTION_MIN_MEV = 400.0
 BREAKUP_MEV_PER_PROTON = 150.0
 BREAKUP_VISIBLE_MIN, BREAKUP_VISIBLE_MAX = 0.2, 0.6
-NEUTRON_BLIP_MEAN_CM = 30.0
-NEUTRON_BLIP_MIN_MEV, NEUTRON_BLIP_MAX_MEV = 0.5, 4.0
+# Neutrons from nuclear break-up (pi/p interactions in flight, pi- capture): each flies to its
+# first interaction (fast-neutron mean free path in argon, sigma_tot ~ 1.5-2 b -> ~30 cm) and
+# there knocks out a proton and de-excites the nucleus (one photon), away from the vertex:
+# the scattered protons and Compton blips that Geant4 events show around hadronic interactions.
+NEUTRON_PATH_CM = 30.0
+NEUTRON_MEAN_MEV = 40.0      # mean kinetic energy (exponential): evaporation plus cascade tail
+NEUTRON_MIN_MEV = 2.0        # break-up energy below this stays invisible (binding, slow neutrons)
+NEUTRON_MAX = 8              # neutrons followed per break-up
+NEUTRON_PROTON_MIN, NEUTRON_PROTON_MAX = 0.3, 0.8   # fraction of its energy given to the proton
 DEEXCITATION_GAMMAS_MEAN = 1.0
 DEEXCITATION_GAMMA_MIN_MEV, DEEXCITATION_GAMMA_MAX_MEV = 0.5, 3.0
 PI_CAPTURE_PROTONS_MEAN = 0.7
@@ -106,7 +113,7 @@ S_KIND, S_T, S_X, S_U, S_TIME, S_FRAG, S_GROUP, S_FLAGS, S_LAM = 0, 1, 2, 5, 8, 
 S_COLS = 13
 FLAG_ATTACH = 1              # photon: electrons it makes always join its fragment
 D_COLS = 10                  # deposits: x, y, z, dE, dx, time, fragment, ux, uy, uz (step direction)
-F_COLS = 8                   # fragments: role, kind, group, interaction, T, vx, vy, vz
+F_COLS = 9                   # fragments: role, kind, group, interaction, T, vx, vy, vz, parent fragment (-1: none)
 N_DEP, N_STACK, N_FRAG, N_HADRONIC = 0, 1, 2, 3
 L_DEPOSITED, L_ESCAPED, L_INVISIBLE, L_RELEASED = 0, 1, 2, 3
 RESERVE_DEP = 2 * STEPS_PER_POP * (MAX_PER_STEP + 2) + 64
@@ -462,6 +469,7 @@ def _new_fragment(F, n, inter, role, kind, group, kinetic, x, y, z):
     F[i, 5] = x
     F[i, 6] = y
     F[i, 7] = z
+    F[i, 8] = -1
     n[N_FRAG] = i + 1
     return i
 
@@ -538,7 +546,8 @@ def _emit_hadron(rs, S, F, n, inter, lowe, kind, kinetic, x, y, z, ux, uy, uz, t
 # End of a charged track: deposit the residual range, then decay / capture / annihilate.
 # ---------------------------------------------------------------------------------------
 @njit(cache=True)
-def _end_track(rs, S, D, F, n, ledger, inter, lowe, med, kind, kinetic, x, y, z, ux, uy, uz, t, frag, group):
+def _end_track(rs, S, D, F, n, ledger, inter, lowe, med, lo, hi, kind, kinetic, x, y, z, ux, uy, uz, t, frag,
+               group):
     if kinetic > 0.0:
         r = residual_range(kind, kinetic, med)
         _deposit_step(D, n, ledger, x + 0.5 * r * ux, y + 0.5 * r * uy, z + 0.5 * r * uz, kinetic, r, t, frag,
@@ -585,6 +594,8 @@ def _end_track(rs, S, D, F, n, ledger, inter, lowe, med, kind, kinetic, x, y, z,
                 _emit_hadron(rs, S, F, n, inter, lowe, PROTON, tp, x, y, z, vx, vy, vz, t, group,
                              med.nuclear_interaction_length_cm)
         budget = _deexcitation_gammas(rs, S, D, F, n, ledger, inter, lowe, budget, x, y, z, t, group)
+        budget = _neutron_activity(rs, S, F, n, ledger, inter, lowe, lo, hi, med.nuclear_interaction_length_cm,
+                                   budget, x, y, z, t, group)
         ledger[L_INVISIBLE] += budget
 
 
@@ -608,6 +619,40 @@ def _deexcitation_gammas(rs, S, D, F, n, ledger, inter, lowe, budget, x, y, z, t
             budget -= e
             vx, vy, vz = isotropic(rs)
             _emit_photon(S, D, F, n, ledger, inter, lowe, e, x, y, z, vx, vy, vz, t, -1, group, 0)
+    return budget
+
+
+@njit(cache=True)
+def _neutron_activity(rs, S, F, n, ledger, inter, lowe, lo, hi, nuclear_length, budget, x, y, z, t, group):
+    """Neutrons sharing up to ``budget`` MeV; returns the budget left (to stay invisible).
+
+    Each neutron interacts once, ~30 cm away: a knocked-out proton (30-80 % of its energy;
+    its own TRACK fragment, or LOW_ENERGY if a stub) and a de-excitation photon; the rest
+    (recoil, binding, the outgoing neutron) is invisible. Neutrons that leave the world escape.
+    """
+    for _ in range(NEUTRON_MAX):
+        if budget < NEUTRON_MIN_MEV:
+            break
+        tn = min(NEUTRON_MEAN_MEV * exponential(rs), budget)
+        budget -= tn
+        vx, vy, vz = isotropic(rs)
+        d = NEUTRON_PATH_CM * exponential(rs)
+        if d >= distance_to_exit(x, y, z, vx, vy, vz, lo, hi):
+            ledger[L_ESCAPED] += tn
+            continue
+        bx, by, bz = x + d * vx, y + d * vy, z + d * vz
+        gam = 1.0 + tn / NEUTRON_MASS_MEV
+        tb = t + d / (math.sqrt(1.0 - 1.0 / (gam * gam)) * C_CM_NS)
+        tp = tn * (NEUTRON_PROTON_MIN + (NEUTRON_PROTON_MAX - NEUTRON_PROTON_MIN) * uniform(rs))
+        px, py, pz = isotropic(rs)
+        _emit_hadron(rs, S, F, n, inter, lowe, PROTON, tp, bx, by, bz, px, py, pz, tb, group, nuclear_length)
+        rest = tn - tp
+        e = DEEXCITATION_GAMMA_MIN_MEV + (DEEXCITATION_GAMMA_MAX_MEV - DEEXCITATION_GAMMA_MIN_MEV) * uniform(rs)
+        if e < rest:
+            rest -= e
+            gx, gy, gz = isotropic(rs)
+            _push(S, n, GAMMA, e, bx, by, bz, gx, gy, gz, tb, -1, group, 0, 0.0)
+        ledger[L_INVISIBLE] += rest
     return budget
 
 
@@ -677,19 +722,7 @@ def _hadronic(rs, S, D, F, n, ledger, inter, lowe, med, lo, hi, kind, kinetic, x
             budget -= tp
             vx, vy, vz = isotropic(rs)
             _emit_hadron(rs, S, F, n, inter, lowe, PROTON, tp, x, y, z, vx, vy, vz, t, group, lam)
-    for _ in range(min(poisson(rs, 1.0 + budget / BREAKUP_MEV_PER_PROTON), 4)):
-        e = NEUTRON_BLIP_MIN_MEV + (NEUTRON_BLIP_MAX_MEV - NEUTRON_BLIP_MIN_MEV) * uniform(rs)
-        if e >= budget:
-            continue
-        budget -= e
-        vx, vy, vz = isotropic(rs)
-        d = NEUTRON_BLIP_MEAN_CM * exponential(rs)
-        bx, by, bz = x + d * vx, y + d * vy, z + d * vz
-        if distance_to_exit(bx, by, bz, vx, vy, vz, lo, hi) > 0.0:
-            f = _low_energy_fragment(F, n, inter, lowe, group, bx, by, bz)
-            _deposit(D, n, ledger, bx, by, bz, e, 0.0, t + d / (0.1 * C_CM_NS), f)  # ~5 MeV neutron: beta ~ 0.1
-        else:
-            ledger[L_ESCAPED] += e
+    budget = _neutron_activity(rs, S, F, n, ledger, inter, lowe, lo, hi, lam, budget, x, y, z, t, group)
     budget = _deexcitation_gammas(rs, S, D, F, n, ledger, inter, lowe, budget, x, y, z, t, group)
     ledger[L_INVISIBLE] += budget
 
@@ -719,7 +752,8 @@ def _track(rs, S, D, F, n, ledger, inter, lowe, med, lo, hi, delta_on, cur):
 
     for _ in range(STEPS_PER_POP):
         if kinetic <= t_stop:
-            _end_track(rs, S, D, F, n, ledger, inter, lowe, med, kind, kinetic, x, y, z, ux, uy, uz, t, frag, group)
+            _end_track(rs, S, D, F, n, ledger, inter, lowe, med, lo, hi, kind, kinetic, x, y, z, ux, uy, uz, t,
+                       frag, group)
             return
         d_exit = distance_to_exit(x, y, z, ux, uy, uz, lo, hi)
         if d_exit <= 0.0:
@@ -773,6 +807,7 @@ def _track(rs, S, D, F, n, ledger, inter, lowe, med, lo, hi, delta_on, cur):
                 else:
                     cos_d = td / pd * math.sqrt(wmax * (wmax + 2.0 * ME)) / wmax   # PDG eq. 34.9
                     f = _new_fragment(F, n, inter, ROLE_DELTA, ELECTRON, group, td, ex, ey, ez)
+                    F[f, 8] = frag   # a small delta ray merges back into this track (labels.py)
                 vx, vy, vz = deflect(ux, uy, uz, cos_d, TWO_PI * uniform(rs))
                 _push(S, n, ELECTRON, td, ex, ey, ez, vx, vy, vz, t + a / (beta * C_CM_NS), f, group, 0, 0.0)
 

@@ -164,7 +164,9 @@ def merge_truth(a: TruthEvent, b: TruthEvent) -> TruthEvent:
                           group=np.concatenate([fa.group, fb.group + n_prim]).astype(np.int32),
                           interaction=cat("interaction"), mass_mev=cat("mass_mev"),
                           momentum_gev=cat("momentum_gev"), vertex_cm=cat("vertex_cm"),
-                          energy_mev=cat("energy_mev"))
+                          energy_mev=cat("energy_mev"),
+                          parent=np.concatenate([fa.parent, np.where(fb.parent >= 0, fb.parent + n_frag, -1)]
+                                                ).astype(np.int32))
     da, db = a.deposits, b.deposits
     deposits = Deposits(pos_cm=np.concatenate([da.pos_cm, db.pos_cm]),
                         de_mev=np.concatenate([da.de_mev, db.de_mev]),

@@ -6,10 +6,19 @@ The rules (PHYSICS.md, "How PILArNet-M events are made and labeled"):
   track > Michel > shower > delta > low-energy; among equal priority the fragment that
   deposited the most energy there wins (then the lowest fragment id, for determinism).
   Compton electrons compete at shower priority, the class they get if they survive.
-* After ownership, delta rays owning fewer than 3 voxels and Compton electrons owning 10
-  voxels or fewer become low-energy deposits; ``Role.LOW_ENERGY`` fragments always do.
+* After ownership, a delta ray owning fewer than 10 voxels (voxels the track did not
+  already take) is merged into the track it came from, as Supera does (PILArNet's labeler,
+  ``SuperaMCParticleCluster::MergeShowerDeltas``, ``DeltaSize`` 10 by default): a stub
+  along a track is part of that track. A delta ray without a known parent becomes
+  low-energy instead. Compton electrons owning 10 voxels or fewer become low-energy
+  deposits (Supera: ``kCompton`` up to ``ComptonSize`` 10 voxels is ``kShapeLEScatter``);
+  ``Role.LOW_ENERGY`` fragments always do.
 
 Low-energy deposits are marked with owner ``-1`` (the low-energy bucket, cluster row 0).
+
+Before this rule, delta rays with fewer than 3 voxels became low-energy (PHYSICS.md's
+summary); Supera's source merges them into their parent track, and counting them as delta
+or low-energy made the delta share of the default mix 4x PILArNet-M's.
 """
 
 from __future__ import annotations
@@ -37,8 +46,8 @@ PRIORITY_OF_ROLE = _table({Role.TRACK: 0, Role.MICHEL: 1, Role.SHOWER: 2, Role.C
                            Role.LOW_ENERGY: 4})
 NO_FRAGMENT_PRIORITY = 5  # noise hits: lose to any fragment
 
-# PILArNet-M voxel-count cuts (PHYSICS.md).
-DELTA_MIN_VOXELS = 3     # delta rays with fewer voxels become low-energy
+# PILArNet-M voxel-count cuts (Supera's SuperaMCParticleCluster defaults).
+DELTA_MIN_VOXELS = 10    # delta rays owning fewer voxels merge into their parent track
 COMPTON_MAX_LOW_VOXELS = 10  # Compton electrons with this many voxels or fewer become low-energy
 
 
@@ -90,19 +99,30 @@ def voxel_owner(voxel: np.ndarray, fragment: np.ndarray, energy: np.ndarray, rol
     return owner
 
 
-def apply_size_cuts(owner: np.ndarray, role: np.ndarray) -> np.ndarray:
-    """Owner after the PILArNet cuts: small deltas/Comptons and LOW_ENERGY fragments become -1.
+def apply_size_cuts(owner: np.ndarray, role: np.ndarray, parent: np.ndarray | None = None) -> np.ndarray:
+    """Owner after the PILArNet cuts (module docstring); low-energy deposits get -1.
 
-    ``owner`` must hold only recorded voxels (after threshold and dead regions), since the
-    cuts count the voxels a fragment actually leaves. The input is not modified.
+    ``parent[f]`` is the fragment delta ray ``f`` came from (-1: unknown; ``None``: all
+    unknown). ``owner`` must hold only recorded voxels (after threshold and dead regions),
+    since the cuts count the voxels a fragment actually leaves. The input is not modified.
     """
     role = np.asarray(role, np.int64)
     owner = np.asarray(owner, np.int64)
+    parent = np.full(len(role), -1, np.int64) if parent is None else np.asarray(parent, np.int64)
     counts = np.bincount(owner[owner >= 0], minlength=len(role))
-    low = ((role == Role.LOW_ENERGY)
-           | ((role == Role.DELTA) & (counts < DELTA_MIN_VOXELS))
+    small_delta = (role == Role.DELTA) & (counts < DELTA_MIN_VOXELS)
+    merge = small_delta & (parent >= 0)
+    target = np.where(merge, parent, np.arange(len(role)))
+    # a parent may itself be a merged delta (a delta of a delta): follow the chain
+    for _ in range(8):
+        nxt = target[target]
+        if np.array_equal(nxt, target):
+            break
+        target = nxt
+    low = ((role == Role.LOW_ENERGY) | (small_delta & ~merge)
            | ((role == Role.COMPTON) & (counts <= COMPTON_MAX_LOW_VOXELS)))
-    return np.where((owner >= 0) & low[np.maximum(owner, 0)], -1, owner)
+    safe = np.maximum(owner, 0)
+    return np.where(owner < 0, -1, np.where(low[safe], -1, target[safe]))
 
 
 def semantic_of(role: np.ndarray) -> np.ndarray:

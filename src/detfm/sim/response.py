@@ -123,7 +123,7 @@ def render(truth: TruthEvent, detector: DetectorModel, rng: np.random.Generator)
     # 4. Labels: owner fragment per voxel, then the voxel-count cuts on recorded voxels.
     role = frags.role.astype(np.int64)
     owner = voxel_owner(np.cumsum(new_voxel) - 1, frag, de, role, len(starts))[keep]
-    owner = apply_size_cuts(owner, role)
+    owner = apply_size_cuts(owner, role, frags.parent)
 
     # 5. The event: cluster row 0 = low-energy bucket, then surviving fragments by id.
     survivors = np.flatnonzero(np.bincount(owner + 1, minlength=len(frags) + 1)[1:])
@@ -240,5 +240,8 @@ def _check_truth(truth: TruthEvent) -> None:
     if k and ((dep.frag < 0) | (dep.frag >= n_frag)).any():
         raise bad("deposits.frag", f"fragment index out of range [0, {n_frag}) "
                                    f"(min {dep.frag.min()}, max {dep.frag.max()})")
+    if f.parent is not None and (np.shape(f.parent) != (n_frag,) or (n_frag and (
+            (np.asarray(f.parent) < -1) | (np.asarray(f.parent) >= n_frag)).any())):
+        raise bad("fragments.parent", f"expected shape ({n_frag},) with values in [-1, {n_frag})")
     if n_frag and not np.isin(f.role, [r.value for r in Role]).all():
         raise bad("fragments.role", f"unknown role value(s) {sorted(set(f.role.tolist()) - set(Role))}")

@@ -183,4 +183,5 @@ def _fragments(f: np.ndarray) -> Fragments:
         momentum_gev=(np.sqrt(kinetic * (kinetic + 2 * mass)) / 1000.0).astype(np.float32),
         vertex_cm=f[:, 5:8].astype(np.float32),
         energy_mev=kinetic.astype(np.float32),
+        parent=f[:, 8].astype(np.int32),
     )

@@ -22,8 +22,8 @@ class Role(IntEnum):
     """What a fragment is, before voxel-count cuts turn some into low-energy deposits.
 
     The response stage maps roles to semantic classes (DESIGN.md / PHYSICS.md labeling):
-    TRACK -> track; SHOWER -> shower; MICHEL -> Michel; DELTA -> delta, or low-energy if it
-    makes fewer than 3 voxels; COMPTON (electron from a photon's Compton scatter,
+    TRACK -> track; SHOWER -> shower; MICHEL -> Michel; DELTA -> delta, or merged into its
+    parent track if it owns fewer than 10 voxels; COMPTON (electron from a photon's Compton scatter,
     photo-absorption or a low-energy conversion) -> shower, or low-energy if it makes 10
     voxels or fewer; LOW_ENERGY -> low-energy always.
     """
@@ -75,6 +75,11 @@ class Fragments:
     momentum_gev: np.ndarray  # (F,) float32 momentum magnitude at creation
     vertex_cm: np.ndarray     # (F, 3) float32 creation point
     energy_mev: np.ndarray    # (F,) float32 kinetic energy at creation
+    parent: np.ndarray | None = None  # (F,) int32 fragment a delta ray came from, else -1 (None: all -1)
+
+    def __post_init__(self) -> None:
+        if self.parent is None:
+            self.parent = np.full(len(self.role), -1, np.int32)
 
     def __len__(self) -> int:
         return int(self.role.shape[0])
