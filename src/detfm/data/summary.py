@@ -23,7 +23,7 @@ class FileSummary:
     """Summary of one or more event files.
 
     Point and energy numbers count voxels with value >= ``energy_threshold``. Events that
-    cannot be read, or hold NaN/inf coordinates, energies or cluster entries, are counted in ``bad_events``
+    cannot be read or fail the load-time check (:func:`detfm.io.event_problems`) are counted in ``bad_events``
     and left out of every other number.
 
     Attributes:
@@ -151,8 +151,8 @@ def format_summary(summary: FileSummary) -> str:
     else:
         lines.append(f"files            {len(s.files)}")
         lines += [f"  {name}  ({n} events)" for name, n in zip(s.files, s.events_per_file, strict=True)]
-    lines.append(f"events           {s.events}   (empty: {s.empty_events}, unreadable or NaN/inf: "
-                 f"{s.bad_events})")
+    lines.append(f"events           {s.events}   (empty: {s.empty_events}, unusable: {s.bad_events}"
+                 + (", see `detfm validate`)" if s.bad_events else ")"))
     if s.energy_threshold > 0:
         lines.append(f"threshold        {s.energy_threshold:g} MeV (voxels below are not counted)")
     lines.append(f"points / event   min {s.points_min}   median {s.points_median:g}   "
