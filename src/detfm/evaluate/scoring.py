@@ -30,7 +30,7 @@ from detfm.evaluate.metrics import (
 )
 from detfm.tasks.registry import TaskSpec
 
-__all__ = ["eval_batches", "json_float", "score_task", "task_confusion"]
+__all__ = ["argmax_without", "eval_batches", "json_float", "renumber_without", "score_task", "task_confusion"]
 
 # The count key of each unit in the scores (kept from the first release of the scores files).
 _COUNT_KEY = {"point": "points", "instance": "instances", "event": "scored_events"}
@@ -42,6 +42,20 @@ def json_float(x: float | None) -> float | None:
 
 def _named(values: np.ndarray, classes: Sequence[str]) -> dict[str, float | None]:
     return {c: json_float(float(v)) for c, v in zip(classes, values, strict=True)}
+
+
+def argmax_without(scores: np.ndarray, excluded: int) -> np.ndarray:
+    """The best class other than ``excluded`` for each row of (N, C) ``scores``, in the
+    original class numbers: the one rule for "the 4 classes without low-energy deposits"."""
+    masked = np.array(scores, dtype=np.float64, copy=True)
+    masked[:, excluded] = -np.inf
+    return masked.argmax(axis=1) if len(masked) else np.zeros(0, np.int64)
+
+
+def renumber_without(classes: np.ndarray, excluded: int) -> np.ndarray:
+    """Class numbers with ``excluded`` taken out (those above it move down by one)."""
+    classes = np.asarray(classes, dtype=np.int64)
+    return classes - (classes > excluded)
 
 
 def eval_batches(module: nn.Module, dataset: Any, batch_size: int = 8, progress: bool = False,
@@ -72,19 +86,17 @@ def task_confusion(task: nn.Module, dataset: EventDataset, num_classes: int, exc
     classes, and (when ``excluded`` is given) without the items of that class, predicted by
     the argmax over the other classes' logits."""
     cm = np.zeros((num_classes, num_classes), dtype=np.int64)
-    kept = [c for c in range(num_classes) if c != excluded]
-    cm_kept = None if excluded is None else np.zeros((len(kept), len(kept)), dtype=np.int64)
-    remap = np.full(num_classes, -1, dtype=np.int64)
-    remap[kept] = np.arange(len(kept))
+    cm_kept = None if excluded is None else np.zeros((num_classes - 1, num_classes - 1), dtype=np.int64)
     for _, batch in eval_batches(task, dataset, batch_size, progress):
         truth, logits = task.scored_items(batch)
-        truth, logits = truth.cpu().numpy(), logits.float().cpu()
+        truth, logits = truth.cpu().numpy(), logits.float().cpu().numpy()
         scored = truth >= 0
-        cm += confusion_matrix(truth[scored], logits[scored].argmax(dim=-1).numpy(), num_classes)
-        if cm_kept is not None:
+        cm += confusion_matrix(truth[scored], logits[scored].argmax(axis=-1), num_classes)
+        if cm_kept is not None and excluded is not None:
             keep = scored & (truth != excluded)
-            pred = logits[keep][:, kept].argmax(dim=-1).numpy()
-            cm_kept += confusion_matrix(remap[truth[keep]], pred, len(kept))
+            pred = argmax_without(logits[keep], excluded)
+            cm_kept += confusion_matrix(renumber_without(truth[keep], excluded),
+                                        renumber_without(pred, excluded), num_classes - 1)
     return cm, cm_kept
 
 

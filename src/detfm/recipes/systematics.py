@@ -46,6 +46,8 @@ from typing import Any
 import numpy as np
 
 from detfm.evaluate import kinds
+from detfm.data.datasets import DEFAULT_DATASET, get_dataset
+from detfm.evaluate.scoring import argmax_without, renumber_without
 from detfm.errors import ConfigError, DetfmError
 from detfm.io import EventFile, atomic_path, atomic_write_text, layout
 
@@ -59,7 +61,8 @@ NOMINAL = "nominal"
 DEFAULT_VARIATIONS = ("escale_up", "escale_down", "short_lifetime", "noisy", "dead_regions")
 CLASSES = layout.SEMANTIC_CLASSES
 NUM_CLASSES = len(CLASSES)
-NUM_CLASSES_4 = 4  # without low-energy deposits, as evaluate_segmentation's macro_f1_4
+EXCLUDED = get_dataset(DEFAULT_DATASET).excluded_semantic  # low-energy deposits: left out of macro_f1_4
+NUM_CLASSES_4 = NUM_CLASSES - 1
 INTERVAL = 0.68
 HEADLINE = ("macro_f1_4", "macro_f1_5", "accuracy_5")
 
@@ -82,9 +85,9 @@ def event_confusions(logits: np.ndarray, labels: np.ndarray, offsets: np.ndarray
     pred5 = logits.argmax(axis=1) if len(logits) else np.zeros(0, np.int64)
     flat5 = (event * NUM_CLASSES + labels) * NUM_CLASSES + pred5
     cm5 = np.bincount(flat5, minlength=n_events * NUM_CLASSES ** 2).reshape(n_events, NUM_CLASSES, NUM_CLASSES)
-    keep = labels != layout.LOW_ENERGY
-    pred4 = logits[keep, :NUM_CLASSES_4].argmax(axis=1) if keep.any() else np.zeros(0, np.int64)
-    flat4 = (event[keep] * NUM_CLASSES_4 + labels[keep]) * NUM_CLASSES_4 + pred4
+    keep = labels != EXCLUDED
+    pred4 = renumber_without(argmax_without(logits[keep], EXCLUDED), EXCLUDED)
+    flat4 = (event[keep] * NUM_CLASSES_4 + renumber_without(labels[keep], EXCLUDED)) * NUM_CLASSES_4 + pred4
     cm4 = np.bincount(flat4, minlength=n_events * NUM_CLASSES_4 ** 2).reshape(
         n_events, NUM_CLASSES_4, NUM_CLASSES_4)
     return cm5, cm4

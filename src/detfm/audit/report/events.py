@@ -26,7 +26,9 @@ from detfm.audit.report.common import (
     _note,
     _read_json_object,
 )
+from detfm.data.datasets import DEFAULT_DATASET, get_dataset
 from detfm.engine.runs import PREDICTIONS_FORMAT, run_settings
+from detfm.evaluate.scoring import argmax_without
 from detfm.errors import DetfmError
 from detfm.io import layout
 
@@ -129,6 +131,7 @@ def _file_events(path: Path, dirs: Sequence[Path], max_events: int) -> str:
     if not source.is_file():
         return title + _na(f"the data files are missing: {source}")
     exclude = bool(run_settings(run).get("exclude_low_energy", False)) if run is not None else False
+    excluded = get_dataset(DEFAULT_DATASET).excluded_semantic
     with h5py.File(path, "r") as h5:
         n_rows = len(h5["event_index"])
         chosen, how = _test_events(run, source, n_rows)
@@ -146,8 +149,8 @@ def _file_events(path: Path, dirs: Sequence[Path], max_events: int) -> str:
                 continue
             truth = np.asarray(sample.semantic)
             if exclude:
-                keep = truth != layout.LOW_ENERGY
-                pred = np.where(keep, probs[:, :layout.LOW_ENERGY].argmax(axis=1), layout.LOW_ENERGY)
+                keep = truth != excluded
+                pred = np.where(keep, argmax_without(probs, excluded), excluded)
                 if not keep.any():
                     continue
                 acc = float(np.mean(pred[keep] == truth[keep]))
