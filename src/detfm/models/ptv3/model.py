@@ -118,17 +118,17 @@ class Block(nn.Module):
         super().__init__()
         self.patch_size = patch_size
         self.order_index = order_index
+        # registration order = the reference's parameter order (cpe, norm1, ls1, attn, ...)
+        def scale() -> nn.Module:
+            return LayerScale(dim, cfg.layer_scale) if cfg.layer_scale is not None else nn.Identity()
+
         self.cpe = nn.ModuleList([SubMConv3d(dim, dim), nn.Linear(dim, dim), nn.LayerNorm(dim)])
         self.norm1 = nn.ModuleList([nn.LayerNorm(dim)])
+        self.ls1 = nn.ModuleList([scale()])
         self.attn = WindowAttention(dim, num_heads, cfg.qkv_bias)
         self.norm2 = nn.ModuleList([nn.LayerNorm(dim)])
+        self.ls2 = nn.ModuleList([scale()])
         self.mlp = nn.ModuleList([Mlp(dim, int(dim * cfg.mlp_ratio))])
-        if cfg.layer_scale is not None:
-            self.ls1 = nn.ModuleList([LayerScale(dim, cfg.layer_scale)])
-            self.ls2 = nn.ModuleList([LayerScale(dim, cfg.layer_scale)])
-        else:
-            self.ls1 = nn.ModuleList([nn.Identity()])
-            self.ls2 = nn.ModuleList([nn.Identity()])
         self.drop_path = EventDropPath(drop_path)
 
     def forward(self, x: torch.Tensor, level: Level, orders: Sequence[int],

@@ -21,7 +21,7 @@ from __future__ import annotations
 from detfm.models.ptv3.config import PTv3Config
 from detfm.models.ptv3.model import PTv3
 
-__all__ = ["PTV3_SIZES", "register_all"]
+__all__ = ["PTV3_SIZES", "ensure_registered", "register_all"]
 
 PTV3_SIZES: dict[str, tuple[PTv3Config, str]] = {
     "ptv3_micro": (
@@ -53,3 +53,13 @@ def register_all() -> None:
 
     for name, (cfg, description) in PTV3_SIZES.items():
         register_model(name, cfg, description, PTv3)
+
+
+def ensure_registered() -> None:
+    """Register the PTv3 sizes the registry does not have yet (safe to call repeatedly)."""
+    from detfm.models.registry import list_models, register_model
+
+    have = set(list_models("ptv3_*"))
+    for name, (cfg, description) in PTV3_SIZES.items():
+        if name not in have:
+            register_model(name, cfg, description, PTv3)
