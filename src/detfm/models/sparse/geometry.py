@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+from torch.profiler import record_function
 
 from detfm.data.batch import PackedBatch
 from detfm.errors import ConfigError, DataFormatError
@@ -119,15 +120,17 @@ class Level:
     def kmap(self) -> KernelMap:
         """The 3x3x3 neighbour pairs (computed on first use, then shared)."""
         if self._kmap is None:
-            self._kmap = kernel_map(self.grid, self.batch)
+            with record_function("sparse.kernel_map"):
+                self._kmap = kernel_map(self.grid, self.batch)
         return self._kmap
 
     def windows(self, order_index: int, patch_size: int) -> Windows:
         """Windows of ``patch_size`` voxels along order ``order_index`` (cached)."""
         key = (order_index, patch_size)
         if key not in self._windows:
-            perm, inverse = self.order(order_index)
-            self._windows[key] = _windows(perm, inverse, self.counts, patch_size)
+            with record_function("sparse.windows"):
+                perm, inverse = self.order(order_index)
+                self._windows[key] = _windows(perm, inverse, self.counts, patch_size)
         return self._windows[key]
 
 
