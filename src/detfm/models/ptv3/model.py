@@ -29,7 +29,7 @@ from detfm.io import layout
 from detfm.models.contract import BackboneOutput, GroupRules
 from detfm.models.layers import seeded_init
 from detfm.models.ptv3.config import PTv3Config
-from detfm.models.sparse.conv import SubMConv3d
+from detfm.models.sparse.conv import SubMConv3d, per_offset, submanifold_conv3d_per_offset
 from detfm.models.sparse.geometry import Geometry, Level, build_geometry
 from detfm.models.sparse.pooling import PoolMap, max_pool
 
@@ -97,13 +97,15 @@ class WindowAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, level: Level, order_index: int, patch_size: int) -> torch.Tensor:
         win = level.windows(order_index, patch_size)
-        n, c = x.shape
+        c = x.shape[1]
         h = self.num_heads
-        qkv = self.qkv(x)
+        w, k = win.gather.shape
         with record_function("ptv3.attention"):
-            w, k = win.gather.shape
-            grouped = qkv.index_select(0, win.gather.reshape(-1)).reshape(w, k, 3, h, c // h)
-            q, key, v = grouped.permute(2, 0, 3, 1, 4).unbind(0)
+            # gather the inputs (not q, k, v: a third of the bytes) into window order
+            windowed = x.index_select(0, win.gather.reshape(-1))
+        qkv = self.qkv(windowed).reshape(w, k, 3, h, c // h)
+        with record_function("ptv3.attention"):
+            q, key, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
             mask = None if win.mask is None else win.mask[:, None, None, :]
             out = F.scaled_dot_product_attention(q, key, v, attn_mask=mask)
             out = out.transpose(1, 2).reshape(w * k, c).index_select(0, win.rows)
@@ -133,10 +135,14 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, level: Level, orders: Sequence[int],
                 generator: torch.Generator | None) -> torch.Tensor:
+        kmap = level.kmap()
+        conv, linear = self.cpe[0], self.cpe[1]
         with record_function("ptv3.sparse_conv"):
-            kmap = level.kmap()
-            cpe = self.cpe[0](x, kmap)
-        x = x + self.cpe[2](self.cpe[1](cpe))
+            # Linear(conv(x)) is one convolution with the Linear folded into each offset's matrix
+            kernel = per_offset(conv.weight) @ linear.weight.t()
+            bias = linear(conv.bias) if conv.bias is not None else linear.bias
+            cpe = submanifold_conv3d_per_offset(x, kmap, kernel, bias)
+        x = x + self.cpe[2](cpe)
         order = orders[self.order_index % len(orders)]
         branch = self.ls1[0](self.attn(self.norm1[0](x), level, order, self.patch_size))
         x = x + self.drop_path(branch, level.batch, level.num_events, generator)

@@ -24,19 +24,18 @@ from torch import nn
 from detfm.errors import ConfigError
 from detfm.models.sparse.hashing import KernelMap
 
-__all__ = ["SubMConv3d", "submanifold_conv3d"]
+__all__ = ["SubMConv3d", "per_offset", "submanifold_conv3d", "submanifold_conv3d_per_offset"]
 
 
-def _per_offset(weight: torch.Tensor) -> torch.Tensor:
+def per_offset(weight: torch.Tensor) -> torch.Tensor:
     """(27, in, out) contiguous copy of an (out, 3, 3, 3, in) kernel: one matrix per offset."""
     return weight.permute(1, 2, 3, 4, 0).reshape(27, weight.shape[-1], weight.shape[0]).contiguous()
 
 
 class _SubMConv(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+    def forward(ctx: Any, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None,
                 pair_in: torch.Tensor, pair_out: torch.Tensor, counts: tuple[int, ...]) -> torch.Tensor:
-        w = _per_offset(weight)
         out = torch.addmm(bias, x, w[13]) if bias is not None else x @ w[13]
         gathered = x.index_select(0, pair_in)
         if pair_in.numel():
@@ -55,7 +54,7 @@ class _SubMConv(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, w, gathered, pair_in, pair_out = ctx.saved_tensors
-        c_in, c_out = w.shape[1], w.shape[2]
+        c_in = w.shape[1]
         grad = grad.contiguous()
         need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_x = grad @ w[13].t() if need_x else None
@@ -76,11 +75,8 @@ class _SubMConv(torch.autograd.Function):
                     start += count
             if grad_x is not None and g_in is not None:
                 grad_x.index_add_(0, pair_in, g_in)
-        grad_weight = None
-        if grad_w is not None:
-            grad_weight = grad_w.reshape(3, 3, 3, c_in, c_out).permute(4, 0, 1, 2, 3).contiguous()
         grad_b = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
-        return grad_x, grad_weight, grad_b, None, None, None
+        return grad_x, grad_w, grad_b, None, None, None
 
 
 def submanifold_conv3d(x: torch.Tensor, kmap: KernelMap, weight: torch.Tensor,
@@ -90,7 +86,16 @@ def submanifold_conv3d(x: torch.Tensor, kmap: KernelMap, weight: torch.Tensor,
         raise ConfigError(f"features have {x.shape[0]} rows but the kernel map {kmap.num_points}")
     if weight.ndim != 5 or weight.shape[1:4] != (3, 3, 3) or weight.shape[-1] != x.shape[1]:
         raise ConfigError(f"weight must be (out, 3, 3, 3, {x.shape[1]}), got {tuple(weight.shape)}")
-    return _SubMConv.apply(x.contiguous(), weight, bias, kmap.pair_in, kmap.pair_out, kmap.counts)
+    return submanifold_conv3d_per_offset(x, kmap, per_offset(weight), bias)
+
+
+def submanifold_conv3d_per_offset(x: torch.Tensor, kmap: KernelMap, w: torch.Tensor,
+                                  bias: torch.Tensor | None = None) -> torch.Tensor:
+    """The same convolution with the kernel given as (27, in, out), one matrix per offset
+    (what :func:`per_offset` makes; lets callers fold a following Linear into the kernel)."""
+    if w.ndim != 3 or w.shape[0] != 27 or w.shape[1] != x.shape[1]:
+        raise ConfigError(f"per-offset kernel must be (27, {x.shape[1]}, out), got {tuple(w.shape)}")
+    return _SubMConv.apply(x.contiguous(), w.contiguous(), bias, kmap.pair_in, kmap.pair_out, kmap.counts)
 
 
 class SubMConv3d(nn.Module):

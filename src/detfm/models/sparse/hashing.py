@@ -72,9 +72,10 @@ class KernelMap:
 def kernel_map(grid: torch.Tensor, batch: torch.Tensor) -> KernelMap:
     """The 3x3x3 neighbour pairs of unique voxels ``grid`` (N, 3) in events ``batch`` (N,).
 
-    Keys are sorted once; for each of the 8 off-centre (dx, dy) columns one binary search
-    finds the first key >= ``key + (dx, dy, -1)``, and the dz = -1, 0, +1 neighbours are
-    then the next at most three sorted keys. Duplicate keys are a caller error
+    Keys are sorted once; for each of the 4 (dx, dy) columns after the centre one binary
+    search finds the first key >= ``key + (dx, dy, -1)``, and the dz = -1, 0, +1 neighbours
+    are then the next at most three sorted keys; the (0, 0, +1) neighbour is the next key.
+    The 13 offsets before the centre are the mirror images of those after it. Duplicate keys are a caller error
     (:class:`ConfigError`): merge points that share a voxel first.
     """
     n = int(grid.shape[0])
@@ -88,27 +89,25 @@ def kernel_map(grid: torch.Tensor, batch: torch.Tensor) -> KernelMap:
         return KernelMap(num_points=0, pair_in=empty, pair_out=empty, counts=(0,) * 27)
     # a sentinel above every key keeps the lookahead gathers in range
     padded = torch.cat([sk, sk.new_full((3,), torch.iinfo(torch.int64).max)])
-    positions = torch.arange(n, device=device)
     found_pos: list[torch.Tensor] = [empty] * 27
     found_out: list[torch.Tensor] = [empty] * 27
-    for dx in (-1, 0, 1):
-        for dy in (-1, 0, 1):
-            base = sk + ((dx << (2 * _BITS)) + (dy << _BITS) - 1)
-            if dx == 0 and dy == 0:
-                # the first key >= key - 1 is the previous one if it is key - 1, else the key
-                previous = torch.cat([sk.new_full((1,), -2), sk[:-1]])  # below any key - 1
-                pos = positions - (previous == base).long()
-            else:
-                pos = torch.searchsorted(sk, base)
-            for dz in (-1, 0, 1):
-                k = (dx + 1) * 9 + (dy + 1) * 3 + (dz + 1)
-                target = base + (dz + 1)
-                hit = padded[pos] == target
-                if k != 13:
-                    sel = hit.nonzero().squeeze(1)
-                    found_pos[k] = pos[sel]
-                    found_out[k] = sel
-                pos = pos + hit.long()  # the next target, if present, is one further on
+    # Only the 13 offsets after the centre are searched: q is p's neighbour at offset k exactly
+    # when p is q's neighbour at offset 26 - k, so the other 13 groups are these, mirrored.
+    nxt = padded[1:n + 1] == sk + 1  # (0, 0, +1): the next key
+    found_out[14] = nxt.nonzero().squeeze(1)
+    found_pos[14] = found_out[14] + 1
+    for dx, dy in ((0, 1), (1, -1), (1, 0), (1, 1)):
+        base = sk + ((dx << (2 * _BITS)) + (dy << _BITS) - 1)
+        pos = torch.searchsorted(sk, base)
+        for dz in (-1, 0, 1):
+            k = (dx + 1) * 9 + (dy + 1) * 3 + (dz + 1)
+            hit = padded[pos] == base + (dz + 1)
+            sel = hit.nonzero().squeeze(1)
+            found_pos[k] = pos[sel]
+            found_out[k] = sel
+            pos = pos + hit.long()  # the next target, if present, is one further on
+    for k in range(14, 27):
+        found_pos[26 - k], found_out[26 - k] = found_out[k], found_pos[k]
     counts = tuple(int(t.numel()) for t in found_pos)
     pair_in = order[torch.cat(found_pos)]
     pair_out = order[torch.cat(found_out)]
