@@ -252,3 +252,24 @@ def test_registration_and_rebuild_from_saved_config() -> None:
     finally:
         for name in added:
             unregister_model(name)
+
+
+def test_reference_grid_and_per_event_depth_keep_events_independent() -> None:
+    cfg = TINY.replace(grid_size=0.001, serialization_depth=None, orders=("hilbert", "hilbert-trans"))
+    model = PTv3(cfg).eval()
+    small = _event(40, 22)  # a small event: its own serialization depth is below the big one's
+    big = torch.cat([_event(300, 23), torch.tensor([[0.0, 0.0, 0.0], [767.0, 767.0, 767.0]])])
+    batch = _batch([big, small])
+    start = int(batch.offsets[1])
+    solo = PackedBatch(coord=small, feat=batch.feat[start:], offsets=torch.tensor([0, small.shape[0]]),
+                       energy=batch.energy[start:])
+    geo = model.geometry(batch)
+    assert int(geo.levels[0].grid[geo.levels[0].batch == 0].min()) == 0  # shifted per event
+    with torch.no_grad():
+        torch.testing.assert_close(model.forward_features(batch).point[start:],
+                                   model.forward_features(solo).point, atol=1e-5, rtol=1e-5)
+    g = torch.Generator().manual_seed(1)
+    perm = torch.cat([torch.randperm(start, generator=g), start + torch.randperm(small.shape[0], generator=g)])
+    with torch.no_grad():
+        torch.testing.assert_close(model.forward_features(_sub(batch, perm, batch.offsets)).point,
+                                   model.forward_features(batch).point[perm], atol=1e-5, rtol=1e-5)

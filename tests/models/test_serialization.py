@@ -83,3 +83,15 @@ def test_bad_inputs_are_named() -> None:
         encode(torch.tensor([[0, 0, 1024]]), "z")
     with pytest.raises(ConfigError, match="integers"):
         encode(torch.zeros(1, 3), "z")
+
+
+@pytest.mark.parametrize("order", ORDERS)
+def test_per_point_depth_equals_encoding_at_that_depth(order: str) -> None:
+    """A point ``shallower`` levels below the batch depth gets its own-depth code."""
+    g = torch.Generator().manual_seed(3)
+    for depth in (4, 7):
+        grid = torch.randint(0, 1 << depth, (300, 3), generator=g)
+        for extra in (1, 2, 3, 4):
+            shallower = torch.full((300,), extra)
+            assert torch.equal(encode(grid, order, depth=depth + extra, shallower=shallower),
+                               encode(grid, order, depth=depth))

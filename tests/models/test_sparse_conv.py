@@ -91,8 +91,8 @@ def test_box_faces_do_not_wrap() -> None:
 def test_rejects_duplicates_and_out_of_range() -> None:
     with pytest.raises(ConfigError, match="duplicate"):
         kernel_map(torch.tensor([[1, 1, 1], [1, 1, 1]]), torch.zeros(2, dtype=torch.long))
-    with pytest.raises(ConfigError, match="1023"):
-        kernel_map(torch.tensor([[1, 1, 1023]]), torch.zeros(1, dtype=torch.long))
+    with pytest.raises(ConfigError, match="2047"):
+        kernel_map(torch.tensor([[1, 1, 2047]]), torch.zeros(1, dtype=torch.long))
     with pytest.raises(ConfigError, match="weight"):
         submanifold_conv3d(torch.zeros(1, 2), kernel_map(torch.tensor([[1, 1, 1]]), torch.zeros(1, dtype=torch.long)),
                            torch.zeros(3, 3, 3, 3, 4))

@@ -24,9 +24,8 @@ from detfm.errors import ConfigError, DataFormatError
 from detfm.models.config import ModelConfig, register_arch
 from detfm.models.contract import BackboneOutput, GroupRules
 from detfm.models.layers import seeded_init
-from detfm.models.ptv3.model import normalised_coordinates
 from detfm.models.sparse.conv import SubMConv3d
-from detfm.models.sparse.geometry import Geometry, Level, build_geometry
+from detfm.models.sparse.geometry import Geometry, Level, build_geometry, normalised_coordinates
 from detfm.models.sparse.pooling import PoolMap
 from detfm.models.sparse.serialization import inverse_permutation
 

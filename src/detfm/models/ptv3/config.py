@@ -39,6 +39,11 @@ class PTv3Config(ModelConfig):
         layer_scale: initial layer-scale value (Panda 1e-5); None for no layer scale.
         drop_path: stochastic depth at the last block (linear from 0), per event.
         mask_token: a learned (1, C0) token replacing the embedding of masked points.
+        grid_size: None: one cell per voxel. A float: the reference's grid sampling, cells of
+            this size in normalised coordinates, per-event minimum at 0 (Panda: 0.001, about
+            2/3 of a voxel). Points sharing a cell are merged (mean input, shared output).
+        serialization_depth: bits per axis of the space-filling-curve codes; None: per event,
+            the depth the reference picks for that event alone.
     """
 
     name: str = "ptv3"
@@ -59,6 +64,8 @@ class PTv3Config(ModelConfig):
     layer_scale: float | None = None
     drop_path: float = 0.3
     mask_token: bool = False
+    grid_size: float | None = None
+    serialization_depth: int | None = 10
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -99,6 +106,10 @@ class PTv3Config(ModelConfig):
             raise ConfigError(f"mlp_ratio must be > 0, got {self.mlp_ratio}")
         if not 0.0 <= self.drop_path < 1.0:
             raise ConfigError(f"drop_path must be in [0, 1), got {self.drop_path}")
+        if self.grid_size is not None and not self.grid_size > 0:
+            raise ConfigError(f"grid_size must be > 0 or None, got {self.grid_size}")
+        if self.serialization_depth is not None and not 1 <= self.serialization_depth <= 16:
+            raise ConfigError(f"serialization_depth must be in 1..16 or None, got {self.serialization_depth}")
         if self.layer_scale is not None and not self.layer_scale > 0:
             raise ConfigError(f"layer_scale must be > 0 or None, got {self.layer_scale}")
 

@@ -15,7 +15,6 @@ and drop-path drops whole events, so an event's output does not depend on its ba
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
@@ -25,21 +24,14 @@ from torch.profiler import record_function
 from detfm.data.batch import PackedBatch
 from detfm.data.datasets import get_dataset
 from detfm.errors import ConfigError, DataFormatError
-from detfm.io import layout
 from detfm.models.contract import BackboneOutput, GroupRules
 from detfm.models.layers import seeded_init
 from detfm.models.ptv3.config import PTv3Config
 from detfm.models.sparse.conv import SubMConv3d, per_offset, submanifold_conv3d_per_offset
-from detfm.models.sparse.geometry import Geometry, Level, build_geometry
+from detfm.models.sparse.geometry import Geometry, Level, build_geometry, normalised_coordinates
 from detfm.models.sparse.pooling import PoolMap, max_pool
 
 __all__ = ["PTv3", "EventDropPath", "normalised_coordinates"]
-
-def normalised_coordinates(coord: torch.Tensor, box_size: float = float(layout.BOX_VOXELS)) -> torch.Tensor:
-    """Panda's input coordinates: ``(x - box / 2) / (box sqrt(3) / 2)`` (for the 768-voxel
-    box ``(x - 384) / 665.1``): the box's corners land on the unit sphere."""
-    return (coord - box_size / 2.0) / (box_size * math.sqrt(3.0) / 2.0)
-
 
 class EventDropPath(nn.Module):
     """Stochastic depth per event: a residual branch is dropped for all voxels of an event.
@@ -304,7 +296,8 @@ class PTv3(nn.Module):
             raise DataFormatError(f"the model expects feat of shape (P, {self.cfg.in_channels}), "
                                   f"got {tuple(batch.feat.shape)}", field="feat")
         with record_function("ptv3.serialization"):
-            return build_geometry(batch, self.cfg.orders, self.cfg.num_stages, self.box_size)
+            return build_geometry(batch, self.cfg.orders, self.cfg.num_stages, self.box_size,
+                                  self.cfg.grid_size, self.cfg.serialization_depth)
 
     @property
     def box_size(self) -> float:

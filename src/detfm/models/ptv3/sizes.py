@@ -13,7 +13,9 @@ micro and small are narrow at full resolution and put attention where channels a
 both have a decoder back to full resolution. micro's full-resolution decoder stage is the
 unpooling alone (skip + upsampled coarse features, no block): a block there cost as much as
 the rest of the decoder. ``ptv3_base`` is Panda-Base's configuration, so Panda's
-checkpoints convert onto it.
+checkpoints convert onto it; it also uses Panda's grid (cells of 0.001 in normalised
+coordinates, ~2/3 of a voxel) and per-event serialization depth, so converted weights see
+the neighbourhoods and windows they were trained with.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ PTV3_SIZES: dict[str, tuple[PTv3Config, str]] = {
                    enc_num_head=(3, 6, 12, 24, 32), enc_patch_size=(256,) * 5,
                    dec_depths=(), dec_channels=(), dec_num_head=(), dec_patch_size=(),
                    orders=("hilbert", "hilbert-trans", "z", "z-trans"), layer_scale=1e-5,
-                   drop_path=0.3, mask_token=True),
+                   drop_path=0.3, mask_token=True, grid_size=0.001, serialization_depth=None),
         "PTv3 base = Panda-Base encoder (widths 48-512, 21 blocks, 90.8 M); `detfm convert panda` "
         "loads Panda checkpoints into it"),
 }

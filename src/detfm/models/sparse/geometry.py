@@ -13,6 +13,7 @@ finite are an error naming the event.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -21,11 +22,12 @@ from torch.profiler import record_function
 from detfm.data.batch import PackedBatch
 from detfm.errors import ConfigError, DataFormatError
 from detfm.io import layout
-from detfm.models.sparse.hashing import MAX_BOX, KernelMap, kernel_map, voxel_keys
+from detfm.models.sparse.hashing import MAX_BOX, KernelMap, decode_keys, kernel_map, voxel_keys
 from detfm.models.sparse.pooling import PoolMap, grid_pool_map
-from detfm.models.sparse.serialization import DEPTH, encode, inverse_permutation
+from detfm.models.sparse.serialization import DEPTH, bit_length, encode, inverse_permutation
 
-__all__ = ["Geometry", "Level", "Windows", "build_geometry", "check_coordinates"]
+__all__ = ["Geometry", "Level", "Windows", "build_geometry", "check_coordinates", "grid_coordinates",
+           "normalised_coordinates"]
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,7 @@ class Level:
     orders: tuple[str, ...]
     depth: int
     num_events: int
+    shallower: torch.Tensor | None = None  # (N,) per-voxel depth reduction (per-event depths)
     counts: torch.Tensor = field(init=False)  # (B,) voxels per event
     _sorted: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, init=False, repr=False)
     _kmap: KernelMap | None = field(default=None, init=False, repr=False)
@@ -108,7 +111,7 @@ class Level:
         """(N,) codes of order ``order_index`` (event index in the high bits)."""
         if order_index == 0:
             return self.code0
-        return encode(self.grid, self.orders[order_index], self.batch, self.depth)
+        return encode(self.grid, self.orders[order_index], self.batch, self.depth, self.shallower)
 
     def order(self, order_index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The sorting permutation of an order and its inverse (cached)."""
@@ -194,38 +197,85 @@ def check_coordinates(batch: PackedBatch, box_size: float = float(layout.BOX_VOX
                               f"(crop or clip events before the backbone)", event=event, field="coord")
 
 
+def normalised_coordinates(coord: torch.Tensor, box_size: float = float(layout.BOX_VOXELS)) -> torch.Tensor:
+    """Panda's input coordinates: ``(x - box / 2) / (box sqrt(3) / 2)`` (for the 768-voxel
+    box ``(x - 384) / 665.1``): the box's corners land on the unit sphere."""
+    return (coord - box_size / 2.0) / (box_size * math.sqrt(3.0) / 2.0)
+
+
+def grid_coordinates(batch: PackedBatch, box_size: float, grid_size: float | None) -> torch.Tensor:
+    """(P, 3) int64 grid cell of every point.
+
+    ``grid_size`` None: the voxel itself (``floor`` of the voxel coordinate). A float: the
+    reference's grid sampling (Panda: 0.001), cells of ``grid_size`` in normalised
+    coordinates, shifted so that each event's smallest cell index is 0 on every axis.
+    """
+    if grid_size is None:
+        return batch.coord.floor().long()
+    scaled = torch.floor(normalised_coordinates(batch.coord, box_size) / grid_size).long()
+    events = batch.batch_index()
+    low = torch.full((len(batch), 3), torch.iinfo(torch.int64).max, dtype=torch.long, device=scaled.device)
+    low = low.scatter_reduce(0, events[:, None].expand(-1, 3), scaled, reduce="amin")
+    return scaled - low.index_select(0, events)
+
+
 def build_geometry(batch: PackedBatch, orders: tuple[str, ...], num_levels: int,
-                   box_size: float = float(layout.BOX_VOXELS)) -> Geometry:
-    """Voxelize ``batch`` (coordinates in voxel units, inside ``[0, box_size)``) and build
-    ``num_levels`` levels serialized along ``orders``."""
+                   box_size: float = float(layout.BOX_VOXELS), grid_size: float | None = None,
+                   depth: int | None = DEPTH) -> Geometry:
+    """Voxelize ``batch`` and build ``num_levels`` levels serialized along ``orders``.
+
+    Coordinates are in voxel units inside ``[0, box_size)``; ``grid_size`` picks the cells
+    (:func:`grid_coordinates`). ``depth``: bits per axis of the codes; None gives every event
+    the depth the reference would pick for it alone, ``bit_length(max cell index + 1)``
+    (the reference takes the batch's maximum, which makes its Hilbert orders depend on the
+    batch; per event, results match it for one event per batch and never depend on the batch).
+    """
     if not 0 < box_size <= MAX_BOX:
         raise ConfigError(f"the voxel hierarchy handles boxes of up to {MAX_BOX} voxels per axis, "
                           f"got {box_size:g}")
-    if not 1 <= num_levels <= DEPTH:
-        raise ConfigError(f"need 1 to {DEPTH} levels, got {num_levels}")
+    if num_levels < 1:
+        raise ConfigError(f"need at least one level, got {num_levels}")
     if batch.num_points == 0:
         raise DataFormatError("the batch has no points", field="coord")
     check_coordinates(batch, box_size)
     with torch.no_grad():
-        grid = batch.coord.floor().long()
+        grid = grid_coordinates(batch, box_size, grid_size)
         events = batch.batch_index()
+        if int(grid.max()) >= MAX_BOX:
+            raise ConfigError(f"grid_size {grid_size} makes {int(grid.max()) + 1} cells per axis; at most "
+                              f"{MAX_BOX} fit (use a coarser grid)")
         keys = voxel_keys(grid, events)
         unique, inverse = torch.unique(keys, return_inverse=True)
         point_to_voxel: torch.Tensor | None = None
         if unique.numel() != keys.numel():
             point_to_voxel = inverse
-            mask = (1 << 10) - 1
-            grid = torch.stack([(unique >> 20) & mask, (unique >> 10) & mask, unique & mask], dim=1)
-            events = unique >> 30
-        code0 = encode(grid, orders[0], events, DEPTH)
-        levels = [Level(grid=grid, batch=events, code0=code0, orders=tuple(orders), depth=DEPTH,
-                        num_events=len(batch))]
+            grid, events = decode_keys(unique)
+        shallower: torch.Tensor | None = None
+        if depth is None:
+            top = torch.zeros(len(batch), dtype=torch.long, device=grid.device)
+            top = top.scatter_reduce(0, events, grid.max(dim=1).values, reduce="amax")
+            event_depth = bit_length(top + 1)
+            depth = int(event_depth.max())
+            shallower = depth - event_depth  # (B,)
+        elif int(grid.max()) >= (1 << depth):
+            raise ConfigError(f"serialization depth {depth} covers cells 0..{(1 << depth) - 1}, but the "
+                              f"batch has cell {int(grid.max())}")
+        if num_levels > depth + 1:
+            raise ConfigError(f"{num_levels} levels need a serialization depth of at least {num_levels - 1}")
+
+        def per_voxel(level_batch: torch.Tensor) -> torch.Tensor | None:
+            return None if shallower is None else shallower.index_select(0, level_batch)
+
+        code0 = encode(grid, orders[0], events, depth, per_voxel(events))
+        levels = [Level(grid=grid, batch=events, code0=code0, orders=tuple(orders), depth=depth,
+                        num_events=len(batch), shallower=per_voxel(events))]
         pools: list[PoolMap] = []
         for s in range(1, num_levels):
             prev = levels[-1]
             pool = grid_pool_map(prev.code0[None])
             pools.append(pool)
-            levels.append(Level(grid=prev.grid[pool.head] >> 1, batch=prev.batch[pool.head],
-                                code0=pool.code[0], orders=tuple(orders), depth=DEPTH - s,
-                                num_events=len(batch)))
+            level_batch = prev.batch[pool.head]
+            levels.append(Level(grid=prev.grid[pool.head] >> 1, batch=level_batch, code0=pool.code[0],
+                                orders=tuple(orders), depth=max(depth - s, 1), num_events=len(batch),
+                                shallower=per_voxel(level_batch)))
     return Geometry(point_to_voxel=point_to_voxel, levels=levels, pools=pools)

@@ -1,9 +1,9 @@
 """Voxel hashing and 3x3x3 neighbour tables (kernel maps) for submanifold sparse convolution.
 
 A voxel's key packs its event index and integer coordinates into one int64
-(``b << 30 | x << 20 | y << 10 | z``). Keys are sorted once per level; the 27 neighbours of
-every voxel are found by binary search of ``key + offset``. Coordinates lie in [0, 1023), so
-an offset that steps off the box wraps into the never-used value 1023 of a neighbouring bit
+(``b << 33 | x << 22 | y << 11 | z``). Keys are sorted once per level; the 27 neighbours of
+every voxel are found by binary search of ``key + offset``. Coordinates lie in [0, 2047), so
+an offset that steps off the box wraps into the never-used value 2047 of a neighbouring bit
 field and never matches a real voxel.
 """
 
@@ -15,10 +15,10 @@ import torch
 
 from detfm.errors import ConfigError
 
-__all__ = ["KernelMap", "voxel_keys", "kernel_map", "KERNEL_OFFSETS", "MAX_BOX"]
+__all__ = ["KernelMap", "decode_keys", "voxel_keys", "kernel_map", "KERNEL_OFFSETS", "MAX_BOX"]
 
-_BITS = 10
-MAX_BOX = (1 << _BITS) - 1  # coordinates stay below this, so 1023 never occurs in a field
+_BITS = 11
+MAX_BOX = (1 << _BITS) - 1  # coordinates stay below this, so 2047 never occurs in a field
 
 # (27, 3) offsets in kernel order k = k0 * 9 + k1 * 3 + k2, offset (k0 - 1, k1 - 1, k2 - 1)
 # along the (x, y, z) columns: the layout (out, k0, k1, k2, in) of the reference weights.
@@ -34,6 +34,13 @@ def voxel_keys(grid: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
     g = grid.long()
     return ((batch.long() << (3 * _BITS)) | (g[:, 0] << (2 * _BITS)) | (g[:, 1] << _BITS)
             | g[:, 2])
+
+
+def decode_keys(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inverse of :func:`voxel_keys`: (N, 3) coordinates and (N,) events."""
+    mask = (1 << _BITS) - 1
+    grid = torch.stack([(keys >> (2 * _BITS)) & mask, (keys >> _BITS) & mask, keys & mask], dim=1)
+    return grid, keys >> (3 * _BITS)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import torch
 
 from detfm.errors import ConfigError
 
-__all__ = ["ORDERS", "DEPTH", "encode", "hilbert_encode", "z_order_encode", "serialize",
+__all__ = ["ORDERS", "DEPTH", "bit_length", "encode", "hilbert_encode", "z_order_encode", "serialize",
            "inverse_permutation"]
 
 ORDERS = ("z", "z-trans", "hilbert", "hilbert-trans")
@@ -75,20 +75,38 @@ def hilbert_encode(grid: torch.Tensor, depth: int = DEPTH) -> torch.Tensor:
     return code
 
 
+# Axis rotations that turn a depth-D Hilbert code into the depth-(D - t) one: for points
+# below 2^(D - t), hilbert(v, D - t) == hilbert(v[:, _TURNS[t % 3]], D) (each extra top level
+# of Skilling's transform only rotates the axes (x, y, z) -> (z, x, y)).
+_TURNS = ([0, 1, 2], [1, 2, 0], [2, 0, 1])
+
+
 def encode(grid: torch.Tensor, order: str, batch: torch.Tensor | None = None,
-           depth: int = DEPTH) -> torch.Tensor:
+           depth: int = DEPTH, shallower: torch.Tensor | None = None) -> torch.Tensor:
     """(N,) int64 code of ``order`` ("z", "z-trans", "hilbert", "hilbert-trans").
 
     "-trans" encodes the (y, x, z)-transposed coordinates. With ``batch`` (N,) the event
     index goes into the bits above ``3 * depth``, so sorting keeps events contiguous.
+    ``shallower`` (N,) int: encode point i at depth ``depth - shallower[i]`` instead (the
+    same code for z-order; a rotated curve for Hilbert), so events of one batch can each
+    have their own depth.
     """
     if order not in ORDERS:
         raise ConfigError(f"unknown serialization order {order!r}; valid: {', '.join(ORDERS)}")
     g = grid[:, [1, 0, 2]] if order.endswith("-trans") else grid
+    if order.startswith("hilbert") and shallower is not None:
+        turns = torch.as_tensor(_TURNS, device=g.device)[shallower % 3]  # (N, 3)
+        g = torch.gather(g, 1, turns)
     code = hilbert_encode(g, depth) if order.startswith("hilbert") else z_order_encode(g, depth)
     if batch is not None:
         code = code | (batch.long() << (3 * depth))
     return code
+
+
+def bit_length(values: torch.Tensor) -> torch.Tensor:
+    """Python's ``int.bit_length`` of every element of a non-negative integer tensor."""
+    _, exponent = torch.frexp(values.double())
+    return exponent.long()
 
 
 def inverse_permutation(perm: torch.Tensor) -> torch.Tensor:
