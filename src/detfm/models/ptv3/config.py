@@ -33,8 +33,8 @@ class PTv3Config(ModelConfig):
             than the encoder, index 0 = full resolution); empty = encoder only (Panda's
             enc_mode), whose per-point feature is the concatenation of the stages.
         orders: serialization orders; block i of a stage uses order i mod len(orders).
-        shuffle_orders: in training, permute which order each block uses (drawn from the
-            generator of the forward pass); evaluation always uses the listed order.
+        shuffle_orders: in training, permute which order each block uses, anew at every stage
+            (drawn from the generator of the forward pass); evaluation uses the listed order.
         mlp_ratio, qkv_bias: transformer block sizes.
         layer_scale: initial layer-scale value (Panda 1e-5); None for no layer scale.
         drop_path: stochastic depth at the last block (linear from 0), per event.

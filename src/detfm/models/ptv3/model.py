@@ -318,7 +318,9 @@ class PTv3(nn.Module):
         batch = batch.to(device)
         geo = self.geometry(batch)
         generator = generator if generator is not None else (self.generator if self.training else None)
-        orders = self._order_map(generator)
+        # which order each block uses, drawn per stage as the reference re-shuffles at every
+        # pooling; a decoder stage reuses its encoder stage's draw (same voxels)
+        orders = [self._order_map(generator) for _ in range(self.cfg.num_stages)]
         inputs = batch.feat
         if self.cfg.coord_features:
             inputs = torch.cat([normalised_coordinates(batch.coord, self.box_size), inputs], dim=1)
@@ -340,7 +342,7 @@ class PTv3(nn.Module):
             if s > 0:
                 x = stage.down(x, geo.pools[s - 1])
             for block in stage.blocks():
-                x = block(x, geo.levels[s], orders, generator)
+                x = block(x, geo.levels[s], orders[s], generator)
                 if block_id in keep:
                     kept[block_id] = (x, s)
                 block_id += 1
@@ -351,7 +353,7 @@ class PTv3(nn.Module):
                 stage = getattr(self.dec, f"dec{s}")
                 x = stage.up(x, skips[s], geo.pools[s])
                 for block in stage.blocks():
-                    x = block(x, geo.levels[s], orders, generator)
+                    x = block(x, geo.levels[s], orders[s], generator)
                     if block_id in keep:
                         kept[block_id] = (x, s)
                     block_id += 1
