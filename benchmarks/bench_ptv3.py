@@ -39,7 +39,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile, record_function
-from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+from torch.utils.flop_counter import (
+    FlopCounterMode,
+    sdpa_backward_flop_count,
+    sdpa_flop_count,
+)
 
 from detfm.data.batch import PackedBatch
 from detfm.data.collate import collate
@@ -120,10 +124,9 @@ def _category(name: str) -> str | None:
 def breakdown(step: Callable[[], None]) -> dict[str, float]:
     """Share of a step's CPU time per category: every op's self time goes to the innermost
     category scope around it (or its own name's category)."""
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        with record_function("bench.step"):
-            step()
-    root = [e for e in prof.events() if e.name == "bench.step"][0]
+    with profile(activities=[ProfilerActivity.CPU]) as prof, record_function("bench.step"):
+        step()
+    root = next(e for e in prof.events() if e.name == "bench.step")
     totals: dict[str, float] = {}
 
     def walk(event: Any, inherited: str | None) -> None:

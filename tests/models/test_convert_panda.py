@@ -12,8 +12,12 @@ import torch
 from safetensors.torch import save_file
 
 from detfm.errors import DataFormatError
-from detfm.models.convert_panda import (convert_panda, convert_panda_state, expected_layout,
-                                        read_checkpoint)
+from detfm.models.convert_panda import (
+    convert_panda,
+    convert_panda_state,
+    expected_layout,
+    read_checkpoint,
+)
 
 SHEET = Path(__file__).resolve().parents[3] / "shared" / "reference" / "panda_base_params.tsv"
 pytestmark = pytest.mark.skipif(not SHEET.exists(), reason="reference sheet not present")

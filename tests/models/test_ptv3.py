@@ -229,7 +229,13 @@ def test_intermediates(model: PTv3) -> None:
 
 
 def test_registration_and_rebuild_from_saved_config() -> None:
-    from detfm.models import build_model, config_from_yaml, create_model, list_models, unregister_model
+    from detfm.models import (
+        build_model,
+        config_from_yaml,
+        create_model,
+        list_models,
+        unregister_model,
+    )
     from detfm.models.ptv3 import register_all
     from detfm.models.uresnet import UResNet
     from detfm.models.uresnet import register_all as register_uresnet

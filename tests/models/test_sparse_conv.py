@@ -7,8 +7,15 @@ import torch
 import torch.nn.functional as F
 
 from detfm.errors import ConfigError
-from detfm.models.sparse import (SubMConv3d, grid_pool_map, kernel_map, max_pool, serialize,
-                                 submanifold_conv3d, unpool)
+from detfm.models.sparse import (
+    SubMConv3d,
+    grid_pool_map,
+    kernel_map,
+    max_pool,
+    serialize,
+    submanifold_conv3d,
+    unpool,
+)
 
 
 def _voxels(n: int, size: int, events: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -114,5 +114,5 @@ def test_bad_input_and_config() -> None:
     assert UResNetConfig.from_dict(TINY.to_dict()) == TINY
     for name, (cfg, _) in URESNET_SIZES.items():
         assert cfg.name == name
-    out, inter = model.forward_intermediates(_batch([_event(60, 7)]), layers=2)
+    _, inter = model.forward_intermediates(_batch([_event(60, 7)]), layers=2)
     assert [t.shape[1] for t in inter] == [16, 8]

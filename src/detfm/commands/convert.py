@@ -48,7 +48,12 @@ def convert_panda_command(args: argparse.Namespace) -> int:
 
     from detfm.engine.config import save_config
     from detfm.engine.manifest import write_manifest
-    from detfm.engine.runs import BACKBONE_FILE, BACKBONE_PREFIX, CONFIG_FILE, MODEL_FILE
+    from detfm.engine.runs import (
+        BACKBONE_FILE,
+        BACKBONE_PREFIX,
+        CONFIG_FILE,
+        MODEL_FILE,
+    )
     from detfm.io import atomic_path, atomic_write_text, check_output_dir, file_sha256
     from detfm.models.convert_panda import convert_checkpoint, panda_base_config
     from detfm.models.ptv3.sizes import ensure_registered

@@ -38,9 +38,18 @@ from detfm.models.ptv3.config import PTv3Config
 from detfm.models.ptv3.model import PTv3
 from detfm.models.ptv3.sizes import PTV3_SIZES
 
-__all__ = ["ConversionReport", "PANDA_PREFIXES", "check_panda_config", "convert_checkpoint", "convert_panda",
-           "convert_panda_state", "expected_layout", "panda_base_config", "panda_to_detfm_name",
-           "read_checkpoint"]
+__all__ = [
+    "PANDA_PREFIXES",
+    "ConversionReport",
+    "check_panda_config",
+    "convert_checkpoint",
+    "convert_panda",
+    "convert_panda_state",
+    "expected_layout",
+    "panda_base_config",
+    "panda_to_detfm_name",
+    "read_checkpoint",
+]
 
 # Prefixes the backbone sits under in the checkpoints pimm / Sonata / Panda write, tried in order.
 PANDA_PREFIXES = ("", "backbone.", "module.", "module.backbone.", "model.", "model.backbone.",

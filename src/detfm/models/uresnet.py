@@ -25,11 +25,16 @@ from detfm.models.config import ModelConfig, register_arch
 from detfm.models.contract import BackboneOutput, GroupRules
 from detfm.models.layers import seeded_init
 from detfm.models.sparse.conv import SubMConv3d
-from detfm.models.sparse.geometry import Geometry, Level, build_geometry, normalised_coordinates
+from detfm.models.sparse.geometry import (
+    Geometry,
+    Level,
+    build_geometry,
+    normalised_coordinates,
+)
 from detfm.models.sparse.pooling import PoolMap
 from detfm.models.sparse.serialization import inverse_permutation
 
-__all__ = ["UResNet", "UResNetConfig", "URESNET_SIZES", "register_all"]
+__all__ = ["URESNET_SIZES", "UResNet", "UResNetConfig", "register_all"]
 
 
 @register_arch

@@ -16,6 +16,7 @@ and drop-path drops whole events, so an event's output does not depend on its ba
 from __future__ import annotations
 
 from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -27,11 +28,20 @@ from detfm.errors import ConfigError, DataFormatError
 from detfm.models.contract import BackboneOutput, GroupRules
 from detfm.models.layers import seeded_init
 from detfm.models.ptv3.config import PTv3Config
-from detfm.models.sparse.conv import SubMConv3d, per_offset, submanifold_conv3d_per_offset
-from detfm.models.sparse.geometry import Geometry, Level, build_geometry, normalised_coordinates
+from detfm.models.sparse.conv import (
+    SubMConv3d,
+    per_offset,
+    submanifold_conv3d_per_offset,
+)
+from detfm.models.sparse.geometry import (
+    Geometry,
+    Level,
+    build_geometry,
+    normalised_coordinates,
+)
 from detfm.models.sparse.pooling import PoolMap, max_pool
 
-__all__ = ["PTv3", "EventDropPath", "normalised_coordinates"]
+__all__ = ["EventDropPath", "PTv3", "normalised_coordinates"]
 
 class EventDropPath(nn.Module):
     """Stochastic depth per event: a residual branch is dropped for all voxels of an event.

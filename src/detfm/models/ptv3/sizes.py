@@ -44,8 +44,8 @@ PTV3_SIZES: dict[str, tuple[PTv3Config, str]] = {
                    dec_depths=(), dec_channels=(), dec_num_head=(), dec_patch_size=(),
                    orders=("hilbert", "hilbert-trans", "z", "z-trans"), layer_scale=1e-5,
                    drop_path=0.3, mask_token=True, grid_size=0.001, serialization_depth=None),
-        "PTv3 base = Panda-Base encoder (widths 48-512, 21 blocks, 90.8 M); `detfm convert panda` "
-        "loads Panda checkpoints into it"),
+        ("PTv3 base = Panda-Base encoder (widths 48-512, 21 blocks, 90.8 M); `detfm convert panda` "
+         "loads Panda checkpoints into it")),
 }
 
 

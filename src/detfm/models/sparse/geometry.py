@@ -22,9 +22,20 @@ from torch.profiler import record_function
 from detfm.data.batch import PackedBatch
 from detfm.errors import ConfigError, DataFormatError
 from detfm.io import layout
-from detfm.models.sparse.hashing import MAX_BOX, KernelMap, decode_keys, kernel_map, voxel_keys
+from detfm.models.sparse.hashing import (
+    MAX_BOX,
+    KernelMap,
+    decode_keys,
+    kernel_map,
+    voxel_keys,
+)
 from detfm.models.sparse.pooling import PoolMap, grid_pool_map
-from detfm.models.sparse.serialization import DEPTH, bit_length, encode, inverse_permutation
+from detfm.models.sparse.serialization import (
+    DEPTH,
+    bit_length,
+    encode,
+    inverse_permutation,
+)
 
 __all__ = ["Geometry", "Level", "Windows", "build_geometry", "check_coordinates", "grid_coordinates",
            "normalised_coordinates"]

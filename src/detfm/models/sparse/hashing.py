@@ -15,7 +15,7 @@ import torch
 
 from detfm.errors import ConfigError
 
-__all__ = ["KernelMap", "decode_keys", "voxel_keys", "kernel_map", "KERNEL_OFFSETS", "MAX_BOX"]
+__all__ = ["KERNEL_OFFSETS", "MAX_BOX", "KernelMap", "decode_keys", "kernel_map", "voxel_keys"]
 
 _BITS = 11
 MAX_BOX = (1 << _BITS) - 1  # coordinates stay below this, so 2047 never occurs in a field

@@ -14,8 +14,16 @@ import torch
 
 from detfm.errors import ConfigError
 
-__all__ = ["ORDERS", "DEPTH", "bit_length", "encode", "hilbert_encode", "z_order_encode", "serialize",
-           "inverse_permutation"]
+__all__ = [
+    "DEPTH",
+    "ORDERS",
+    "bit_length",
+    "encode",
+    "hilbert_encode",
+    "inverse_permutation",
+    "serialize",
+    "z_order_encode",
+]
 
 ORDERS = ("z", "z-trans", "hilbert", "hilbert-trans")
 # Bits per axis: the 768-voxel box needs 10 (the depth the reference picks for it).
