@@ -127,6 +127,7 @@ def _pointwise_class() -> Any:
                 self.blocks = nn.ModuleList(nn.Sequential(nn.LayerNorm(cfg.width), nn.Linear(cfg.width, cfg.width),
                                                           nn.GELU()) for _ in range(cfg.depth))
                 self.norm = nn.LayerNorm(cfg.width)
+                self.mask_token = nn.Parameter(torch.zeros(1, cfg.width))
 
         @property
         def default_cfg(self) -> Any:
@@ -141,22 +142,26 @@ def _pointwise_class() -> Any:
             return 0
 
         def group_matcher(self) -> list[tuple[str, tuple[int, ...]]]:
-            return [(r"^stem\.", (0,)), (r"^blocks\.(\d+)\.", (1,)), (r"^norm\.", (2,))]
+            return [(r"^(?:stem|mask_token)", (0,)), (r"^blocks\.(\d+)\.", (1,)), (r"^norm\.", (2,))]
 
         def lora_targets(self) -> list[str]:
             return [f"blocks.{i}.1" for i in range(self.cfg.depth)]
 
         def forward_intermediates(self, batch: Any, layers: Any = None, norm: bool = False,
-                                  generator: torch.Generator | None = None) -> tuple[BackboneOutput, list[Any]]:
+                                  generator: torch.Generator | None = None, mask: Any = None
+                                  ) -> tuple[BackboneOutput, list[Any]]:
             x = self.stem(torch.cat([self.spec.normalise(batch.coord.float()), batch.feat.float()], dim=1))
+            if mask is not None:  # hidden points lose their inputs to the mask token
+                x = torch.where(mask[:, None], self.stem.bias + self.mask_token, x)
             kept = []
             for block in self.blocks:
                 x = x + block(x)
                 kept.append(self.norm(x) if norm else x)
-            out = BackboneOutput(point=self.norm(x), local=x.new_zeros(x.shape[0], 0))
+            out = BackboneOutput(point=self.norm(x), local=x.new_zeros(x.shape[0], 0), levels=tuple(kept))
             return out, kept
 
-        def forward_features(self, batch: Any, generator: torch.Generator | None = None) -> BackboneOutput:
-            return self.forward_intermediates(batch)[0]
+        def forward_features(self, batch: Any, generator: torch.Generator | None = None,
+                             mask: Any = None) -> BackboneOutput:
+            return self.forward_intermediates(batch, mask=mask)[0]
 
     return Pointwise

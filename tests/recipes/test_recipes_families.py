@@ -123,5 +123,8 @@ def test_unknown_task_and_wrong_family_objective_are_clear_errors(tiny_events: P
         _config(tiny_events, "pointwise_test", task="semsge")
     from detfm.recipes.pretrain import PretrainConfig, build_task
 
-    with pytest.raises(ConfigError, match="does not work on pointwise backbones"):
-        build_task(PretrainConfig(model="pointwise_test"))
+    with pytest.raises(ConfigError, match="has none: use a point-resolution backbone"):
+        build_task(PretrainConfig(model="pointmae_test", objective="distill"))
+    # masked modeling picks its form by family: patches for the patch transformer, voxel cells otherwise
+    assert type(build_task(PretrainConfig(model="pointwise_test"))).__name__ == "MaskedVoxelModeling"
+    assert type(build_task(PretrainConfig(model="pointmae_test"))).__name__ == "MaskedPointModeling"

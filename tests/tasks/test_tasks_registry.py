@@ -18,7 +18,8 @@ def test_registered_tasks_and_their_headline_metrics() -> None:
     assert semseg.config_cls is SegmentationConfig and semseg.headline == "macro_f1_4"
     assert semseg.class_names[semseg.excluded_class] == "low_energy"
     assert {get_task(t).unit for t in ("semseg", "pid", "event")} == {"point", "instance", "event"}
-    assert "mpm" in list_objectives() and get_objective("mpm").families == ("pointmae",)
+    assert list_objectives() == ["mpm", "distill"]
+    assert get_objective("distill").settings_field == "distill" and get_objective("mpm").settings_field == "task"
     with pytest.raises(ConfigError, match="did you mean 'pid'"):
         get_task("pdi")
     with pytest.raises(ConfigError, match="unknown pretraining objective"):

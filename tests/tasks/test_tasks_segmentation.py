@@ -293,7 +293,7 @@ def test_pid_head_overfits_the_particles_of_two_events(events: EventDataset) -> 
     batch = batch_of(events, [0, 1])
     task = ParticleID(tiny_backbone(), PIDConfig(freeze_backbone=True, focal_gamma=0.0)).train()
     opt = torch.optim.AdamW([p for p in task.parameters() if p.requires_grad], lr=1e-2)
-    for _ in range(30):
+    for _ in range(60):
         out = task(batch)
         opt.zero_grad()
         out["loss"].backward()

@@ -1,4 +1,4 @@
-"""`detfm pretrain`: pretrain a backbone on unlabeled events by masked point modeling."""
+"""`detfm pretrain`: pretrain a backbone on unlabeled events (masked modeling or self-distillation)."""
 
 from __future__ import annotations
 
@@ -8,17 +8,22 @@ from detfm.commands.configfile import check_yaml
 from detfm.commands.tracking import add_tracking_options, check_tracking, log_tracking
 from detfm.errors import DetfmError
 from detfm.io.outputs import check_output_dir
+from detfm.tasks.registry import get_objective, list_objectives
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``detfm pretrain``."""
-    p = sub.add_parser("pretrain", help="pretrain a backbone by masked point modeling",
-                       description="Pretrain a backbone on unlabeled events (masked point modeling with "
-                                   "energy infilling). Flags override --config; the resolved config is "
+    p = sub.add_parser("pretrain", help="pretrain a backbone on unlabeled events",
+                       description="Pretrain a backbone on unlabeled events: masked point modeling with "
+                                   "energy infilling (--objective mpm, the default) or point-level "
+                                   "self-distillation (--objective distill, point-resolution backbones such "
+                                   "as ptv3_micro). Flags override --config; the resolved config is "
                                    "saved as OUT/config.yaml. Multi-GPU/CPU: launch the same command with "
                                    "`torchrun --nproc_per_node N -m detfm.cli pretrain ...`.")
     p.add_argument("--data", nargs="+", metavar="FILE", help="event files (PILArNet-M layout)")
     p.add_argument("--model", help="backbone name (default pointmae_tiny; see --list-models)")
+    p.add_argument("--objective", choices=list_objectives(),
+                   help="; ".join(f"{o}: {get_objective(o).description}" for o in list_objectives()))
     p.add_argument("--steps", type=int, help="optimiser steps")
     p.add_argument("--batch-size", type=int, help="events per step (global, over all processes)")
     p.add_argument("--lr", type=float, help="peak learning rate")
@@ -55,8 +60,13 @@ def _pretrain(args: argparse.Namespace) -> int:
         cfg = PretrainConfig()
     train_over = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size), ("lr", args.lr),
                                     ("seed", args.seed), ("num_workers", args.num_workers)) if v is not None}
+    if args.objective:
+        cfg = dataclasses.replace(cfg, objective=args.objective)
     if args.seed is not None:
-        cfg = dataclasses.replace(cfg, task=dataclasses.replace(cfg.task, seed=args.seed))
+        cfg = dataclasses.replace(cfg, task=dataclasses.replace(cfg.task, seed=args.seed),
+                                  distill=dataclasses.replace(cfg.distill, seed=args.seed))
+    if args.steps is not None:  # the self-distillation schedules span the run
+        cfg = dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, schedule_steps=args.steps))
     cfg = dataclasses.replace(
         cfg, model=args.model or cfg.model,
         data=dataclasses.replace(cfg.data, paths=tuple(args.data)) if args.data else cfg.data,
@@ -65,6 +75,6 @@ def _pretrain(args: argparse.Namespace) -> int:
     result = run_pretrain(cfg, args.out, resume=args.resume)
     print(f"pretrained {cfg.model} for {result.steps} steps in {result.seconds:.0f} s "
           f"({result.events_per_second:.1f} events/s), final loss {result.final_loss}")
-    print(f"run directory: {args.out}")
+    print(f"objective: {cfg.objective}; run directory: {args.out}")
     log_tracking(args, args.out)
     return 0

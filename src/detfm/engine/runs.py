@@ -130,10 +130,11 @@ def load_objective(run_dir: str | os.PathLike[str], *, map_location: str = "cpu"
     backbone = backbone_config(run_dir)
     settings = run_settings(run_dir, "pretraining run")
     spec = get_objective(str(settings.get("objective", "mpm")))
-    task_settings = settings.get("task") or {}
+    task_settings = settings.get(spec.settings_field) or {}
     if not isinstance(task_settings, dict):
-        raise DetfmError(f"{run_dir}: not a pretraining run ('task' in {CONFIG_FILE} is not a mapping of "
-                         f"{spec.name} settings)")
+        raise DetfmError(f"{run_dir}: not a pretraining run ('{spec.settings_field}' in {CONFIG_FILE} is not a "
+                         f"mapping of {spec.name} settings)")
+    task_settings = {k: tuple(v) if isinstance(v, list) else v for k, v in task_settings.items()}
     valid = {f.name for f in dataclasses.fields(spec.config_cls)}
     if unknown := sorted(set(task_settings) - valid):
         raise DetfmError(f"{run_dir}: unknown {spec.name} setting(s) {unknown} in {CONFIG_FILE}")

@@ -23,6 +23,7 @@ from detfm.errors import ConfigError, DetfmError
 from detfm.io import atomic_write_text
 from detfm.models import create_model
 from detfm.tasks import MPMConfig
+from detfm.tasks.distill import DistillConfig
 from detfm.tasks.registry import get_objective, list_objectives
 
 __all__ = ["CONFIG_FILE", "MODEL_FILE", "DataConfig", "PretrainConfig", "build_dataset", "build_task",
@@ -52,14 +53,15 @@ class DataConfig:
 class PretrainConfig:
     """Everything that defines a pretraining run (saved as ``config.yaml`` in the run).
 
-    ``objective`` names a registered pretraining objective (``detfm.tasks.registry``);
-    ``task`` holds its settings.
+    ``objective`` names a registered pretraining objective (``detfm.tasks.registry``); its
+    settings are in ``task`` (masked modeling, ``mpm``) or ``distill`` (self-distillation).
     """
 
     model: str = "pointmae_tiny"
     model_overrides: dict[str, Any] = field(default_factory=dict)
     objective: str = "mpm"
     task: MPMConfig = field(default_factory=MPMConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
@@ -83,10 +85,10 @@ def build_task(cfg: PretrainConfig) -> torch.nn.Module:
     spec = get_objective(cfg.objective)
     backbone = create_model(cfg.model, **cfg.model_overrides)
     arch = backbone.default_cfg.arch
-    if arch not in spec.families:
+    if spec.families is not None and arch not in spec.families:
         raise ConfigError(f"objective '{cfg.objective}' does not work on {arch} backbones ({cfg.model}); "
                           f"objectives: {', '.join(list_objectives())}")
-    return spec.build(backbone, cfg.task)
+    return spec.build(backbone, getattr(cfg, spec.settings_field))
 
 
 def run_pretrain(cfg: PretrainConfig, out_dir: str | os.PathLike[str], resume: bool = False) -> TrainResult:

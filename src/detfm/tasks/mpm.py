@@ -60,6 +60,8 @@ class MPMConfig:
         huber_delta: Huber threshold of the energy loss (PoLAr-MAE: 0.2, in feature units).
         energy_hidden: width of the energy head.
         seed: seed of the masking / drop-path streams.
+        mask_cell: point-resolution backbones only (:mod:`detfm.tasks.mvm`): the grid cell, in
+            voxels, whose points are hidden together.
     """
 
     mask_ratio: float = 0.6
@@ -72,6 +74,7 @@ class MPMConfig:
     huber_delta: float = 0.2
     energy_hidden: int = 128
     seed: int = 0
+    mask_cell: float = 8.0
 
     def __post_init__(self) -> None:
         if not 0.0 < self.mask_ratio < 1.0:
@@ -177,7 +180,9 @@ class MaskedPointModeling(nn.Module):
 
     @classmethod
     def from_config(cls, backbone: nn.Module, cfg: MPMConfig) -> MaskedPointModeling:
-        return cls(backbone, **dataclasses.asdict(cfg))
+        settings = dataclasses.asdict(cfg)
+        settings.pop("mask_cell")  # patches are hidden whole
+        return cls(backbone, **settings)
 
     # -- randomness -----------------------------------------------------------------
     def make_generator(self) -> torch.Generator:

@@ -21,9 +21,11 @@ from detfm.data import PackedBatch
 
 from detfm.data.datasets import DEFAULT_DATASET, get_dataset
 from detfm.errors import ConfigError
+from detfm.tasks.distill import DistillConfig, SelfDistillation
 from detfm.tasks.event import EventClassification, EventConfig, leading_particle_label
 from detfm.tasks.heads import AdaptationTask, HeadConfig
 from detfm.tasks.mpm import MaskedPointModeling, MPMConfig
+from detfm.tasks.mvm import MaskedVoxelModeling
 from detfm.tasks.pid import ParticleID, PIDConfig, instance_labels
 from detfm.tasks.segmentation import SegmentationConfig, SemanticSegmentation
 
@@ -70,13 +72,16 @@ class TaskSpec:
 @dataclass(frozen=True)
 class ObjectiveSpec:
     """A pretraining objective: ``build(backbone, cfg)`` gives the task the engine trains;
-    ``families`` lists the backbone families (``arch``) it works on."""
+    ``families`` lists the backbone families (``arch``) it works on (None: any backbone the
+    builder accepts; it raises a clear error for the others); ``settings_field`` names the
+    field of a pretraining run's config that holds its ``config_cls`` settings."""
 
     name: str
     config_cls: type
     build: Callable[[nn.Module, Any], nn.Module]
-    families: tuple[str, ...]
+    families: tuple[str, ...] | None
     description: str
+    settings_field: str
 
 
 _TASKS: dict[str, TaskSpec] = {}
@@ -140,6 +145,18 @@ register_task(TaskSpec(
     description="event classification by the leading particle's type",
     labels=leading_particle_label, prediction_prefix="event_"))
 
+
+def _masked_modeling(backbone: nn.Module, cfg: MPMConfig) -> nn.Module:
+    """Patches hidden whole for the patch transformer; grid cells of voxels for the others."""
+    if backbone.default_cfg.arch == "pointmae":
+        return MaskedPointModeling.from_config(backbone, cfg)
+    return MaskedVoxelModeling(backbone, cfg)
+
+
 register_objective(ObjectiveSpec(
-    name="mpm", config_cls=MPMConfig, build=MaskedPointModeling.from_config, families=("pointmae",),
-    description="masked point modeling with energy infilling (PoLAr-MAE)"))
+    name="mpm", config_cls=MPMConfig, build=_masked_modeling, families=None,
+    description="masked point modeling with energy infilling (PoLAr-MAE; voxel cells on point-resolution "
+                "backbones)", settings_field="task"))
+register_objective(ObjectiveSpec(
+    name="distill", config_cls=DistillConfig, build=SelfDistillation.from_config, families=None,
+    description="point-level self-distillation with an EMA teacher (Sonata / Panda)", settings_field="distill"))
