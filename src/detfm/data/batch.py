@@ -22,6 +22,8 @@ class PackedBatch:
         energy: (P,) float32 raw voxel value in MeV (regression target for energy infilling).
         semantic, pid, instance, interaction: (P,) int64 labels, or None for unlabeled data.
         index: (B,) int64 dataset index of each event (to align predictions with files).
+        particle_energy, particle_start: (P,) and (P, 3) float32 kinetic energy (MeV) and
+            start point (voxels) of each point's particle instance (NaN: unknown), or None.
     """
 
     coord: torch.Tensor
@@ -33,6 +35,8 @@ class PackedBatch:
     instance: torch.Tensor | None = None
     interaction: torch.Tensor | None = None
     index: torch.Tensor | None = None
+    particle_energy: torch.Tensor | None = None
+    particle_start: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.offsets.numel() - 1)

@@ -79,6 +79,12 @@ def collate(samples: Sequence[Sample]) -> PackedBatch:
             labels[name] = None
         else:
             raise ValueError(f"some samples have '{name}' labels and some do not")
+    for name in ("particle_energy", "particle_start"):  # per-particle truth, repeated per point
+        parts = [getattr(s, name) for s in samples]
+        if all(p is not None for p in parts):
+            labels[name] = torch.from_numpy(np.concatenate(parts).astype(np.float32, copy=False))
+        else:  # a sample without it (e.g. made by hand): none of the batch has it
+            labels[name] = None
 
     return PackedBatch(
         coord=torch.from_numpy(np.ascontiguousarray(coord)),

@@ -27,6 +27,7 @@ import torch
 from tqdm import tqdm
 
 from detfm.data.collate import log_energy_feature
+from detfm.data.particle_truth import particle_truth
 from detfm.errors import ConfigError, DataFormatError
 from detfm.io import Event, EventFile, check_event, event_from_raw, layout
 
@@ -49,6 +50,9 @@ class Sample:
         index: the event's global number across the dataset's files (see module docstring).
         feat: (N, C) float32 model input features, or None to let the dataset / collate
             compute them from ``energy``.
+        particle_energy, particle_start: (N,) and (N, 3) float32 kinetic energy (MeV) and
+            start point (voxels) of each point's particle instance, NaN where unknown
+            (:mod:`detfm.data.particle_truth`); None without labels.
     """
 
     coord: np.ndarray
@@ -59,6 +63,8 @@ class Sample:
     interaction: np.ndarray | None = None
     index: int = -1
     feat: np.ndarray | None = None
+    particle_energy: np.ndarray | None = None
+    particle_start: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = self.energy.shape[0] if self.energy.ndim == 1 else -1
@@ -71,6 +77,10 @@ class Sample:
                 raise ValueError(f"Sample.{name} must have shape ({n},), got {v.shape}")
         if self.feat is not None and (self.feat.ndim != 2 or self.feat.shape[0] != n):
             raise ValueError(f"Sample.feat must have shape ({n}, C), got {self.feat.shape}")
+        if self.particle_energy is not None and self.particle_energy.shape != (n,):
+            raise ValueError(f"Sample.particle_energy must have shape ({n},), got {self.particle_energy.shape}")
+        if self.particle_start is not None and self.particle_start.shape != (n, 3):
+            raise ValueError(f"Sample.particle_start must have shape ({n}, 3), got {self.particle_start.shape}")
 
     @property
     def n_points(self) -> int:
@@ -364,6 +374,9 @@ class EventDataset(torch.utils.data.Dataset[Sample]):
         labels = {}
         if self.labels:
             labels = {name: getattr(event, name)[keep] for name in LABEL_FIELDS}
+            truth_energy, truth_start = particle_truth(event)
+            labels["particle_energy"] = np.ascontiguousarray(truth_energy[keep])
+            labels["particle_start"] = np.ascontiguousarray(truth_start[keep])
         sample = Sample(coord=np.ascontiguousarray(event.coords[keep], dtype=np.float32),
                         energy=np.ascontiguousarray(event.energy[keep], dtype=np.float32),
                         index=event_id, **labels)

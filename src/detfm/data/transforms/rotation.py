@@ -60,4 +60,7 @@ class RandomRotation:
     def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
         r = random_rotation_matrix(rng, self.axis)
         coord = (sample.coord.astype(np.float64) - self.centre) @ r.T + self.centre
+        if sample.particle_start is not None:  # particle start points turn with the points
+            start = (sample.particle_start.astype(np.float64) - self.centre) @ r.T + self.centre
+            return replace(sample, coord=coord.astype(np.float32), particle_start=start.astype(np.float32))
         return replace(sample, coord=coord.astype(np.float32))
