@@ -93,3 +93,81 @@ def segment_pieces(start, end, n_box, capacity):
     for i in range(start.shape[0]):
         k = _walk(start[i], end[i], n_box, i, out_row, out_key, out_frac, k)
     return out_row[:k], out_key[:k], out_frac[:k]
+
+
+@njit(cache=True)
+def segment_deposits(start, end, frag, de, elec, dx, time, n_box, capacity, longest):
+    """Per (voxel, fragment) run: what every segment leaves in every voxel it crosses.
+
+    Like :func:`segment_pieces`, with each segment's ``de``, ``elec`` and ``dx`` shared by
+    path fraction and consecutive pieces of one fragment in one voxel (a track's steps
+    meeting inside a voxel) summed into one entry, which keeps the response's sort short.
+
+    Args:
+        start, end: (K, 3) segment end points in voxel units.
+        frag: (K,) int64 fragment of each segment.
+        de, elec, dx, time: (K,) energy, electrons, length and time of each segment.
+        n_box: voxels per axis.
+        capacity: at least ``max_pieces(start, end).sum()``.
+        longest: at least ``max_pieces(start, end).max()``.
+
+    Returns:
+        (key, frag, de, elec, dx, time) per entry; time is the earliest segment's.
+    """
+    o_key = np.empty(capacity, np.int64)
+    o_frag = np.empty(capacity, np.int64)
+    o_de = np.empty(capacity, np.float64)
+    o_elec = np.empty(capacity, np.float64)
+    o_dx = np.empty(capacity, np.float64)
+    o_time = np.empty(capacity, np.float64)
+    s_row = np.empty(longest, np.int64)
+    s_key = np.empty(longest, np.int64)
+    s_frac = np.empty(longest, np.float64)
+    n = 0
+    for i in range(start.shape[0]):
+        m = _walk(start[i], end[i], n_box, i, s_row, s_key, s_frac, 0)
+        f = frag[i]
+        for j in range(m):
+            w = s_frac[j]
+            if n > 0 and o_key[n - 1] == s_key[j] and o_frag[n - 1] == f:
+                o_de[n - 1] += de[i] * w
+                o_elec[n - 1] += elec[i] * w
+                o_dx[n - 1] += dx[i] * w
+                o_time[n - 1] = min(o_time[n - 1], time[i])
+            else:
+                o_key[n] = s_key[j]
+                o_frag[n] = f
+                o_de[n] = de[i] * w
+                o_elec[n] = elec[i] * w
+                o_dx[n] = dx[i] * w
+                o_time[n] = time[i]
+                n += 1
+    return o_key[:n], o_frag[:n], o_de[:n], o_elec[:n], o_dx[:n], o_time[:n]
+
+
+@njit(cache=True)
+def diffused_endpoints(pos, dx, direction, shift, frag):
+    """(start, end) of every step segment moved by diffusion (see response.diffused_segments)."""
+    k = pos.shape[0]
+    start = np.empty((k, 3))
+    end = np.empty((k, 3))
+    for i in range(k):
+        for a in range(3):
+            half = 0.5 * dx[i] * direction[i, a]
+            start[i, a] = pos[i, a] - half + shift[i, a]
+            end[i, a] = pos[i, a] + half + shift[i, a]
+    for i in range(k - 1):
+        if frag[i + 1] != frag[i] or dx[i] <= 0.0 or dx[i + 1] <= 0.0:
+            continue
+        if (direction[i, 0] == 0.0 and direction[i, 1] == 0.0 and direction[i, 2] == 0.0) or (
+                direction[i + 1, 0] == 0.0 and direction[i + 1, 1] == 0.0 and direction[i + 1, 2] == 0.0):
+            continue
+        gap = 0.0
+        for a in range(3):
+            e0 = pos[i, a] + 0.5 * dx[i] * direction[i, a]
+            s1 = pos[i + 1, a] - 0.5 * dx[i + 1] * direction[i + 1, a]
+            gap = max(gap, abs(s1 - e0))
+        if gap < 1e-6:  # step i + 1 continues step i: its start and i's end move together
+            for a in range(3):
+                end[i, a] = pos[i, a] + 0.5 * dx[i] * direction[i, a] + shift[i + 1, a]
+    return start, end

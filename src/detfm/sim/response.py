@@ -86,15 +86,15 @@ def render(truth: TruthEvent, detector: DetectorModel, rng: np.random.Generator)
 
     # 2. Voxelise: each (shifted) step segment is shared among the voxels it crosses in
     # proportion to path length; int64 key (x * 768 + y) * 768 + z sorts by (x, y, z).
-    row, piece_keys, frac = step_pieces(start, end)
+    p_key, p_frag, p_de, p_elec, p_dx, p_time = _voxel_entries(start, end, dep, electrons)
     noise_keys, noise_electrons = _noise(detector, rng)
     n_noise = len(noise_keys)
-    keys = np.concatenate([piece_keys, noise_keys])
-    frag = np.concatenate([dep.frag[row], np.full(n_noise, -1)]).astype(np.int64)
-    elec = np.concatenate([electrons[row] * frac, noise_electrons])
-    de = np.concatenate([dep.de_mev[row] * frac, np.zeros(n_noise)])
-    dx_mm = np.concatenate([dep.dx_cm[row] * frac * 10.0, np.zeros(n_noise)])
-    time = np.concatenate([dep.time_ns[row], np.full(n_noise, np.inf)])
+    keys = np.concatenate([p_key, noise_keys])
+    frag = np.concatenate([p_frag, np.full(n_noise, -1)]).astype(np.int64)
+    elec = np.concatenate([p_elec, noise_electrons])
+    de = np.concatenate([p_de, np.zeros(n_noise)])
+    dx_mm = np.concatenate([p_dx * 10.0, np.zeros(n_noise)])
+    time = np.concatenate([p_time, np.full(n_noise, np.inf)])
     # One sort by (voxel, fragment) groups entries per voxel and per (voxel, fragment); the
     # combined key stays below 2^63 for up to ~2e10 fragments. The stable sort (timsort)
     # profits from the runs that deposits along a track make.
@@ -148,15 +148,20 @@ def diffused_segments(dep: Deposits, shift_cm: np.ndarray) -> tuple[np.ndarray, 
     dotted one). Point-like deposits (no length or direction) just move.
     """
     direction = np.zeros((len(dep), 3)) if dep.direction is None else np.asarray(dep.direction, np.float64)
-    half = 0.5 * dep.dx_cm[:, None] * direction
-    start0, end0 = dep.pos_cm - half, dep.pos_cm + half
-    end_shift = shift_cm.copy()
-    if len(dep) > 1:
-        has_length = (dep.dx_cm > 0) & (np.abs(direction).sum(axis=1) > 0)
-        follows = ((dep.frag[1:] == dep.frag[:-1]) & has_length[1:] & has_length[:-1]
-                   & (np.abs(start0[1:] - end0[:-1]).max(axis=1) < 1e-6))
-        end_shift[:-1][follows] = shift_cm[1:][follows]
-    return start0 + shift_cm, end0 + end_shift
+    return _voxelize.diffused_endpoints(np.ascontiguousarray(dep.pos_cm, np.float64),
+                                        np.asarray(dep.dx_cm, np.float64), np.ascontiguousarray(direction),
+                                        np.ascontiguousarray(shift_cm, np.float64), np.asarray(dep.frag, np.int64))
+
+
+def _voxel_entries(start_cm: np.ndarray, end_cm: np.ndarray, dep: Deposits, electrons: np.ndarray
+                   ) -> tuple[np.ndarray, ...]:
+    """(key, fragment, dE, electrons, dx in cm, time) per (voxel, fragment) run of the segments."""
+    start = np.ascontiguousarray(start_cm, np.float64) / layout.VOXEL_SIZE_CM
+    end = np.ascontiguousarray(end_cm, np.float64) / layout.VOXEL_SIZE_CM
+    bound = _voxelize.max_pieces(start, end) if len(start) else np.zeros(1, np.int64)
+    return _voxelize.segment_deposits(start, end, dep.frag.astype(np.int64), dep.de_mev.astype(np.float64),
+                                      electrons, dep.dx_cm.astype(np.float64), dep.time_ns.astype(np.float64),
+                                      _N, int(bound.sum()), int(bound.max()))
 
 
 def step_pieces(start_cm: np.ndarray, end_cm: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
