@@ -9,6 +9,7 @@ from detfm.evaluate.conformal import ConformalPredictor, conformal_summary, fit_
 from detfm.evaluate.ensemble import ensemble_probs, ensemble_summary, mutual_information, predictive_entropy
 from detfm.evaluate.metrics import (accuracy, confusion_matrix, macro_f1, per_class_f1, per_class_precision,
                                     per_class_recall)
+from detfm.evaluate import particles as particles  # registers the particles scorer
 from detfm.evaluate.outputs import ParticleOutputs, PointOutputs, collect_particle_outputs, collect_point_outputs
 from detfm.evaluate.probe import (PointFeatures, ProbeResult, compare_probes, extract_point_features,
                                   fit_probe, linear_probe)

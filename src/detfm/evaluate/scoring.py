@@ -10,7 +10,7 @@ view leaves out (semseg: low-energy deposits, the reference's 4-class score).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -30,10 +30,22 @@ from detfm.evaluate.metrics import (
 )
 from detfm.tasks.registry import TaskSpec
 
-__all__ = ["argmax_without", "eval_batches", "json_float", "renumber_without", "score_task", "task_confusion"]
+__all__ = ["Scorer", "argmax_without", "eval_batches", "json_float", "register_scorer", "renumber_without",
+           "score_task", "task_confusion"]
 
 # The count key of each unit in the scores (kept from the first release of the scores files).
 _COUNT_KEY = {"point": "points", "instance": "instances", "event": "scored_events"}
+
+
+# A task scored by more than a confusion matrix of its items (set prediction: finding, panoptic
+# quality, energy) registers its own scorer: scorer(task, spec, dataset, batch_size, progress).
+Scorer = Callable[[nn.Module, TaskSpec, Any, int, bool], dict[str, Any]]
+_SCORERS: dict[str, Scorer] = {}
+
+
+def register_scorer(task_name: str, scorer: Scorer) -> None:
+    """Make :func:`score_task` score the task ``task_name`` with ``scorer``."""
+    _SCORERS[task_name] = scorer
 
 
 def json_float(x: float | None) -> float | None:
@@ -109,6 +121,9 @@ def score_task(task: nn.Module, spec: TaskSpec, dataset: EventDataset, batch_siz
     there are two views: all classes (``macro_f1_5``, ...) and without it (``macro_f1_4``,
     ``f1_4``, ``confusion_4``), as the reference evaluation scores segmentation.
     """
+    scorer = _SCORERS.get(spec.name)
+    if scorer is not None:  # the task's own scores (see register_scorer)
+        return {"split": "test", "events": len(dataset), **scorer(task, spec, dataset, batch_size, progress)}
     classes = spec.class_names
     cm, cm_kept = task_confusion(task, dataset, len(classes), spec.excluded_class, batch_size, progress)
     head = {"split": "test", "events": len(dataset)}

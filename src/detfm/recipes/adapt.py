@@ -4,8 +4,9 @@ Sits next to :mod:`detfm.recipes.pretrain` (after the engine): it wires public p
 ``detfm finetune`` wraps :func:`run_finetune`, ``detfm predict`` wraps :func:`predict_file`.
 
 Tasks: ``semseg`` (per-point semantic segmentation, :mod:`detfm.tasks.segmentation`),
-``pid`` (particle identification of the given particle instances, :mod:`detfm.tasks.pid`) and
-``event`` (event classification by the leading particle, :mod:`detfm.tasks.event`).
+``pid`` (particle identification of the given particle instances, :mod:`detfm.tasks.pid`),
+``event`` (event classification by the leading particle, :mod:`detfm.tasks.event`) and
+``particles`` (finding the particles by set prediction, :mod:`detfm.tasks.particles`).
 
 Modes (one recipe, one switch):
 
@@ -62,6 +63,7 @@ from detfm.evaluate.scoring import json_float, score_task
 from detfm.io import atomic_path, atomic_write_text
 from detfm.models import ModelConfig, build_model, config_from_yaml, model_config
 from detfm.models.lora import apply_lora, merge_lora
+from detfm.recipes.particle_predict import write_particle_predictions
 from detfm.recipes.pretrain import DataConfig, build_dataset, load_run_config
 from detfm.tasks.heads import AdaptationTask
 from detfm.tasks.registry import get_task
@@ -428,6 +430,9 @@ def predict_file(run_dir: str | os.PathLike[str], data: str | os.PathLike[str],
       ``pid_pred`` (uint8) and ``group`` (int64 group id of each particle).
     * ``event`` runs: ``event_probs`` ((events, 5) ``dtype``) and ``event_pred`` (int16); an
       event with no point above the threshold gets NaN probabilities and class -1.
+    * ``particles`` runs: per particle the model found, class probabilities, point
+      indices, kinetic energy and start (:mod:`detfm.recipes.particle_predict`); ``data``
+      needs no labels.
 
     Events with no point above the threshold get empty rows.
     """
@@ -453,6 +458,14 @@ def predict_file(run_dir: str | os.PathLike[str], data: str | os.PathLike[str],
     import h5py
 
     t0 = time.perf_counter()
+    if spec.unit == "particle":  # set prediction: rows per found particle (recipes.particle_predict)
+        attrs = {"format": PREDICT_FORMAT, "task": cfg.task, "classes": json.dumps(list(spec.class_names)),
+                 "num_classes": num_classes, "energy_threshold": dataset.energy_threshold,
+                 "model_run": str(Path(run_dir).resolve()), "source_file": str(src.resolve()),
+                 "point_order": "points with value >= energy_threshold, in stored order"}
+        points = write_particle_predictions(task, dataset, dst, attrs, batch_size=batch_size, dtype=dtype,
+                                            device=device, progress=progress)
+        return PredictReport(path=dst, events=len(dataset), points=points, seconds=time.perf_counter() - t0)
     total_points = 0
     n = len(dataset)
     with atomic_path(dst) as tmp, h5py.File(tmp, "w") as h5, torch.no_grad(), \

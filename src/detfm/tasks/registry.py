@@ -26,13 +26,14 @@ from detfm.tasks.event import EventClassification, EventConfig, leading_particle
 from detfm.tasks.heads import AdaptationTask, HeadConfig
 from detfm.tasks.mpm import MaskedPointModeling, MPMConfig
 from detfm.tasks.mvm import MaskedVoxelModeling
+from detfm.tasks.particles import Particles, ParticlesConfig, particle_labels
 from detfm.tasks.pid import ParticleID, PIDConfig, instance_labels
 from detfm.tasks.segmentation import SegmentationConfig, SemanticSegmentation
 
 __all__ = ["ObjectiveSpec", "TaskSpec", "get_objective", "get_task", "list_objectives", "list_tasks",
            "register_objective", "register_task"]
 
-Unit = Literal["point", "instance", "event"]
+Unit = Literal["point", "instance", "event", "particle"]
 
 
 @dataclass(frozen=True)
@@ -43,8 +44,9 @@ class TaskSpec:
         name: what ``--task`` takes.
         config_cls: its :class:`~detfm.tasks.heads.HeadConfig` subclass.
         build: ``build(backbone, cfg) -> AdaptationTask``.
-        unit: what one scored item is (a point, a particle instance, an event); the task's
-            ``scored_items(batch)`` returns their labels (-1: not scored) and logits.
+        unit: what one scored item is (a point, a particle instance, an event, a particle the
+            task finds itself); the task's ``scored_items(batch)`` returns their labels (-1:
+            not scored) and logits.
         headline: the metric a study summarises and a card shows first.
         per_class: the key of the per-class F1 table that goes with the headline.
         class_names: the classes, in label order.
@@ -144,6 +146,11 @@ register_task(TaskSpec(
     per_class="f1", class_names=_LARTPC.pid_classes, excluded_class=None,
     description="event classification by the leading particle's type",
     labels=leading_particle_label, prediction_prefix="event_"))
+register_task(TaskSpec(
+    name="particles", config_cls=ParticlesConfig, build=Particles, unit="particle", headline="pq", per_class="f1",
+    class_names=_LARTPC.pid_classes, excluded_class=None,
+    description="particle finding and ID by set prediction (queries, masks, energy, start; Mask2Former-style)",
+    labels=particle_labels, prediction_prefix="particle_"))
 
 
 def _masked_modeling(backbone: nn.Module, cfg: MPMConfig) -> nn.Module:
