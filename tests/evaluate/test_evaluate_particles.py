@@ -4,15 +4,24 @@ the calorimetric baseline, the scoring loop's scorer, and the comparison with tr
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+from detfm_testing import register_test_models
 
+from detfm.data import EventDataset
+from detfm.data.transforms.subsample import Subsample
+from detfm.errors import DetfmError
+from detfm.evaluate.particle_display import display_particles, render_particles
 from detfm.evaluate.particles import (
     ParticleRecords,
     compare_with_truth_pid,
     particle_scores,
 )
 from detfm.evaluate.scoring import _SCORERS
+from detfm.models import create_model
+from detfm.tasks.particles import Particles, ParticlesConfig
 from detfm.tasks.registry import get_task
 
 CLASSES = get_task("particles").class_names  # photon, electron, muon, pion, proton
@@ -123,3 +132,23 @@ def test_scorer_is_registered_and_comparison_with_truth_instance_pid() -> None:
     assert cmp["per_class"]["muon"]["set_prediction_efficiency"] == 1.0
     assert cmp["per_class"]["muon"]["truth_instance_efficiency"] == 0.9
     assert cmp["truth_instance_macro_f1"] == 0.85 and cmp["macro_f1_on_found"] == s["macro_f1"]
+
+
+def test_particle_display_draws_truth_and_prediction(tmp_path: Path, tiny_events: Path) -> None:
+    coord = np.array([[0, 0, 0], [3, 1, 0], [6, 2, 1], [50, 50, 50], [53, 52, 50], [80, 10, 5]], np.float64)
+    out = render_particles(coord, np.array([0, 0, 0, 1, 1, -1]), np.array([2, 1]),
+                           np.array([0, 0, 0, -1, -1, 1]), np.array([2, 0]), tmp_path / "p.png",
+                           class_names=CLASSES, truth_energy=np.array([100.0, np.nan]),
+                           pred_energy=np.array([90.0, 5.0]), truth_start=np.zeros((2, 3)))
+    assert out.stat().st_size > 10_000 and out.read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(DetfmError, match=".png"):
+        render_particles(coord, np.zeros(6, np.int64), np.array([2]), np.zeros(6, np.int64), np.array([2]),
+                         tmp_path / "p.html", class_names=CLASSES)
+    with pytest.raises(DetfmError, match="particle ids"):
+        render_particles(coord, np.full(6, 3), np.array([2]), np.zeros(6, np.int64), np.array([2]),
+                         tmp_path / "q.png", class_names=CLASSES)
+    register_test_models()
+    task = Particles(create_model("pointwise_test"), ParticlesConfig(hidden=16, num_heads=2, num_queries=4))
+    sample = EventDataset([tiny_events], transform=Subsample(200))[0]
+    assert display_particles(task, sample, tmp_path / "e.png").is_file()
+    assert task.training  # the task's mode is restored
