@@ -11,6 +11,7 @@ import pytest
 from detfm.io import layout
 from detfm.sim.detector import NOMINAL
 from detfm.sim.labels import (COMPTON_MAX_LOW_VOXELS, DELTA_MIN_VOXELS, PRIORITY_OF_ROLE, SEMANTIC_OF_ROLE,
+                              SMALL_FRAGMENT_VOXELS,
                               apply_size_cuts, semantic_of, voxel_owner)
 from detfm.sim.response import render
 from detfm.sim.truth import Deposits, Fragments, Role, TruthEvent
@@ -76,18 +77,22 @@ def test_noise_never_owns_a_voxel_with_a_fragment_and_unsorted_input_is_fine() -
 @pytest.mark.parametrize("role, n_voxels, survives", [
     (Role.DELTA, DELTA_MIN_VOXELS - 1, False), (Role.DELTA, DELTA_MIN_VOXELS, True),
     (Role.COMPTON, COMPTON_MAX_LOW_VOXELS, False), (Role.COMPTON, COMPTON_MAX_LOW_VOXELS + 1, True),
-    (Role.LOW_ENERGY, 50, False), (Role.TRACK, 1, True), (Role.MICHEL, 1, True), (Role.SHOWER, 1, True),
+    (Role.LOW_ENERGY, 50, False),
+    (Role.TRACK, SMALL_FRAGMENT_VOXELS - 1, False), (Role.TRACK, SMALL_FRAGMENT_VOXELS, True),
+    (Role.MICHEL, SMALL_FRAGMENT_VOXELS - 1, False), (Role.MICHEL, SMALL_FRAGMENT_VOXELS, True),
+    (Role.SHOWER, SMALL_FRAGMENT_VOXELS - 1, False), (Role.SHOWER, SMALL_FRAGMENT_VOXELS, True),
 ])
 def test_size_cuts(role: Role, n_voxels: int, survives: bool) -> None:
-    owner = np.array([-1] + [1] * n_voxels + [0, 0])
+    owner = np.array([-1] + [1] * n_voxels + [0] * 12)
     roles = np.array([Role.TRACK, role])
     before = owner.copy()
     out = apply_size_cuts(owner, roles)
     assert np.array_equal(owner, before)  # input untouched
     assert (out == 1).sum() == (n_voxels if survives else 0)
     assert (out == -1).sum() == 1 + (0 if survives else n_voxels)
-    assert (out == 0).sum() == 2
-    assert (DELTA_MIN_VOXELS, COMPTON_MAX_LOW_VOXELS) == (10, 10)  # Supera's DeltaSize, ComptonSize
+    assert (out == 0).sum() == 12
+    # Supera's DeltaSize, ComptonSize and the size under which any particle is low-energy
+    assert (DELTA_MIN_VOXELS, COMPTON_MAX_LOW_VOXELS, SMALL_FRAGMENT_VOXELS) == (10, 10, 10)
 
 
 def test_small_delta_rays_merge_into_their_parent_track() -> None:
@@ -161,13 +166,13 @@ def test_a_delta_leaving_its_track_counts_only_the_voxels_it_owns() -> None:
     ev = render(truth, SHARP, np.random.default_rng(0))
     assert ev.clusters[:, layout.C_NPOINTS].tolist() == [0, 29]
     # A Michel sharing a voxel with a shower takes it; a shower with a delta takes it.
-    michel = (Role.MICHEL, layout.PID_ELECTRON, row((50, 50, 50), 5), 0.3)
-    shower = (Role.SHOWER, layout.PID_ELECTRON, row((50, 50, 52), 5), 3.0)
-    delta = (Role.DELTA, layout.PID_ELECTRON, row((50, 50, 56), 11), 3.0)
+    michel = (Role.MICHEL, layout.PID_ELECTRON, row((50, 50, 50), 12), 0.3)
+    shower = (Role.SHOWER, layout.PID_ELECTRON, row((50, 50, 60), 12), 3.0)
+    delta = (Role.DELTA, layout.PID_ELECTRON, row((50, 50, 70), 12), 3.0)
     ev = _run(michel, shower, delta)
     coords = ev.coords.astype(int).tolist()
     by_voxel = {tuple(k): f for k, f in zip(coords, ev.fragment.tolist(), strict=True)}
-    assert [by_voxel[(50, 50, z)] for z in range(50, 60)] == [0, 0, 0, 0, 0, 1, 1, 2, 2, 2]
+    assert [by_voxel[(50, 50, z)] for z in range(58, 74)] == [0] * 4 + [1] * 10 + [2] * 2
     # ... and the delta, left with 10 voxels of its own, survives as a delta.
     assert ev.clusters[:, layout.C_SEMANTIC].tolist() == [layout.LOW_ENERGY, layout.MICHEL, layout.SHOWER,
                                                           layout.DELTA]

@@ -13,6 +13,9 @@ The rules (PHYSICS.md, "How PILArNet-M events are made and labeled"):
   low-energy instead. Compton electrons owning 10 voxels or fewer become low-energy
   deposits (Supera: ``kCompton`` up to ``ComptonSize`` 10 voxels is ``kShapeLEScatter``);
   ``Role.LOW_ENERGY`` fragments always do.
+* Then any fragment left with fewer than 10 voxels (a proton stub, a tiny shower or
+  Michel) becomes low-energy: Supera switches every stored particle with fewer than
+  ``ComptonSize`` voxels to ``kShapeLEScatter`` when it writes the semantic labels.
 
 Low-energy deposits are marked with owner ``-1`` (the low-energy bucket, cluster row 0).
 
@@ -49,6 +52,7 @@ NO_FRAGMENT_PRIORITY = 5  # noise hits: lose to any fragment
 # PILArNet-M voxel-count cuts (Supera's SuperaMCParticleCluster defaults).
 DELTA_MIN_VOXELS = 10    # delta rays owning fewer voxels merge into their parent track
 COMPTON_MAX_LOW_VOXELS = 10  # Compton electrons with this many voxels or fewer become low-energy
+SMALL_FRAGMENT_VOXELS = 10   # any fragment with fewer voxels becomes low-energy
 
 
 def voxel_owner(voxel: np.ndarray, fragment: np.ndarray, energy: np.ndarray, role: np.ndarray,
@@ -119,10 +123,12 @@ def apply_size_cuts(owner: np.ndarray, role: np.ndarray, parent: np.ndarray | No
         if np.array_equal(nxt, target):
             break
         target = nxt
-    low = ((role == Role.LOW_ENERGY) | (small_delta & ~merge)
-           | ((role == Role.COMPTON) & (counts <= COMPTON_MAX_LOW_VOXELS)))
     safe = np.maximum(owner, 0)
-    return np.where(owner < 0, -1, np.where(low[safe], -1, target[safe]))
+    merged = np.where(owner < 0, -1, target[safe])
+    counts = np.bincount(merged[merged >= 0], minlength=len(role))
+    low = ((role == Role.LOW_ENERGY) | (small_delta & ~merge) | (counts < SMALL_FRAGMENT_VOXELS)
+           | ((role == Role.COMPTON) & (counts <= COMPTON_MAX_LOW_VOXELS)))
+    return np.where(merged < 0, -1, np.where(low[np.maximum(merged, 0)], -1, merged))
 
 
 def semantic_of(role: np.ndarray) -> np.ndarray:
