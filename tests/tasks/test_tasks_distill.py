@@ -106,3 +106,12 @@ def test_pretraining_resumes_exactly_teacher_included(tiny_events: Path, tmp_pat
     assert type(load_backbone(tmp_path / "straight")) is type(a.backbone)
     lines = (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()
     assert '"feature_rank"' in lines[-1] and '"position_r2"' in lines[-1]
+
+
+def test_distill_on_the_point_transformer_gets_a_mask_token_from_the_recipe() -> None:
+    task = build_task(PretrainConfig(model="ptv3_micro", objective="distill", distill=SMALL))
+    assert isinstance(task, SelfDistillation) and task.backbone.default_cfg.mask_token
+    out = task.train()(synthetic_batch(np.random.default_rng(4), [300, 150]),
+                       generator=torch.Generator().manual_seed(0))
+    out["loss"].backward()
+    assert torch.isfinite(out["loss"]) and task.backbone.embedding.mask_token.grad is not None

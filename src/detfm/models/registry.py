@@ -113,3 +113,15 @@ register_model("pointmae_small", PointMAEConfig(embed_dim=384, depth=12, num_hea
                "Point-MAE ViT-Small (384 wide, 12 blocks, 6 heads), the PoLAr-MAE size", PointMAE)
 register_model("pointmae_base", PointMAEConfig(embed_dim=768, depth=12, num_heads=12),
                "Point-MAE ViT-Base (768 wide, 12 blocks, 12 heads), for GPUs", PointMAE)
+
+
+def _register_point_resolution_families() -> None:
+    """The hierarchical sparse point transformer (ptv3_*) and the sparse-conv U-Net (uresnet_*)."""
+    from detfm.models.ptv3.sizes import register_all as register_ptv3
+    from detfm.models.uresnet import register_all as register_uresnet
+
+    register_ptv3()
+    register_uresnet()
+
+
+_register_point_resolution_families()

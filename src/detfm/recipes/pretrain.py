@@ -21,7 +21,7 @@ from detfm.engine import TrainConfig, TrainResult, load_config, train
 from detfm.engine.runs import BACKBONE_FILE, CONFIG_FILE, MODEL_FILE, load_backbone, random_backbone
 from detfm.errors import ConfigError, DetfmError
 from detfm.io import atomic_write_text
-from detfm.models import create_model
+from detfm.models import create_model, model_config
 from detfm.tasks import MPMConfig
 from detfm.tasks.distill import DistillConfig
 from detfm.tasks.registry import get_objective, list_objectives
@@ -83,7 +83,10 @@ def build_dataset(data: DataConfig, seed: int, labels: bool = False) -> EventDat
 def build_task(cfg: PretrainConfig) -> torch.nn.Module:
     """Backbone (from the registry) wrapped in the run's pretraining objective."""
     spec = get_objective(cfg.objective)
-    backbone = create_model(cfg.model, **cfg.model_overrides)
+    overrides = dict(cfg.model_overrides)
+    if "mask_token" in model_config(cfg.model).to_dict():  # objectives that hide points need one
+        overrides.setdefault("mask_token", True)
+    backbone = create_model(cfg.model, **overrides)
     arch = backbone.default_cfg.arch
     if spec.families is not None and arch not in spec.families:
         raise ConfigError(f"objective '{cfg.objective}' does not work on {arch} backbones ({cfg.model}); "

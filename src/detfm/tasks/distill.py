@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from detfm.data import PackedBatch
+from detfm.data.datasets import get_dataset
 from detfm.errors import ConfigError
 from detfm.models.layers import init_weights, seeded_init
 from detfm.tasks.base import TaskOutput
@@ -74,7 +75,7 @@ class DistillConfig:
     momentum: tuple[float, float] = (0.994, 1.0)
     schedule_steps: int = 1000
     sinkhorn_iters: int = 3
-    monitor_points: int = 256
+    monitor_points: int = 1024
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -96,8 +97,8 @@ class DistillConfig:
             raise ConfigError("temperatures must be > 0")
         if not all(0 <= m <= 1 for m in self.momentum):
             raise ConfigError(f"momentum must lie in [0, 1], got {self.momentum}")
-        if self.jitter < 0 or self.schedule_steps < 0 or self.monitor_points < 8:
-            raise ConfigError("jitter and schedule_steps must be >= 0, monitor_points >= 8")
+        if self.jitter < 0 or self.schedule_steps < 0 or self.monitor_points < 128:
+            raise ConfigError("jitter and schedule_steps must be >= 0, monitor_points >= 128")
 
 
 class PrototypeHead(nn.Module):
@@ -209,7 +210,8 @@ class SelfDistillation(nn.Module):
         the local crops)."""
         c = self.config
         teacher = [crop_views(batch, c.global_crop, generator) for _ in range(c.global_views)]
-        student = [crop_views(v.batch, (1.0, 1.0), generator, jitter=c.jitter) for v in teacher]
+        box = get_dataset(self.backbone.default_cfg.dataset).box_size
+        student = [crop_views(v.batch, (1.0, 1.0), generator, jitter=c.jitter, box_size=box) for v in teacher]
         student = [View(batch=s.batch, origin=t.origin[s.origin]) for s, t in zip(student, teacher, strict=True)]
         student += [crop_views(batch, c.local_crop, generator, min_points=2) for _ in range(c.local_views)]
         return teacher, student

@@ -21,7 +21,7 @@ COLLAPSE_RANK = 2.0
 SHORTCUT_R2 = 0.9
 
 
-def _fourier(coord: torch.Tensor, generator: torch.Generator, width: int = 64, scale: float = 0.05
+def _fourier(coord: torch.Tensor, generator: torch.Generator, width: int = 24, scale: float = 0.05
              ) -> torch.Tensor:
     """Random Fourier features of coordinates (position encoded richly enough to fit any
     smooth function of position)."""
@@ -37,7 +37,8 @@ def feature_health(features: torch.Tensor, coord: torch.Tensor, max_points: int 
     """``feature_std`` (mean per-channel std), ``feature_rank`` (exp of the entropy of the
     normalised singular values: 1 for a collapsed map, up to D) and ``position_r2``
     (fraction of the feature variance a ridge fit on random Fourier features of the
-    coordinates explains, on held-out points: near 1 for a position-only map)."""
+    coordinates explains on held-out points, floored at 0: near 1 for a position-only map).
+    Use a few hundred points or more: the fit has 52 coefficients per channel."""
     g = torch.Generator().manual_seed(seed)
     n = features.shape[0]
     if n < 8:
@@ -59,7 +60,7 @@ def feature_health(features: torch.Tensor, coord: torch.Tensor, max_points: int 
     w = torch.linalg.solve(xa.T @ xa + ridge, xa.T @ fa)
     resid = ((fb - xb @ w) ** 2).sum()
     total = ((fb - fb.mean(dim=0)) ** 2).sum().clamp(min=1e-12)
-    return {"feature_std": std, "feature_rank": rank, "position_r2": float(1.0 - resid / total)}
+    return {"feature_std": std, "feature_rank": rank, "position_r2": max(0.0, float(1.0 - resid / total))}
 
 
 def is_unhealthy(health: dict[str, float]) -> str | None:

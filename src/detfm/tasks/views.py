@@ -43,10 +43,10 @@ def _ball(coord: torch.Tensor, keep: int, generator: torch.Generator) -> torch.T
 
 
 def crop_views(batch: PackedBatch, fraction: tuple[float, float], generator: torch.Generator,
-               min_points: int = 1, jitter: float = 0.0) -> View:
+               min_points: int = 1, jitter: float = 0.0, box_size: float | None = None) -> View:
     """One ball crop per event holding a fraction drawn from ``fraction`` of its points (at
     least ``min_points``, at most all), coordinates jittered by Gaussian noise of std
-    ``jitter`` voxels."""
+    ``jitter`` voxels (kept inside ``[0, box_size)`` when given)."""
     lo, hi = fraction
     if not 0.0 < lo <= hi <= 1.0:
         raise ConfigError(f"a crop fraction range must satisfy 0 < low <= high <= 1, got {fraction}")
@@ -68,6 +68,8 @@ def crop_views(batch: PackedBatch, fraction: tuple[float, float], generator: tor
     if jitter > 0:
         noise = torch.randn(coord.shape, generator=generator, device=generator.device).to(coord.device)
         coord = coord + jitter * noise
+        if box_size is not None:
+            coord = coord.clamp(0.0, box_size - 1e-3)
     view = replace(batch, coord=coord, feat=batch.feat[origin], offsets=offsets, energy=batch.energy[origin],
                    **{name: None if getattr(batch, name) is None else getattr(batch, name)[origin]
                       for name in ("semantic", "pid", "instance", "interaction")})
