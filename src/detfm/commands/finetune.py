@@ -74,6 +74,7 @@ def _finetune(args: argparse.Namespace) -> int:
             top.update(model=run_cfg.model, model_overrides=dict(run_cfg.model_overrides))
         else:
             top["model"] = args.model
+            top["model_overrides"] = _overrides_for(args.model, cfg.model_overrides)
     labels = top.get("labels", cfg.labels)
     train_over = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size), ("lr", args.lr),
                                     ("seed", args.seed), ("num_workers", args.num_workers)) if v is not None}
@@ -97,6 +98,23 @@ def _finetune(args: argparse.Namespace) -> int:
     print(f"run directory: {args.out} (scores in eval.json)")
     log_tracking(args, args.out)
     return 0
+
+
+def _overrides_for(model: str, overrides: dict) -> dict:  # type: ignore[type-arg]
+    """The config's architecture overrides that ``model`` takes (the CPU-sized patches of the
+    default patch transformer mean nothing to a point-resolution backbone)."""
+    from detfm.errors import ConfigError
+    from detfm.models import model_config
+
+    model_config(model)  # an unknown name is named here
+    kept = {}
+    for key, value in overrides.items():
+        try:
+            model_config(model, **{key: value})
+        except ConfigError:
+            continue
+        kept[key] = value
+    return kept
 
 
 def _fmt(x: float | None) -> str:

@@ -18,7 +18,7 @@ def test_rotation_is_rigid_about_the_box_centre() -> None:
     s = random_sample(np.random.default_rng(0), 40)
     centre = np.full((1, 3), BOX_CENTRE, np.float32)
     s = Sample(coord=np.concatenate([s.coord, centre]), energy=np.ones(41, np.float32), index=0)
-    out = RandomRotation()(s, np.random.default_rng(1))
+    out = RandomRotation(keep_inside=False)(s, np.random.default_rng(1))
     assert out.coord.dtype == np.float32
     np.testing.assert_allclose(_pairwise(out.coord), _pairwise(s.coord), atol=2e-3)  # voxel units kept
     np.testing.assert_allclose(out.coord[-1], centre[0], atol=1e-3)  # the centre stays put
@@ -33,6 +33,20 @@ def test_axis_rotation_keeps_that_coordinate(axis: str, column: int) -> None:
     r = random_rotation_matrix(np.random.default_rng(4), axis)
     np.testing.assert_allclose(r @ r.T, np.eye(3), atol=1e-12)
     assert np.linalg.det(r) == pytest.approx(1.0)
+
+
+def test_events_turned_out_of_the_box_are_moved_back_rigidly() -> None:
+    rng = np.random.default_rng(5)
+    corner = (rng.uniform(0, 60, size=(50, 3))).astype(np.float32)  # a 60-voxel blob in a corner
+    s = Sample(coord=corner, energy=np.ones(50, np.float32), index=0)
+    for seed in range(20):
+        out = RandomRotation()(s, np.random.default_rng(seed))
+        assert out.coord.min() >= 0 and out.coord.max() < 768
+        np.testing.assert_allclose(_pairwise(out.coord), _pairwise(corner), atol=2e-3)  # moved, not squashed
+    long = Sample(coord=np.array([[0, 384, 384], [767, 384, 384]], np.float32), energy=np.ones(2, np.float32),
+                  index=0)  # longer than the box along any turned axis but x: clipped onto the walls
+    out = RandomRotation(axis="z")(long, np.random.default_rng(0))
+    assert out.coord.min() >= 0 and out.coord.max() < 768
 
 
 def test_quarter_turn_maps_voxels_onto_voxels() -> None:

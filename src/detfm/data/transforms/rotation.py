@@ -46,12 +46,16 @@ class RandomRotation:
 
     ``axis=None`` draws a uniform rotation in 3D; ``"x"``, ``"y"`` or ``"z"`` a uniform angle
     about that axis (e.g. ``"x"`` keeps the drift direction if x is the drift axis). Rotated
-    coordinates are not rounded, and corners of the box may rotate outside [0, 768);
-    follow with :class:`Crop` if that matters.
+    coordinates are not rounded. With ``keep_inside`` (default) an event that a rotation
+    turned partly out of the detector box is moved back in by the smallest shift along each
+    axis (events are never outside a detector; point-resolution backbones refuse such
+    coordinates); an event longer than the box along an axis keeps its centre there and has
+    the points beyond the walls clipped onto them.
     """
 
     axis: str | None = None
     centre: float = BOX_CENTRE
+    keep_inside: bool = True
 
     def __post_init__(self) -> None:
         if self.axis is not None and self.axis not in _AXES:
@@ -60,7 +64,21 @@ class RandomRotation:
     def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
         r = random_rotation_matrix(rng, self.axis)
         coord = (sample.coord.astype(np.float64) - self.centre) @ r.T + self.centre
-        if sample.particle_start is not None:  # particle start points turn with the points
-            start = (sample.particle_start.astype(np.float64) - self.centre) @ r.T + self.centre
+        shift = _inside_shift(coord) if self.keep_inside and len(coord) else np.zeros(3)
+        coord = coord + shift
+        if self.keep_inside:
+            coord = np.clip(coord, 0.0, np.nextafter(np.float32(layout.BOX_VOXELS), 0))
+        if sample.particle_start is not None:  # particle start points turn (and move) with the points
+            start = (sample.particle_start.astype(np.float64) - self.centre) @ r.T + self.centre + shift
             return replace(sample, coord=coord.astype(np.float32), particle_start=start.astype(np.float32))
         return replace(sample, coord=coord.astype(np.float32))
+
+
+def _inside_shift(coord: np.ndarray) -> np.ndarray:
+    """The smallest per-axis shift that puts the points' bounding box inside [0, BOX_VOXELS)
+    (for an axis where it does not fit, the shift that centres it)."""
+    lo, hi = coord.min(axis=0), coord.max(axis=0)
+    top = layout.BOX_VOXELS - 1e-3
+    fits = hi - lo <= top
+    shift = np.where(lo < 0, -lo, np.where(hi > top, top - hi, 0.0))
+    return np.where(fits, shift, (top - hi - lo) / 2.0)
