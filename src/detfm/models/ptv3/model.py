@@ -28,11 +28,7 @@ from detfm.errors import ConfigError, DataFormatError
 from detfm.models.contract import BackboneOutput, GroupRules
 from detfm.models.layers import seeded_init
 from detfm.models.ptv3.config import PTv3Config
-from detfm.models.sparse.conv import (
-    SubMConv3d,
-    per_offset,
-    submanifold_conv3d_per_offset,
-)
+from detfm.models.sparse.conv import SubMConv3d, submanifold_conv3d_per_offset
 from detfm.models.sparse.geometry import (
     Geometry,
     Level,
@@ -42,6 +38,7 @@ from detfm.models.sparse.geometry import (
 from detfm.models.sparse.pooling import PoolMap, max_pool
 
 __all__ = ["EventDropPath", "PTv3", "normalised_coordinates"]
+
 
 class EventDropPath(nn.Module):
     """Stochastic depth per event: a residual branch is dropped for all voxels of an event.
@@ -140,10 +137,14 @@ class Block(nn.Module):
         kmap = level.kmap()
         conv, linear = self.cpe[0], self.cpe[1]
         with record_function("ptv3.sparse_conv"):
-            # Linear(conv(x)) is one convolution with the Linear folded into each offset's matrix
-            kernel = per_offset(conv.weight) @ linear.weight.t()
-            bias = linear(conv.bias) if conv.bias is not None else linear.bias
-            cpe = submanifold_conv3d_per_offset(x, kmap, kernel, bias)
+            if kmap.num_points > 27 * conv.in_channels:
+                # Linear(conv(x)) as one convolution with the Linear folded into each offset's
+                # matrix: 27 C^3 FLOPs once instead of N C^2 per pass, a saving when N > 27 C
+                kernel = conv.kernel() @ linear.weight.t()
+                bias = linear(conv.bias) if conv.bias is not None else linear.bias
+                cpe = submanifold_conv3d_per_offset(x, kmap, kernel, bias)
+            else:
+                cpe = linear(conv(x, kmap))
         x = x + self.cpe[2](cpe)
         order = orders[self.order_index % len(orders)]
         branch = self.ls1[0](self.attn(self.norm1[0](x), level, order, self.patch_size))

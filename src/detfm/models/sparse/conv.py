@@ -106,6 +106,7 @@ class SubMConv3d(nn.Module):
         self.in_channels, self.out_channels = in_channels, out_channels
         self.weight = nn.Parameter(torch.empty(out_channels, 3, 3, 3, in_channels))
         self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
+        self._cache: tuple[Any, torch.Tensor] | None = None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -115,8 +116,20 @@ class SubMConv3d(nn.Module):
         if self.bias is not None:
             nn.init.uniform_(self.bias, -bound, bound)
 
+    def kernel(self) -> torch.Tensor:
+        """The weight as (27, in, out), one matrix per offset. Without autograd (inference)
+        the rearranged copy is kept until the weight changes."""
+        if torch.is_grad_enabled():
+            return per_offset(self.weight)
+        key = (self.weight.data_ptr(), self.weight._version, self.weight.device, self.weight.dtype)
+        if self._cache is None or self._cache[0] != key:
+            self._cache = (key, per_offset(self.weight.detach()))
+        return self._cache[1]
+
     def forward(self, x: torch.Tensor, kmap: KernelMap) -> torch.Tensor:
-        return submanifold_conv3d(x, kmap, self.weight, self.bias)
+        if x.shape[0] != kmap.num_points:
+            raise ConfigError(f"features have {x.shape[0]} rows but the kernel map {kmap.num_points}")
+        return submanifold_conv3d_per_offset(x, kmap, self.kernel(), self.bias)
 
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.out_channels}, kernel=3x3x3, bias={self.bias is not None}"
