@@ -62,10 +62,11 @@ from detfm.tasks.particles import (
     particle_targets,
 )
 from detfm.tasks.pid import NUM_PID
-from detfm.tasks.registry import TaskSpec
+from detfm.tasks.registry import TaskSpec, get_task
 
-__all__ = ["IOU_THRESHOLD", "ParticleRecords", "collect_particle_records", "compare_with_truth_pid",
-           "event_records", "particle_scores", "score_particles"]
+__all__ = ["IOU_THRESHOLD", "SYSTEMATIC_METRICS", "ParticleRecords", "bootstrap_particle_metrics",
+           "collect_particle_records", "compare_with_truth_pid", "event_records", "particle_scores",
+           "particle_systematics", "score_particles"]
 
 IOU_THRESHOLD = 0.5
 E_GAMMA_TARGET = 0.80  # the issue's electron / photon efficiency and purity target
@@ -319,6 +320,100 @@ def compare_with_truth_pid(particles: dict[str, Any], pid: dict[str, Any]) -> di
                      "truth_instance_purity": pid.get("purity", {}).get(name)}
     return {"per_class": out, "macro_f1_on_found": particles.get("macro_f1"),
             "truth_instance_macro_f1": pid.get("macro_f1")}
+
+
+# ----------------------------------------------------------------------------- systematics
+SYSTEMATIC_METRICS = ("pq", "efficiency_all", "purity_all", "pid_accuracy_on_found", "electron_efficiency",
+                      "electron_purity", "photon_efficiency", "photon_purity")
+
+
+def _event_sums(records: ParticleRecords, classes: Sequence[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per event (E,) numerator and denominator of every metric of :data:`SYSTEMATIC_METRICS`,
+    so a resample of events is a weighted sum."""
+    r = records.arrays()
+    e = records.events
+    t_ev, p_ev = r["truth_event"], r["pred_event"]
+    found, matched = r["truth_match"] >= 0, r["pred_match"] >= 0
+    t_label, p_label = r["truth_label"], r["pred_label"]
+    pred_label_of_truth = np.where(found, p_label[np.where(found, r["truth_match"], 0)] if len(p_label) else -1, -1)
+    truth_label_of_pred = np.where(matched, t_label[np.where(matched, r["pred_match"], 0)] if len(t_label) else -1,
+                                   -1)
+
+    def per_event(events: np.ndarray, values: np.ndarray) -> np.ndarray:
+        return np.bincount(events, weights=values.astype(np.float64), minlength=e)[:e]
+
+    n_t, n_p = per_event(t_ev, np.ones(len(t_ev))), per_event(p_ev, np.ones(len(p_ev)))
+    n_found = per_event(t_ev, found)
+    sums = {"pq": (per_event(t_ev, r["truth_iou"] * found),
+                   n_found + 0.5 * (n_p - per_event(p_ev, matched)) + 0.5 * (n_t - n_found)),
+            "efficiency_all": (n_found, n_t), "purity_all": (per_event(p_ev, matched), n_p),
+            "pid_accuracy_on_found": (per_event(t_ev, found & (pred_label_of_truth == t_label)), n_found)}
+    for name in ("electron", "photon"):
+        if name in classes:
+            c = list(classes).index(name)
+            sums[f"{name}_efficiency"] = (per_event(t_ev, found & (t_label == c) & (pred_label_of_truth == c)),
+                                          per_event(t_ev, t_label == c))
+            sums[f"{name}_purity"] = (per_event(p_ev, matched & (p_label == c) & (truth_label_of_pred == c)),
+                                      per_event(p_ev, p_label == c))
+    return sums
+
+
+def bootstrap_particle_metrics(records: dict[str, ParticleRecords], classes: Sequence[str], n_boot: int = 200,
+                               seed: int = 0, interval: float = 0.68,
+                               nominal: str = "nominal") -> dict[str, dict[str, dict[str, float | None]]]:
+    """Every metric of :data:`SYSTEMATIC_METRICS` per variation with a percentile bootstrap
+    interval over events, and its paired shift from ``nominal`` (the same event resample for
+    every variation: the records must hold the same events in the same order)."""
+    if nominal not in records:
+        raise ValueError(f"the records need a '{nominal}' entry")
+    sizes = {name: rec.events for name, rec in records.items()}
+    if len(set(sizes.values())) != 1:
+        raise ValueError(f"every variation needs the same events; got event counts {sizes}")
+    n_events = sizes[nominal]
+    rng = np.random.default_rng(seed)
+    weights = rng.multinomial(n_events, np.full(n_events, 1.0 / max(n_events, 1)), size=n_boot).astype(np.float64) \
+        if n_events else np.zeros((n_boot, 0))
+    lo_q, hi_q = 50.0 * (1.0 - interval), 50.0 * (1.0 + interval)
+    sums = {name: _event_sums(rec, classes) for name, rec in records.items()}
+
+    def values(s: dict[str, tuple[np.ndarray, np.ndarray]], metric: str) -> tuple[float, np.ndarray]:
+        num, den = s[metric]
+        point = float(num.sum() / den.sum()) if den.sum() > 0 else float("nan")
+        bn, bd = weights @ num, weights @ den
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return point, np.where(bd > 0, bn / np.where(bd > 0, bd, 1.0), np.nan)
+
+    out: dict[str, dict[str, dict[str, float | None]]] = {}
+    for name, s in sums.items():
+        out[name] = {}
+        for metric in SYSTEMATIC_METRICS:
+            if metric not in s:
+                continue
+            point, boot = values(s, metric)
+            nom_point, nom_boot = values(sums[nominal], metric)
+            shift = boot - nom_boot
+            ok, ok_shift = boot[np.isfinite(boot)], shift[np.isfinite(shift)]
+            out[name][metric] = {
+                "value": json_float(point),
+                "low": json_float(float(np.percentile(ok, lo_q))) if len(ok) else None,
+                "high": json_float(float(np.percentile(ok, hi_q))) if len(ok) else None,
+                "shift": json_float(point - nom_point),
+                "shift_low": json_float(float(np.percentile(ok_shift, lo_q))) if len(ok_shift) else None,
+                "shift_high": json_float(float(np.percentile(ok_shift, hi_q))) if len(ok_shift) else None}
+    return out
+
+
+def particle_systematics(task: nn.Module, datasets: dict[str, Any], batch_size: int = 8, n_boot: int = 200,
+                         seed: int = 0, progress: bool = False) -> dict[str, Any]:
+    """Particle scores of one ``particles`` model on nominal events (``datasets["nominal"]``)
+    and their detector twins (the other entries: the same events, same order; see
+    :mod:`detfm.evaluate.twins`): every score of :func:`particle_scores` per variation, and
+    :func:`bootstrap_particle_metrics` (68 % intervals, paired shifts from nominal)."""
+    classes = get_task("particles").class_names
+    records = {name: collect_particle_records(task, ds, batch_size, progress) for name, ds in datasets.items()}
+    return {"scores": {name: particle_scores(rec, classes) for name, rec in records.items()},
+            "bootstrap": bootstrap_particle_metrics(records, classes, n_boot=n_boot, seed=seed), "n_boot": n_boot,
+            "interval": 0.68}
 
 
 register_scorer("particles", score_particles)
