@@ -108,10 +108,9 @@ PROTON_STUB_MEV = 10.0       # nuclear-breakup protons below this (range ~1 mm) 
 HSIP_STOP_BETA_GAMMA = 0.05
 
 # Buffer layouts.
-# stack rows: kind, T, x, y, z, ux, uy, uz, time, fragment, group, flags, cm to nuclear interaction
+# stack rows: kind, T, x, y, z, ux, uy, uz, time, fragment, group, flags (spare, 0), cm to nuclear interaction
 S_KIND, S_T, S_X, S_U, S_TIME, S_FRAG, S_GROUP, S_FLAGS, S_LAM = 0, 1, 2, 5, 8, 9, 10, 11, 12
 S_COLS = 13
-FLAG_ATTACH = 1              # photon: electrons it makes always join its fragment
 D_COLS = 10                  # deposits: x, y, z, dE, dx, time, fragment, ux, uy, uz (step direction)
 F_COLS = 9                   # fragments: role, kind, group, interaction, T, vx, vy, vz, parent fragment (-1: none)
 N_DEP, N_STACK, N_FRAG, N_HADRONIC = 0, 1, 2, 3
@@ -883,8 +882,10 @@ def _photon(rs, S, D, F, n, ledger, inter, lowe, med, lo, hi, table, cur):
     y += d * uy
     z += d * uz
     t += d / C_CM_NS
-    # electrons join the photon's fragment if it belongs to one and has not flown far
-    near = frag if frag >= 0 and ((flags & FLAG_ATTACH) != 0 or d < DETACH_CM) else -1
+    # Compton and photo-electrons join the photon's fragment if it has not flown far, else
+    # they start their own (Supera keeps them apart unless they touch); a conversion pair
+    # always joins the photon's fragment (it carries the shower on).
+    near = frag if frag >= 0 and d < DETACH_CM else -1
     r = uniform(rs) * mu
     if r < mu_pe:
         # photo-absorption: the electron takes all (the 3 keV binding is deposited with it)
@@ -910,12 +911,13 @@ def _photon(rs, S, D, F, n, ledger, inter, lowe, med, lo, hi, table, cur):
         t_minus = eps * (energy - 2.0 * ME)
         t_plus = energy - 2.0 * ME - t_minus
         phi = TWO_PI * uniform(rs)
+        pair = frag
         vx, vy, vz = deflect(ux, uy, uz, math.cos(ME / (t_minus + ME)), phi)
         _emit_electron(S, F, n, inter, lowe, ELECTRON, t_minus, x, y, z, vx, vy, vz, t,
-                       frag, group)
+                       pair, group)
         vx, vy, vz = deflect(ux, uy, uz, math.cos(ME / (t_plus + ME)), phi + math.pi)
         _emit_electron(S, F, n, inter, lowe, POSITRON, t_plus, x, y, z, vx, vy, vz, t,
-                       frag, group)
+                       pair, group)
 
 
 @njit(cache=True)
@@ -938,7 +940,7 @@ def _pi0_decay(rs, S, D, F, n, ledger, inter, lowe, cur):
         cos_lab = gamma * half * (c + beta) / e
         vx, vy, vz = deflect(ux, uy, uz, cos_lab, phi if sign > 0 else phi + math.pi)
         frag = _new_fragment(F, n, inter, ROLE_SHOWER, GAMMA, group, e, x, y, z)
-        _emit_photon(S, D, F, n, ledger, inter, lowe, e, x, y, z, vx, vy, vz, t, frag, group, FLAG_ATTACH)
+        _emit_photon(S, D, F, n, ledger, inter, lowe, e, x, y, z, vx, vy, vz, t, frag, group, 0)
 
 
 # ---------------------------------------------------------------------------------------
@@ -972,7 +974,7 @@ def run(kinds, kinetic, pos, dirs, times, inter, state, lo, hi, delta_on, med, t
         k = kinds[i]
         hadron = k == PI_PLUS or k == PI_MINUS or k == PROTON
         _push(S, n, k, kinetic[i], pos[i, 0], pos[i, 1], pos[i, 2], dirs[i, 0], dirs[i, 1], dirs[i, 2], times[i],
-              frags[i], i, FLAG_ATTACH if k == GAMMA else 0, lam * exponential(state) if hadron else 0.0)
+              frags[i], i, 0, lam * exponential(state) if hadron else 0.0)
 
     while n[N_STACK] > 0:
         D = _reserve(D, n[N_DEP], RESERVE_DEP)
