@@ -137,3 +137,18 @@ def test_grid_pool_is_max_over_stride2_cells() -> None:
     pooled.sum().backward()
     assert feat.grad is not None and int((feat.grad != 0).sum()) >= 3 * pool.num_coarse - 3
     assert torch.equal(unpool(pooled, pool), pooled[pool.cluster])
+
+
+def test_inference_kernel_cache_follows_weight_updates() -> None:
+    conv = SubMConv3d(2, 3)
+    grid, batch = _voxels(40, 5, 1, seed=4)
+    kmap = kernel_map(grid, batch)
+    x = torch.randn(grid.shape[0], 2, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        before = conv(x, kmap)
+        conv.weight.mul_(2.0)
+        conv.bias.zero_()
+        after = conv(x, kmap)
+    reference = submanifold_conv3d(x, kmap, conv.weight.detach(), conv.bias.detach())
+    torch.testing.assert_close(after, reference)
+    assert not torch.allclose(before, after)
