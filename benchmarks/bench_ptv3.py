@@ -144,6 +144,8 @@ def breakdown(step: Callable[[], None]) -> dict[str, float]:
 
 
 def model_speed(name: str, batches: list[PackedBatch], peak: float) -> dict[str, Any]:
+    """Training and inference speed of one model on ``batches`` (batches of BATCH events)."""
+    voxels_per_batch = statistics.mean(b.num_points for b in batches)
     model = build(name)
     head = torch.nn.Linear(model.num_features, 5)
     params = list(model.parameters()) + list(head.parameters())
@@ -184,6 +186,8 @@ def model_speed(name: str, batches: list[PackedBatch], peak: float) -> dict[str,
         "parameters_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 3),
         "train_events_per_s": round(BATCH / train_s, 2),
         "infer_events_per_s": round(BATCH / infer_s, 2),
+        "train_voxels_per_s": round(voxels_per_batch / train_s),
+        "infer_voxels_per_s": round(voxels_per_batch / infer_s),
         "train_gflop_per_step": round(flops / 1e9, 2),
         "train_gflops": round(flops / train_s / 1e9, 1),
         "train_percent_of_peak": round(100.0 * flops / train_s / 1e9 / peak, 1),
