@@ -1,14 +1,15 @@
 """The voxel hierarchy of a packed batch, built once per forward pass and shared by layers.
 
-Points become voxels (integer cells of the 768^3 box); voxels get space-filling-curve
-codes; stride-2 grid pooling builds coarser levels from the codes. Every level keeps its
+Points become voxels (integer cells: the detector's own voxels, or the reference's finer
+grid); voxels get space-filling-curve codes; stride-2 grid pooling builds coarser levels
+from the codes. Every level keeps its
 3x3x3 kernel map and its attention windows in caches, so all convolutions and attention
 blocks of a level reuse one neighbour search and one window table.
 
 Points that share a voxel (duplicates, or non-integer coordinates after a rotation that
 floor to the same cell) are merged: the voxel's input is the mean of its points' inputs,
-and every point gets its voxel's output features. Coordinates outside [0, 768) or not
-finite are an error naming the event.
+and every point gets its voxel's output features. Coordinates outside the dataset's box
+([0, 768) for LArTPC) or not finite are an error naming the event.
 """
 
 from __future__ import annotations
