@@ -138,7 +138,7 @@ def test_dataset_carries_truth_and_rotation_turns_the_start_with_the_points(tiny
     inside = sample.instance >= 0  # type: ignore[operator]
     assert np.isfinite(sample.particle_energy[inside]).all() and (sample.particle_energy[inside] > 0).all()
     assert np.isnan(sample.particle_energy[~inside]).all()
-    turned = RandomRotation()(sample, np.random.default_rng(3))
+    turned = RandomRotation(keep_inside=False)(sample, np.random.default_rng(3))
     k = int(np.flatnonzero(inside)[0])
     before = np.linalg.norm(sample.coord[k] - sample.particle_start[k])
     after = np.linalg.norm(turned.coord[k] - turned.particle_start[k])  # type: ignore[index]
@@ -235,6 +235,8 @@ def test_bad_input_more_particles_than_queries_no_particles_no_truth() -> None:
     assert torch.isfinite(out["loss"]) and out["outputs"]["particles"] == 0
     out["loss"].backward()
     assert task.class_embed.weight.grad is not None and task.class_embed.weight.grad.abs().sum() > 0
+    unused = [n for n, p in task.named_parameters() if p.requires_grad and p.grad is None and "backbone." not in n]
+    assert unused == []  # every parameter is in the graph (DDP without find_unused_parameters)
     assert out["outputs"]["mask_loss"] == 0 and out["outputs"]["energy_loss"] == 0
     no_truth = hand_batch([4], instance=[0, 0, 1, 1], pid=[2, 2, 4, 4], semantic=[1] * 4, with_truth=False)
     out = task(no_truth)

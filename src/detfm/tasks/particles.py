@@ -470,7 +470,8 @@ class Particles(AdaptationTask):
         item = -((1 - log_p.exp()) ** cfg.focal_gamma) * log_p if cfg.focal_gamma else -log_p
         w = self.query_class_weights.to(cls.device)[target_cls]
         class_loss = (w * item).sum() / w.sum().clamp(min=1e-12)
-        zero = cls.sum() * 0.0
+        # every head stays in the graph (DDP without find_unused_parameters) when nothing matched
+        zero = 0.0 * (cls.sum() + mask.sum() + pred.log_energy[b].sum() + pred.start[b].sum())
         parts = {"class": class_loss, "mask": zero, "dice": zero, "energy": zero, "start": zero}
         if len(qi):
             m, t = mask[qi], masks[ti].float()
@@ -516,9 +517,8 @@ class Particles(AdaptationTask):
                         logged[name] = logged[name] + v.detach() / b_total
             event_losses.append(total)
         loss = torch.stack(event_losses).mean()
-        if self.config.semantic_loss > 0:
-            loss = loss + self.config.semantic_loss * segmentation_loss(
-                semantic, batch.semantic.clamp(0, NUM_SEMANTIC - 1), batch.offsets, None, self.config.focal_gamma)
+        loss = loss + self.config.semantic_loss * segmentation_loss(
+            semantic, batch.semantic.clamp(0, NUM_SEMANTIC - 1), batch.offsets, None, self.config.focal_gamma)
         outputs = {f"{k}_loss": v for k, v in logged.items()}
         with torch.no_grad():  # queries the last block calls a particle, and truth particles
             outputs["objects"] = (sets[-1].cls.argmax(-1) != NO_OBJECT).sum().float()
