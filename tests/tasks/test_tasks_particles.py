@@ -293,3 +293,18 @@ def test_finetune_predict_and_score_particles(model: str, tiny_events: Path, tmp
             assert (points < h5["n_points"][i]).all()
             assert h5["particle_probs"][i].shape == (5 * k,) and h5["particle_start"][i].shape == (3 * k,)
             assert h5["particle_energy"][i].shape == h5["particle_score"][i].shape == (k,)
+
+
+def test_command_line_finetune_and_predict(tiny_events: Path, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    from detfm.cli import main
+
+    run = tmp_path / "run"
+    assert main(["finetune", "--backbone", "scratch", "--model", "pointwise_test", "--data", str(tiny_events),
+                 "--task", "particles", "--labels", "4", "--steps", "1", "--batch-size", "2",
+                 "--out", str(run)]) == 0
+    printed = capsys.readouterr().out
+    assert "PQ" in printed and "finding efficiency" in printed
+    assert main(["predict", "--model", str(run), "--data", str(tiny_events), "--out", str(tmp_path / "p.h5")]) == 0
+    with h5py.File(tmp_path / "p.h5") as h5:
+        assert h5.attrs["task"] == "particles" and "particle_points" in h5

@@ -89,7 +89,11 @@ def _finetune(args: argparse.Namespace) -> int:
     print(f"{cfg.mode} of {cfg.backbone} on {cfg.labels} labeled events: {result.train.steps} steps in "
           f"{result.train.seconds:.0f} s, final loss {result.train.final_loss}")
     spec = get_task(cfg.task)
-    if spec.excluded_class is None:
+    if spec.unit == "particle":  # set prediction: finding first, then PID on the found particles
+        print(f"test ({ev['events']} events, {ev['particles']} particles): PQ {_fmt(ev['pq'])}, finding "
+              f"efficiency {_fmt(ev['finding']['efficiency_all'])}, purity {_fmt(ev['finding']['purity_all'])}; "
+              f"PID on found particles: macro-F1 {_fmt(ev['macro_f1'])}")
+    elif spec.excluded_class is None:
         print(f"test ({ev['events']} events): macro-F1 {_fmt(ev['macro_f1'])}, accuracy {_fmt(ev['accuracy'])}")
     else:
         n = len(spec.class_names)
