@@ -45,6 +45,8 @@ import yaml
 
 from detfm.evaluate import kinds
 from detfm.engine.manifest import CHUNK, MANIFEST_FILE, file_record, file_sha256, iso_utc
+from detfm.engine.runs import (BACKBONE_FILE, CONFIG_FILE, EVAL_FILE, METRICS_FILE, MODEL_FILE, SPLIT_FILE,
+                               last_checkpoint)
 from detfm.errors import DetfmError
 from detfm.io import check_output_dir, follow_umask
 from detfm.io.outputs import (describe_os_error, incoming_prefix, remove_paths, remove_stale_temporaries,
@@ -59,13 +61,13 @@ BUSY_TIMEOUT_S = 60.0
 
 # role -> file name in a run directory (weights first: it identifies the version)
 RUN_FILES: dict[str, str] = {
-    "weights": "model.safetensors",
-    "config": "config.yaml",
-    "backbone": "backbone.yaml",
-    "eval": "eval.json",
-    "split": "split.json",
+    "weights": MODEL_FILE,
+    "config": CONFIG_FILE,
+    "backbone": BACKBONE_FILE,
+    "eval": EVAL_FILE,
+    "split": SPLIT_FILE,
     "manifest": MANIFEST_FILE,
-    "metrics": "metrics.jsonl",
+    "metrics": METRICS_FILE,
 }
 # role -> file names of evaluation results picked up from a run directory when present
 RESULT_FILES: dict[str, tuple[str, ...]] = {
@@ -758,7 +760,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 
 def _backbone_weights(folder: Path) -> Path | None:
-    for candidate in (folder / RUN_FILES["weights"], folder / "checkpoints" / "last" / RUN_FILES["weights"]):
+    for candidate in (folder / RUN_FILES["weights"], last_checkpoint(folder) / RUN_FILES["weights"]):
         if candidate.is_file():
             return candidate
     return None

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from detfm.engine.runs import EVAL_FILE
+from detfm.engine.runs import CONFIG_FILE, EVAL_FILE, last_checkpoint
 from detfm.recipes.adapt import SCRATCH, FinetuneConfig, load_finetune_config, run_finetune
 from detfm.tasks.registry import get_task
 from detfm.evaluate import kinds
@@ -303,7 +303,7 @@ def sensitivity_audit(cfg: FinetuneConfig, seeds: Sequence[int], out_dir: str | 
 def _replica(cfg: FinetuneConfig, run: Path, progress: bool) -> dict[str, Any]:
     """The scores of one replica: read from a finished run, else trained (or resumed)."""
     finished = (run / EVAL_FILE).is_file()
-    if (run / "config.yaml").is_file():
+    if (run / CONFIG_FILE).is_file():
         _check_same_config(cfg, run)
     if finished:
         try:
@@ -314,8 +314,8 @@ def _replica(cfg: FinetuneConfig, run: Path, progress: bool) -> dict[str, Any]:
         if not isinstance(scores, dict):
             raise DetfmError(f"{run / EVAL_FILE}: not a score file (expected a JSON object)")
         return scores
-    resume = (run / "checkpoints" / "last").exists()
-    if not resume and (run / "config.yaml").is_file():
+    resume = last_checkpoint(run).exists()
+    if not resume and (run / CONFIG_FILE).is_file():
         raise DetfmError(f"{run}: an unfinished run without a checkpoint; delete it to train this seed again")
     return run_finetune(cfg, run, resume=resume, progress=progress).eval
 

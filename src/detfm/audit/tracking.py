@@ -39,18 +39,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from detfm.engine.runs import BACKBONE_FILE, CONFIG_FILE, EVAL_FILE, MANIFEST_FILE, METRICS_FILE, MODEL_FILE
 from detfm.errors import DetfmError
 from detfm.io import file_sha256
 
 __all__ = ["flatten", "is_main_process", "log_run", "require_mlflow"]
 
-CONFIG_FILE = "config.yaml"
-METRICS_FILE = "metrics.jsonl"
-EVAL_FILE = "eval.json"
-MANIFEST_FILE = "manifest.json"
-MODEL_FILE = "model.safetensors"
 #: Files that describe the model next to its weights (copied under ``model/``).
-MODEL_FILES = (MODEL_FILE, CONFIG_FILE, "backbone.yaml")
+MODEL_FILES = (MODEL_FILE, CONFIG_FILE, BACKBONE_FILE)
 MODEL_ARTIFACT_PATH = "model"
 INSTALL_HINT = "pip install 'detfm[mlflow]'"
 

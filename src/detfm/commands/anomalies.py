@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from detfm.commands.device import check_device
+from detfm.engine.runs import MANIFEST_FILE
 from detfm.errors import DetfmError
 from detfm.io.outputs import check_output_dir, check_output_file
 
@@ -159,7 +160,7 @@ def _study(args: argparse.Namespace) -> int:
 
     started = time.time()
     files = _named_files(args.anomalous)
-    check_output_dir(args.out, overwrite=args.overwrite, outputs=("anomalies.json", "scores.npz", "manifest.json"))
+    check_output_dir(args.out, overwrite=args.overwrite, outputs=("anomalies.json", "scores.npz", MANIFEST_FILE))
     check_device(args.device)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     doc = anomaly_study(args.model, args.normal, files, args.reference, args.out, methods=methods,

@@ -13,6 +13,7 @@ from pathlib import Path
 from detfm.commands.configfile import check_yaml
 from detfm.commands.device import check_device
 from detfm.commands.seeds import add_seeds_option, parse_seeds
+from detfm.engine.runs import MANIFEST_FILE
 from detfm.errors import DetfmError
 from detfm.io.outputs import check_output_dir
 
@@ -132,7 +133,7 @@ def _diversity(args: argparse.Namespace) -> int:
     started = time.time()
     if len(args.models) < 2:
         raise DetfmError(f"a diversity audit needs at least 2 models, got {len(args.models)}")
-    check_output_dir(args.out, overwrite=args.overwrite, outputs=(REPORT_FILE, "diversity.png", "manifest.json"))
+    check_output_dir(args.out, overwrite=args.overwrite, outputs=(REPORT_FILE, "diversity.png", MANIFEST_FILE))
     check_device(args.device)
     report = diversity_audit(args.models, args.data, max_events=args.max_events, batch_size=args.batch_size,
                              device=args.device, progress=not args.quiet)

@@ -65,6 +65,7 @@ from detfm.engine.distributed import (DistInfo, all_reduce_mean, barrier, init_d
                                       shutdown_distributed)
 from detfm.engine.optim import build_optimizer
 from detfm.engine.progress import MetricsLog, ProgressBar, truncate_metrics
+from detfm.engine.runs import CHECKPOINTS_DIR, CONFIG_FILE, METRICS_FILE
 from detfm.engine.sampler import BatchPlan, derived_seed, micro_batches
 from detfm.engine.schedule import lr_at
 from detfm.errors import ConfigError, DetfmError
@@ -132,15 +133,15 @@ def _train(task: nn.Module, dataset: MapDataset, collate: Callable[[list[Any]], 
     _check_out_dir(out, resume)
     task.to(device)
     optimizer = build_optimizer(task, cfg)
-    start, record, checkpoint_path = 0, {}, out / "checkpoints" / LAST
+    start, record, checkpoint_path = 0, {}, out / CHECKPOINTS_DIR / LAST
     if dist.is_main:
-        remove_stale_temporaries(out / "checkpoints")  # half-written step folders of a killed run
+        remove_stale_temporaries(out / CHECKPOINTS_DIR)  # half-written step folders of a killed run
     if resume:
-        if not (out / "checkpoints" / LAST).exists():
+        if not (out / CHECKPOINTS_DIR / LAST).exists():
             hint = ("; it holds no checkpoint: run the same command without --resume to start it again in "
                     "place" if not _holds_progress(out) else "")
             raise DetfmError(f"nothing to resume: no checkpoint at {out / 'checkpoints' / LAST}{hint}")
-        checkpoint = read_checkpoint(out / "checkpoints" / LAST)
+        checkpoint = read_checkpoint(out / CHECKPOINTS_DIR / LAST)
         _check_compatible(checkpoint.info, identity, plan, checkpoint.path)
         apply_checkpoint(checkpoint, task, optimizer, device)
         start, record = checkpoint.step, dict(checkpoint.info.get("metrics") or {})
@@ -150,8 +151,8 @@ def _train(task: nn.Module, dataset: MapDataset, collate: Callable[[list[Any]], 
                             {"start_step": start, "steps": cfg.steps, "dataset_len": len(dataset),
                              "world_size": dist.world_size})
     if dist.is_main:
-        save_config(cfg if run_config is None else run_config, out / "config.yaml")
-        truncate_metrics(out / "metrics.jsonl", start)
+        save_config(cfg if run_config is None else run_config, out / CONFIG_FILE)
+        truncate_metrics(out / METRICS_FILE, start)
         manifest.write(ended=None)
     barrier(dist)
 
@@ -163,7 +164,7 @@ def _train(task: nn.Module, dataset: MapDataset, collate: Callable[[list[Any]], 
     takes_generator = "generator" in inspect.signature(task.forward).parameters
     after_step: Callable[[int], None] | None = getattr(task, "after_step", None)
     params = [p for p in task.parameters() if p.requires_grad]
-    log = MetricsLog(out / "metrics.jsonl") if dist.is_main else None
+    log = MetricsLog(out / METRICS_FILE) if dist.is_main else None
     bar = ProgressBar(total=cfg.steps, initial=start, enabled=cfg.progress and dist.is_main)
     sums: dict[str, torch.Tensor] = {}
     t_begin = t_log = time.perf_counter()
@@ -274,7 +275,7 @@ def _dataset_paths(dataset: Any) -> list[Path]:
     return []
 
 
-_RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoints", MODEL_FILE)
+_RUN_FILES = (CONFIG_FILE, METRICS_FILE, CHECKPOINTS_DIR, MODEL_FILE)
 
 
 def _holds_progress(out: Path) -> bool:
@@ -283,7 +284,7 @@ def _holds_progress(out: Path) -> bool:
     A run killed before its first checkpoint leaves only config.yaml, metrics.jsonl and
     manifest.json (and perhaps a half-written step folder): it is restarted in place.
     """
-    checkpoints = out / "checkpoints"
+    checkpoints = out / CHECKPOINTS_DIR
     has_step = checkpoints.is_dir() and any(p.name.startswith("step_") for p in checkpoints.iterdir())
     return has_step or (checkpoints / LAST).is_symlink() or (out / MODEL_FILE).exists()
 
@@ -384,7 +385,7 @@ def _reduce(sums: dict[str, torch.Tensor], steps: int, device: torch.device,
 def _save(out: Path, done: int, task: nn.Module, optimizer: torch.optim.Optimizer, plan: BatchPlan,
           cfg: TrainConfig, identity: dict[str, Any], record: dict[str, Any], dist: DistInfo) -> Path:
     """Write checkpoints/step_N (rank 0), point ``last`` at it, prune old ones."""
-    folder = out / "checkpoints" / f"step_{done:08d}"
+    folder = out / CHECKPOINTS_DIR / f"step_{done:08d}"
     if dist.is_main:
         next_epoch, next_batch = plan.position(done)  # where the data order resumes
         info = {"step": done, "next_epoch": next_epoch, "next_batch_in_epoch": next_batch,

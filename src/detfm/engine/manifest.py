@@ -27,11 +27,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from detfm.engine.runs import CONFIG_FILE, MANIFEST_FILE, MODEL_FILE, last_checkpoint
 from detfm.errors import DetfmError
 from detfm.io import atomic_write_text, file_sha256
 
 SCHEMA = "detfm-manifest/1"
-MANIFEST_FILE = "manifest.json"
 CHUNK = 1 << 20            # bytes per read when hashing (1 MiB)
 GIT_TIMEOUT_S = 10.0       # per git call; a slow or hung git gives null, never an error
 
@@ -51,10 +51,10 @@ def run_inputs(run_dir: str | os.PathLike[str]) -> list[Path]:
     (``model.safetensors``, else the last checkpoint's, as the loaders pick them) and
     ``config.yaml``, those that exist."""
     run = Path(run_dir)
-    weights = run / "model.safetensors"
+    weights = run / MODEL_FILE
     if not weights.is_file():
-        weights = run / "checkpoints" / "last" / "model.safetensors"
-    return [p for p in (weights, run / "config.yaml") if p.is_file()]
+        weights = last_checkpoint(run) / MODEL_FILE
+    return [p for p in (weights, run / CONFIG_FILE) if p.is_file()]
 
 
 def iso_utc(t: float | None) -> str | None:

@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from detfm.errors import ConfigError, DetfmError
+from detfm.engine.runs import last_checkpoint
 from detfm.io import atomic_path, atomic_write_text
 
 __all__ = ["RESULTS_KIND", "format_sim_to_data", "gap_summary", "sim_to_data_study"]
@@ -106,7 +107,7 @@ def _pretrain(pretrain_config: Any, unlabeled: Path, run: Path) -> Path:
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, paths=(str(unlabeled),)))
     if (run / MODEL_FILE).is_file():
         return run
-    resume = (run / "checkpoints" / "last").is_dir()
+    resume = last_checkpoint(run).is_dir()
     run_pretrain(cfg, run, resume=resume)
     return run
 
@@ -127,7 +128,7 @@ def _finetune(cfg: Any, run: Path, progress: bool) -> None:
 
     if (run / EVAL_FILE).is_file():
         return
-    resume = (run / "checkpoints" / "last").is_dir()
+    resume = last_checkpoint(run).is_dir()
     run_finetune(cfg, run, resume=resume, progress=progress)
 
 

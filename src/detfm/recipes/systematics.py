@@ -47,6 +47,7 @@ import numpy as np
 
 from detfm.evaluate import kinds
 from detfm.data.datasets import DEFAULT_DATASET, get_dataset
+from detfm.engine.runs import SPLIT_FILE
 from detfm.evaluate.scoring import argmax_without, renumber_without
 from detfm.errors import ConfigError, DetfmError
 from detfm.io import EventFile, atomic_path, atomic_write_text, layout
@@ -216,7 +217,7 @@ def heldout_event_ids(run_dir: str | os.PathLike[str], data_file: str | os.PathL
     With ``part`` (``"test"``, ``"val"``, ...) return only that part's events in the file.
     Read from the run's ``split.json`` (global numbers over the run's files, in order).
     """
-    split_file = Path(run_dir) / "split.json"
+    split_file = Path(run_dir) / SPLIT_FILE
     if not split_file.is_file():
         return None
     split = json.loads(split_file.read_text(encoding="utf-8"))

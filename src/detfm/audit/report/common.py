@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 
+from detfm.engine.runs import CHECKPOINTS_DIR
 from detfm.engine.runs import CONFIG_FILE as CONFIG_FILE
 from detfm.engine.runs import EVAL_FILE as EVAL_FILE
 from detfm.engine.runs import MANIFEST_FILE as MANIFEST_FILE
@@ -44,7 +45,7 @@ MAX_EVENT_RUNS = 4
 #: Events drawn per run: the best and the worst this many.
 EVENTS_SHOWN = 2
 _DPI = 80
-_SKIP_DIRS = {"checkpoints", "__pycache__"}
+_SKIP_DIRS = {CHECKPOINTS_DIR, "__pycache__"}
 
 
 # ----------------------------------------------------------------------------- reading
