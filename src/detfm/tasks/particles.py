@@ -5,7 +5,8 @@ A Mask2Former-style decoder (Cheng et al. 2022) on per-point backbone features, 
 Panda detector head uses on its frozen point features:
 
 * **mask features**: the shared :class:`~detfm.tasks.heads.PointHead` maps the backbone's
-  per-point output to ``hidden`` features per point (linear in probe mode);
+  per-point output to ``hidden`` features per point (linear in probe mode), then a
+  LayerNorm (unit-scale features, so the mask logits' dot products learn from the start);
 * **queries**: ``num_queries`` learned query features and positional embeddings, the same
   for every event;
 * **decoder blocks** (``decoder_blocks``, post-norm as in Mask2Former): masked
@@ -385,6 +386,7 @@ class Particles(AdaptationTask):
         with seeded_init(cfg.seed + 2):
             self.query_feat = nn.Embedding(q, d)
             self.query_pos = nn.Embedding(q, d)
+            self.memory_norm = nn.LayerNorm(d)
             self.point_pos = _MLP(3, d, d)
             self.blocks = nn.ModuleList([_DecoderBlock(d, cfg.num_heads, cfg.mlp_ratio)
                                          for _ in range(cfg.decoder_blocks)])
@@ -395,8 +397,8 @@ class Particles(AdaptationTask):
             self.start_offset = nn.Linear(d, 3)
             self.energy_head = _MLP(d + 1, d, 1)
             self.semantic_head = nn.Linear(d, NUM_SEMANTIC)
-            for module in (self.point_pos, self.blocks, self.decoder_norm, self.class_embed, self.mask_embed,
-                           self.start_embed, self.start_offset, self.energy_head, self.semantic_head):
+            for module in (self.memory_norm, self.point_pos, self.blocks, self.decoder_norm, self.class_embed,
+                           self.mask_embed, self.start_embed, self.start_offset, self.energy_head, self.semantic_head):
                 module.apply(init_weights)
             nn.init.normal_(self.query_feat.weight, std=1.0)
             nn.init.normal_(self.query_pos.weight, std=1.0)
@@ -424,7 +426,7 @@ class Particles(AdaptationTask):
         """Every prediction set (initial queries, then after each block), the (P, 5) semantic
         logits, and the (B, N) mask of real points of the padded batch."""
         out = self.encode(batch, generator)
-        feat = self.head(out)  # (P, d) mask features
+        feat = self.memory_norm(self.head(out))  # (P, d) mask features
         semantic = self.semantic_head(feat)
         if batch.num_points == 0:
             raise DataFormatError("particle finding needs at least one point in the batch", field="coord")
