@@ -231,7 +231,6 @@ def compare(files: Sequence[FileStats], energy_threshold: float) -> Comparison:
             continue
         res = build()
         if unlabeled:
-            res.skipped = None
             for row in res.rows:
                 row["note"] = f"without {unlabeled} (no labels)"
         results.append(res)
