@@ -335,13 +335,16 @@ def page_html(c: Comparison) -> str:
             f"{section_html(c)}</body></html>\n")
 
 
-def compare_section(files: list[str]) -> str:
+def compare_section(files: list[str], *, max_events: int | None = None,
+                    energy_threshold: float = layout.DEFAULT_ENERGY_THRESHOLD_MEV) -> str:
     """HTML fragment comparing event ``files`` (the first is the reference), pictures inline.
 
-    For pages that embed the comparison (the run report): same content as `detfm compare`
-    with the default threshold (0.13 MeV). Raises :class:`DetfmError` for bad input.
+    For pages that embed the comparison (the run report): the content of `detfm compare`'s
+    page without the page around it, a ``<div class="detfm-compare">`` holding its styles
+    and base64 PNGs, no script. ``max_events`` caps the events read per file. Raises
+    :class:`DetfmError` (or its :class:`DataFormatError`) for bad input.
     """
-    return section_html(run_compare(files))
+    return section_html(run_compare(files, energy_threshold=energy_threshold, max_events=max_events))
 
 
 def write_compare(c: Comparison, out: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
