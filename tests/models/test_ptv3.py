@@ -279,3 +279,16 @@ def test_reference_grid_and_per_event_depth_keep_events_independent() -> None:
     with torch.no_grad():
         torch.testing.assert_close(model.forward_features(_sub(batch, perm, batch.offsets)).point,
                                    model.forward_features(batch).point[perm], atol=1e-5, rtol=1e-5)
+
+
+def test_mixed_precision_forward_and_backward() -> None:
+    """Under autocast (bf16 here, on CPU) the sparse convolution follows autocast's dtype."""
+    model = PTv3(TINY).train()
+    batch = _batch([_event(150, 24), _event(40, 25)])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model.forward_features(batch, generator=torch.Generator().manual_seed(0))
+    assert bool(torch.isfinite(out.point.float()).all())
+    out.point.float().square().mean().backward()
+    grads = {n: p.grad for n, p in model.named_parameters() if n != "embedding.mask_token"}
+    assert all(g is not None and g.dtype == torch.float32 and bool(torch.isfinite(g).all())
+               for g in grads.values())

@@ -95,7 +95,13 @@ def submanifold_conv3d_per_offset(x: torch.Tensor, kmap: KernelMap, w: torch.Ten
     (what :func:`per_offset` makes; lets callers fold a following Linear into the kernel)."""
     if w.ndim != 3 or w.shape[0] != 27 or w.shape[1] != x.shape[1]:
         raise ConfigError(f"per-offset kernel must be (27, {x.shape[1]}, out), got {tuple(w.shape)}")
-    return _SubMConv.apply(x.contiguous(), w.contiguous(), bias, kmap.pair_in, kmap.pair_out, kmap.counts)
+    device = x.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+    # one dtype for the matmuls (autocast's, as for nn.Linear); gradients flow back through .to()
+    x, w = x.to(dtype).contiguous(), w.to(dtype).contiguous()
+    bias = bias.to(dtype) if bias is not None else None
+    with torch.autocast(device, enabled=False):
+        return _SubMConv.apply(x, w, bias, kmap.pair_in, kmap.pair_out, kmap.counts)
 
 
 class SubMConv3d(nn.Module):
