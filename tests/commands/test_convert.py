@@ -51,3 +51,14 @@ def test_convert_refuses_a_bad_checkpoint_and_writes_nothing(tmp_path: Path) -> 
     with pytest.raises(DataFormatError, match=r"enc\.enc2\.block1\.cpe\.0\.weight.*shape"):
         convert_panda_command(_args(ckpt, run))
     assert not (run / "model.safetensors").exists()
+
+
+def test_parser_wires_the_panda_source() -> None:
+    from detfm.commands import convert
+
+    parser = argparse.ArgumentParser()
+    convert.add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["convert", "panda", "ckpt.pth", "--out", "run", "--prefix", "backbone."])
+    assert args.func is convert_panda_command and args.prefix == "backbone." and not args.overwrite
+    with pytest.raises(SystemExit):
+        parser.parse_args(["convert", "sonata", "ckpt.pth", "--out", "run"])
