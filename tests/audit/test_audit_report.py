@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from detfm_testing import TINY_SHALLOW, one_torch_thread
+from detfm_testing import TINY_SHALLOW, one_torch_thread, simulate_events
 from PIL import Image
 
 from detfm.recipes.adapt import FinetuneConfig, predict_file, run_finetune
@@ -172,6 +172,10 @@ def full_report(finetune_run: Path, tmp_path_factory: pytest.TempPathFactory) ->
     make_sensitivity(root / "sens")
     make_diversity(root / "div")
     predict_file(finetune_run, _data(finetune_run), root / "preds.h5")  # found in root, not named
+    other = simulate_events(root / "other.h5", events=6, seed=9)  # a second event file, named by a run
+    (root / "on_other").mkdir()
+    (root / "on_other" / "config.yaml").write_text(f"# PretrainConfig\nmodel: pointmae_micro\ndata:\n"
+                                                   f"  paths: [{other}]\n", encoding="utf-8")
     out = build_report([root, finetune_run], root / "out" / "report.html", max_events=6, title="Test <report>")
     return out, out.read_text(encoding="utf-8")
 
@@ -436,3 +440,19 @@ def test_finetune_config_dataclass_is_the_report_header(finetune_run: Path) -> N
     # the report recognises fine-tune runs by the first line save_config writes
     first = (finetune_run / "config.yaml").read_text(encoding="utf-8").splitlines()[0]
     assert first == f"# {FinetuneConfig.__name__}"
+
+
+def test_runs_on_two_event_files_get_the_data_comparison(tiny_events: Path, tmp_path: Path) -> None:
+    other = simulate_events(tmp_path / "other.h5", events=6, seed=9)
+    for name, data in (("sim", tiny_events), ("data", other)):
+        (tmp_path / "runs" / name).mkdir(parents=True)
+        (tmp_path / "runs" / name / "config.yaml").write_text(
+            f"# PretrainConfig\nmodel: pointmae_micro\ndata:\n  paths: [{data}]\n", encoding="utf-8")
+    p = parse(build_report([tmp_path / "runs"], tmp_path / "r.html").read_text(encoding="utf-8"))
+    text = p.text("data")
+    assert "2 event files named by the runs" in text and "other.h5" in text
+    assert len(p.images["data"]) >= 3  # the label-free distributions at least
+    one = tmp_path / "one"
+    shutil.copytree(tmp_path / "runs" / "sim", one / "sim")
+    p = parse(build_report([one], tmp_path / "r1.html").read_text(encoding="utf-8"))
+    assert "Not available" in p.text("data") and not p.images["data"]

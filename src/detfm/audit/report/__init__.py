@@ -15,7 +15,8 @@ sensitivity         sensitivity.json, diversity.json (audits)  spread over seeds
 systematics         report.json (``detfm-systematics/1``)      metrics, shifts, prediction flips
 calibration         report.json (its calibration/conformal)    ECE, reliability, coverage
 anomalies           anomalies.json, ranked.csv                 signature AUCs, top events
-events              fine-tune semseg runs + their data files   best and worst test events
+events              predictions of `detfm predict` + event file best and worst test events
+data                the event files the runs' configs name     `detfm compare`'s distributions
 ==================  =========================================  ===========================
 
 A section whose inputs are absent says so in one line. The file needs nothing outside
@@ -45,6 +46,7 @@ from detfm.audit.report.common import (
     STUDY_FILES,
     SYSTEMATICS_FILE,
 )
+from detfm.audit.report.data import _data
 from detfm.audit.report.evaluation import _evaluation
 from detfm.audit.report.events import _events, is_predictions_file
 from detfm.audit.report.label_efficiency import _label_efficiency
@@ -93,6 +95,7 @@ def build_report(run_dirs: Sequence[str | os.PathLike[str]], out: str | os.PathL
         *_systematics_and_calibration(dirs),
         ("anomalies", "Anomalies", _anomalies(dirs)),
         ("events", "Best and worst events", _events(dirs, max_events, [_predictions_file(p) for p in predictions])),
+        ("data", "Data and simulation", _data(dirs)),
     ]
     page = _page(heading, [str(d) for d in run_dirs], sections)
     path = Path(out)

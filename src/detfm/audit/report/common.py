@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 #: Element ids of the report's sections, in page order.
 SECTION_IDS: tuple[str, ...] = ("provenance", "training", "evaluation", "label-efficiency", "sensitivity",
-                                "systematics", "calibration", "anomalies", "events")
+                                "systematics", "calibration", "anomalies", "events", "data")
 
 STUDY_FILES = ("results.json", "study.json")
 SENSITIVITY_FILE = "sensitivity.json"

@@ -77,6 +77,7 @@ _MISSING = {
     "calibration": "no systematics report with calibration or conformal results found",
     "anomalies": f"no {ANOMALY_FILE} or {RANKED_FILE} found",
     "events": "no per-point predictions found (run `detfm predict` and pass --predictions)",
+    "data": "the runs name fewer than two event files, so there is nothing to compare",
 }
 
 
