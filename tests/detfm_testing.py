@@ -165,3 +165,60 @@ def _pointwise_class() -> Any:
             return self.forward_intermediates(batch, mask=mask)[0]
 
     return Pointwise
+
+
+# ----------------------------------------------------------------------------- headless chromium
+# The browser tests of detfm's HTML pages (the report, `detfm compare`) share these.
+CHROMIUM_TIMEOUT_S = 60
+
+
+def chromium_path() -> str | None:
+    """Debian's chromium (``scripts/install_test_browser.sh``), or None when it is not installed."""
+    import shutil
+
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def run_chromium(page: Path, profile: Path, *extra: str) -> Any:
+    """Open ``page`` in headless chromium with a fresh profile and no network chatter."""
+    import os
+    import subprocess
+
+    args = [chromium_path() or "chromium", "--headless", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--no-first-run", "--disable-extensions", "--hide-scrollbars",
+            f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0", "--virtual-time-budget=5000",
+            *extra, page.as_uri()]
+    if os.geteuid() == 0:
+        args.insert(1, "--no-sandbox")  # chromium refuses to start its sandbox as root
+    return subprocess.run(args, capture_output=True, text=True, timeout=CHROMIUM_TIMEOUT_S, check=False)
+
+
+def console_messages(stderr: str) -> list[str]:
+    """Lines of chromium's log that come from the page's console (detfm's pages log nothing)."""
+    return [line for line in stderr.splitlines() if ":CONSOLE" in line or "Uncaught" in line]
+
+
+def page_check_attributes(dom: str) -> Any:
+    """The ``<body>`` and ``<html>`` attributes and element ids of a dumped DOM (what the pages'
+    self-check script wrote)."""
+    import html.parser
+
+    class Attrs(html.parser.HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body: dict[str, str | None] = {}
+            self.root: dict[str, str | None] = {}
+            self.ids: set[str] = set()
+
+        def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+            a = dict(attrs)
+            if tag == "body":
+                self.body = a
+            elif tag == "html":
+                self.root = a
+            if a.get("id"):
+                self.ids.add(a["id"] or "")
+
+    parsed = Attrs()
+    parsed.feed(dom)
+    return parsed

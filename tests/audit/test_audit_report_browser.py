@@ -7,24 +7,20 @@ the test is skipped.
 
 from __future__ import annotations
 
-import html.parser
 import json
-import os
 import re
-import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
+from detfm_testing import chromium_path, console_messages, page_check_attributes, run_chromium
 from PIL import Image
 
 from detfm.audit.report import SECTION_IDS, build_report
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM = chromium_path()
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium not found on PATH; install it with "
                                                          "scripts/install_test_browser.sh (as root)")
-TIMEOUT_S = 60
 
 
 def make_runs(root: Path) -> None:
@@ -48,46 +44,13 @@ def make_runs(root: Path) -> None:
             "before": {"confidence": [0.4, 0.8], "accuracy": [0.3, 0.6], "count": [5, 5]}}}}), encoding="utf-8")
 
 
-class _BodyAttrs(html.parser.HTMLParser):
-    def __init__(self) -> None:
-        super().__init__()
-        self.body: dict[str, str | None] = {}
-        self.root: dict[str, str | None] = {}
-        self.ids: set[str] = set()
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        a = dict(attrs)
-        if tag == "body":
-            self.body = a
-        elif tag == "html":
-            self.root = a
-        if a.get("id"):
-            self.ids.add(a["id"] or "")
-
-
-def chromium(page: Path, profile: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    args = [CHROMIUM or "chromium", "--headless", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--no-first-run", "--disable-extensions", "--hide-scrollbars",
-            f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0", "--virtual-time-budget=5000",
-            *extra, page.as_uri()]
-    if os.geteuid() == 0:
-        args.insert(1, "--no-sandbox")  # chromium refuses to start its sandbox as root
-    return subprocess.run(args, capture_output=True, text=True, timeout=TIMEOUT_S, check=False)
-
-
-def console_messages(stderr: str) -> list[str]:
-    """Lines of chromium's log that come from the page's console (the report logs nothing)."""
-    return [line for line in stderr.splitlines() if ":CONSOLE" in line or "Uncaught" in line]
-
-
 def test_report_loads_cleanly_in_headless_chromium(tmp_path: Path) -> None:
     make_runs(tmp_path / "runs")
     page = build_report([tmp_path / "runs"], tmp_path / "report.html")
 
-    dom = chromium(page, tmp_path / "profile-dom", "--dump-dom")
+    dom = run_chromium(page, tmp_path / "profile-dom", "--dump-dom")
     assert dom.returncode == 0, dom.stderr[-2000:]
-    parsed = _BodyAttrs()
-    parsed.feed(dom.stdout)
+    parsed = page_check_attributes(dom.stdout)
     assert set(SECTION_IDS) <= parsed.ids
     assert "data-errors" not in parsed.root, parsed.root.get("data-errors")
     assert parsed.body.get("data-missing-sections") == ""
@@ -97,7 +60,7 @@ def test_report_loads_cleanly_in_headless_chromium(tmp_path: Path) -> None:
     assert console_messages(dom.stderr) == []
 
     shot = tmp_path / "report.png"
-    run = chromium(page, tmp_path / "profile-shot", f"--screenshot={shot}", "--window-size=1280,2000")
+    run = run_chromium(page, tmp_path / "profile-shot", f"--screenshot={shot}", "--window-size=1280,2000")
     assert run.returncode == 0 and shot.is_file(), run.stderr[-2000:]
     assert console_messages(run.stderr) == []
     with Image.open(shot) as image:
@@ -115,9 +78,8 @@ def test_the_checks_catch_a_broken_picture_and_a_script_error(tmp_path: Path) ->
     broken = broken.replace("</body>", "<script>notDefinedAnywhere();</script></body>")
     bad = tmp_path / "broken.html"
     bad.write_text(broken, encoding="utf-8")
-    dom = chromium(bad, tmp_path / "profile", "--dump-dom")
-    parsed = _BodyAttrs()
-    parsed.feed(dom.stdout)
+    dom = run_chromium(bad, tmp_path / "profile", "--dump-dom")
+    parsed = page_check_attributes(dom.stdout)
     assert parsed.body.get("data-broken-images") == "1"
     assert "notDefinedAnywhere" in (parsed.root.get("data-errors") or "")
     assert parsed.body.get("data-ok") == "0"

@@ -7,56 +7,21 @@ the test is skipped.
 
 from __future__ import annotations
 
-import html.parser
-import os
 import re
-import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
+from detfm_testing import chromium_path, console_messages, page_check_attributes, run_chromium
 from PIL import Image
 
 from detfm.evaluate.compare import run_compare, write_compare
 from detfm.sim.simulate import SimConfig, simulate_to_file
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM = chromium_path()
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium not found on PATH; install it with "
                                                          "scripts/install_test_browser.sh (as root)")
-TIMEOUT_S = 60
 FIGURES = 8
-
-
-class _Attrs(html.parser.HTMLParser):
-    def __init__(self) -> None:
-        super().__init__()
-        self.body: dict[str, str | None] = {}
-        self.root: dict[str, str | None] = {}
-        self.ids: set[str] = set()
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        a = dict(attrs)
-        if tag == "body":
-            self.body = a
-        elif tag == "html":
-            self.root = a
-        if a.get("id"):
-            self.ids.add(a["id"] or "")
-
-
-def chromium(page: Path, profile: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    args = [CHROMIUM or "chromium", "--headless", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--no-first-run", "--disable-extensions", "--hide-scrollbars",
-            f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0", "--virtual-time-budget=5000",
-            *extra, page.as_uri()]
-    if os.geteuid() == 0:
-        args.insert(1, "--no-sandbox")  # chromium refuses to start its sandbox as root
-    return subprocess.run(args, capture_output=True, text=True, timeout=TIMEOUT_S, check=False)
-
-
-def console_messages(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if ":CONSOLE" in line or "Uncaught" in line]
 
 
 @pytest.fixture(scope="module")
@@ -69,10 +34,9 @@ def page(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_compare_page_loads_cleanly_in_headless_chromium(page: Path, tmp_path: Path) -> None:
-    dom = chromium(page, tmp_path / "profile-dom", "--dump-dom")
+    dom = run_chromium(page, tmp_path / "profile-dom", "--dump-dom")
     assert dom.returncode == 0, dom.stderr[-2000:]
-    parsed = _Attrs()
-    parsed.feed(dom.stdout)
+    parsed = page_check_attributes(dom.stdout)
     assert "data-errors" not in parsed.root, parsed.root.get("data-errors")
     assert int(parsed.body.get("data-images") or 0) == FIGURES
     assert parsed.body.get("data-broken-images") == "0"
@@ -81,7 +45,7 @@ def test_compare_page_loads_cleanly_in_headless_chromium(page: Path, tmp_path: P
     assert console_messages(dom.stderr) == []
 
     shot = tmp_path / "compare.png"
-    run = chromium(page, tmp_path / "profile-shot", f"--screenshot={shot}", "--window-size=1280,1600")
+    run = run_chromium(page, tmp_path / "profile-shot", f"--screenshot={shot}", "--window-size=1280,1600")
     assert run.returncode == 0 and shot.is_file(), run.stderr[-2000:]
     with Image.open(shot) as image:
         gray = np.asarray(image.convert("L"), dtype=np.float64)
@@ -93,8 +57,7 @@ def test_the_checks_catch_a_broken_picture(page: Path, tmp_path: Path) -> None:
     broken = re.sub(r'src="data:image/png;base64,[^"]{0,40}', 'src="data:image/png;base64,AAAA', text, count=1)
     bad = tmp_path / "broken.html"
     bad.write_text(broken, encoding="utf-8")
-    dom = chromium(bad, tmp_path / "profile", "--dump-dom")
-    parsed = _Attrs()
-    parsed.feed(dom.stdout)
+    dom = run_chromium(bad, tmp_path / "profile", "--dump-dom")
+    parsed = page_check_attributes(dom.stdout)
     assert parsed.body.get("data-broken-images") == "1"
     assert parsed.body.get("data-ok") == "0"

@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from detfm import __version__
+from detfm.evaluate.page_check import page_check_script
 from detfm.errors import DetfmError
 from detfm.evaluate.compare_plots import Curve, figure_png, normalised_hist
 from detfm.evaluate.compare_stats import (
@@ -261,24 +262,6 @@ _CSS = """
 .detfm-compare .na{color:#777;font-style:italic}
 """
 
-_CHECK_JS = """
-(function () {
-  var errors = [];
-  window.addEventListener('error', function (e) {
-    errors.push(String(e.message || 'error'));
-    document.documentElement.setAttribute('data-errors', errors.join(' | '));
-  });
-  window.addEventListener('load', function () {
-    var imgs = Array.prototype.slice.call(document.images);
-    var broken = imgs.filter(function (im) { return !(im.complete && im.naturalWidth > 0); });
-    var body = document.body;
-    body.setAttribute('data-images', String(imgs.length));
-    body.setAttribute('data-broken-images', String(broken.length));
-    body.setAttribute('data-ok', (broken.length === 0 && errors.length === 0) ? '1' : '0');
-  });
-})();
-"""
-
 
 def _esc(x: object) -> str:
     return html.escape(str(x), quote=True)
@@ -330,7 +313,7 @@ def page_html(c: Comparison) -> str:
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{_esc(title)}</title>'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
             f"<style>body{{font-family:system-ui,sans-serif;max-width:1200px;margin:0 auto;padding:0 1em 2em;"
-            f"color:#222}}</style><script>{_CHECK_JS}</script></head>"
+            f"color:#222}}</style><script>{page_check_script()}</script></head>"
             f'<body data-ok="0"><h1>{_esc(title)}</h1><p class="note">detfm {_esc(__version__)}</p>'
             f"{section_html(c)}</body></html>\n")
 

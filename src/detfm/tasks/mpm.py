@@ -137,6 +137,18 @@ def _rank() -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
+def call_generator(seed: int, step: torch.Tensor, training: bool) -> torch.Generator:
+    """A fresh generator for one call of a pretraining objective: seeded by
+    ``SeedSequence([seed, rank, step])`` in training (and ``step``, a buffer saved with the
+    task, advanced), by ``[seed, rank, EVAL_STREAM]`` in eval mode (see the module docstring)."""
+    stream = int(step) if training else EVAL_STREAM
+    state = np.random.SeedSequence([seed, _rank(), stream]).generate_state(1, np.uint64)[0]
+    if training:
+        with torch.no_grad():
+            step += 1
+    return torch.Generator().manual_seed(int(state) >> 1)
+
+
 class MaskedPointModeling(nn.Module):
     """PoLAr-MAE pre-training task around a backbone; ``task(batch) -> {"loss", "outputs"}``."""
 
@@ -187,12 +199,7 @@ class MaskedPointModeling(nn.Module):
     # -- randomness -----------------------------------------------------------------
     def make_generator(self) -> torch.Generator:
         """The generator of this call (see the module docstring); advances ``step`` in training."""
-        stream = int(self.step) if self.training else EVAL_STREAM
-        seed = np.random.SeedSequence([self.config.seed, _rank(), stream]).generate_state(1, np.uint64)[0]
-        if self.training:
-            with torch.no_grad():
-                self.step += 1
-        return torch.Generator().manual_seed(int(seed) >> 1)
+        return call_generator(self.config.seed, self.step, self.training)
 
     # -- stages ---------------------------------------------------------------------
     def random_masking(self, patch_mask: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import inspect
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -24,7 +23,7 @@ from detfm.data import PackedBatch
 from detfm.errors import ConfigError
 from detfm.models.layers import init_weights, seeded_init
 from detfm.tasks.base import TaskOutput
-from detfm.tasks.mpm import EVAL_STREAM, MPMConfig, _rank
+from detfm.tasks.mpm import MPMConfig, call_generator
 from detfm.tasks.views import grid_mask
 
 __all__ = ["MaskedVoxelModeling"]
@@ -52,12 +51,7 @@ class MaskedVoxelModeling(nn.Module):
 
     def make_generator(self) -> torch.Generator:
         """The generator of this call when the engine passes none (as the patch objective)."""
-        stream = int(self.step) if self.training else EVAL_STREAM
-        seed = np.random.SeedSequence([self.config.seed, _rank(), stream]).generate_state(1, np.uint64)[0]
-        if self.training:
-            with torch.no_grad():
-                self.step += 1
-        return torch.Generator().manual_seed(int(seed) >> 1)
+        return call_generator(self.config.seed, self.step, self.training)
 
     def forward(self, batch: PackedBatch, generator: torch.Generator | None = None) -> TaskOutput:
         generator = generator or self.make_generator()

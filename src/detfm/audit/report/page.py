@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -13,6 +12,7 @@ from detfm import __version__
 if TYPE_CHECKING:
     pass
 
+from detfm.evaluate.page_check import page_check_script
 from detfm.audit.report.common import (
     ANOMALY_FILE,
     CONFIG_FILE,
@@ -44,29 +44,6 @@ img{max-width:100%;height:auto;display:block;margin:.5em 0}.na{color:#777;font-s
 .note{color:#555;font-size:.9em}nav a{margin-right:1em}code{font-size:.9em}small{color:#666}
 """
 
-# Checks the page once loaded: every picture decoded, every section present; any script
-# error is collected. The result is written on <body> (data-ok="1" when all is well).
-_CHECK_JS = """
-(function () {
-  var errors = [];
-  window.addEventListener('error', function (e) {
-    errors.push(String(e.message || 'error'));
-    document.documentElement.setAttribute('data-errors', errors.join(' | '));
-  });
-  window.addEventListener('load', function () {
-    var ids = %s;
-    var missing = ids.filter(function (id) { return !document.getElementById(id); });
-    var imgs = Array.prototype.slice.call(document.images);
-    var broken = imgs.filter(function (im) { return !(im.complete && im.naturalWidth > 0); });
-    var body = document.body;
-    body.setAttribute('data-images', String(imgs.length));
-    body.setAttribute('data-broken-images', String(broken.length));
-    body.setAttribute('data-missing-sections', missing.join(' '));
-    body.setAttribute('data-ok', (missing.length === 0 && broken.length === 0 && errors.length === 0) ? '1' : '0');
-  });
-})();
-"""
-
 _MISSING = {
     "provenance": f"no {MANIFEST_FILE} or {CONFIG_FILE} found",
     "training": f"no {METRICS_FILE} found",
@@ -87,7 +64,7 @@ def _page(title: str, given: Sequence[str], sections: Sequence[tuple[str, str, s
     body = "".join(
         f'<section id="{sid}"><h2>{_esc(name)}</h2>{content if content is not None else _na(_MISSING[sid])}</section>'
         for sid, name, content in sections)
-    check = _CHECK_JS % json.dumps(list(SECTION_IDS))
+    check = page_check_script(SECTION_IDS)
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
             f"<title>{_esc(title)}</title><style>{_CSS}</style><script>{check}</script></head>"
