@@ -21,8 +21,8 @@ import torch
 from torch.profiler import record_function
 
 from detfm.data.batch import PackedBatch
+from detfm.data.datasets import DEFAULT_DATASET, get_dataset
 from detfm.errors import ConfigError, DataFormatError
-from detfm.io import layout
 from detfm.models.sparse.hashing import (
     MAX_BOX,
     KernelMap,
@@ -37,6 +37,9 @@ from detfm.models.sparse.serialization import (
     encode,
     inverse_permutation,
 )
+
+# Coordinate extent when a caller names none: the default dataset kind's box.
+_DEFAULT_BOX = get_dataset(DEFAULT_DATASET).box_size
 
 __all__ = ["Geometry", "Level", "Windows", "build_geometry", "check_coordinates", "grid_coordinates",
            "normalised_coordinates"]
@@ -190,7 +193,7 @@ class Geometry:
         return total / count[:, None].to(point_feat.dtype)
 
 
-def check_coordinates(batch: PackedBatch, box_size: float = float(layout.BOX_VOXELS)) -> None:
+def check_coordinates(batch: PackedBatch, box_size: float = _DEFAULT_BOX) -> None:
     """Raise :class:`DataFormatError` naming the event of a non-finite or out-of-box point."""
     coord = batch.coord
     if coord.ndim != 2 or coord.shape[1] != 3:
@@ -209,7 +212,7 @@ def check_coordinates(batch: PackedBatch, box_size: float = float(layout.BOX_VOX
                               f"(crop or clip events before the backbone)", event=event, field="coord")
 
 
-def normalised_coordinates(coord: torch.Tensor, box_size: float = float(layout.BOX_VOXELS)) -> torch.Tensor:
+def normalised_coordinates(coord: torch.Tensor, box_size: float = _DEFAULT_BOX) -> torch.Tensor:
     """Panda's input coordinates: ``(x - box / 2) / (box sqrt(3) / 2)`` (for the 768-voxel
     box ``(x - 384) / 665.1``): the box's corners land on the unit sphere."""
     return (coord - box_size / 2.0) / (box_size * math.sqrt(3.0) / 2.0)
@@ -232,7 +235,7 @@ def grid_coordinates(batch: PackedBatch, box_size: float, grid_size: float | Non
 
 
 def build_geometry(batch: PackedBatch, orders: tuple[str, ...], num_levels: int,
-                   box_size: float = float(layout.BOX_VOXELS), grid_size: float | None = None,
+                   box_size: float = _DEFAULT_BOX, grid_size: float | None = None,
                    depth: int | None = DEPTH) -> Geometry:
     """Voxelize ``batch`` and build ``num_levels`` levels serialized along ``orders``.
 
