@@ -117,7 +117,7 @@ def test_bad_files(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"nope\.yaml: config file not found"):
         load_config(TrainConfig, tmp_path / "nope.yaml")
     (tmp_path / "bad.yaml").write_text("steps: [1,\n")
-    with pytest.raises(ConfigError, match=r"bad\.yaml: not valid YAML"):
+    with pytest.raises(ConfigError, match=r"bad\.yaml, line 2, column 1: not valid YAML"):
         load_config(TrainConfig, tmp_path / "bad.yaml")
     (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match=r"list\.yaml: TrainConfig: expected a mapping"):
@@ -146,3 +146,16 @@ def test_hash_ignores_resume_free_fields_only() -> None:
     nested = RunSettings(train=TrainConfig(num_workers=3))
     assert config_hash(nested) == config_hash(RunSettings())
     assert config_hash(RunSettings(model=ModelSettings(depth=9))) != config_hash(RunSettings())
+
+
+def test_a_yaml_syntax_error_names_file_line_and_column(tmp_path: Path) -> None:
+    from detfm.engine.config import read_yaml
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  steps: [1, 2\n  lr: 0.1\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        load_config(TrainConfig, bad)
+    message = str(err.value)
+    assert message.startswith(f"{bad}, line ") and ", column " in message and "\n" not in message
+    with pytest.raises(ConfigError, match="is a folder"):
+        read_yaml(tmp_path)

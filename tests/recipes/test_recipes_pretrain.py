@@ -87,3 +87,10 @@ def test_bad_inputs(events: Path, tmp_path: Path) -> None:
         load_backbone(tmp_path)
     with pytest.raises(DetfmError, match="unknown model"):
         run_pretrain(PretrainConfig(model="pointmae_smal", data=cfg.data, train=cfg.train), tmp_path / "r3")
+
+
+def test_a_wrong_model_name_is_named_before_the_data_is_read(tmp_path: Path) -> None:
+    cfg = PretrainConfig(model="pointmae_smal", data=DataConfig(paths=(str(tmp_path / "missing.h5"),)))
+    with pytest.raises(ConfigError, match="unknown model 'pointmae_smal'; did you mean 'pointmae_small'"):
+        run_pretrain(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()

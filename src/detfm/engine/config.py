@@ -147,6 +147,29 @@ def save_config(cfg: Any, path: str | os.PathLike[str]) -> None:
     atomic_write_text(path, text)
 
 
+def read_yaml(path: str | os.PathLike[str]) -> Any:
+    """The contents of a YAML file; a file that cannot be read or parsed is one
+    :class:`ConfigError` line: ``FILE, line L, column C: not valid YAML (problem)``."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder, expected a YAML config file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read config file ({exc})") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = " ".join(str(exc.problem or exc.context or "syntax error").split())
+        raise ConfigError(f"{path}{where}: not valid YAML ({problem})") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
+
+
 def load_config(cls: type[T], source: str | os.PathLike[str] | Mapping[str, Any]) -> T:
     """Build the dataclass ``cls`` from a YAML file or a mapping, checking keys and types.
 
@@ -158,14 +181,7 @@ def load_config(cls: type[T], source: str | os.PathLike[str] | Mapping[str, Any]
     if isinstance(source, Mapping):
         return _build(cls, source, where="")
     path = Path(source)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read config file: {exc}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    data = read_yaml(path)
     try:
         return _build(cls, {} if data is None else data, where="")
     except ConfigError as exc:

@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch import nn
 
 from detfm.engine.checkpoint import LAST, MODEL_FILE
+from detfm.engine.config import read_yaml
 from detfm.errors import DetfmError
 from detfm.models import ModelConfig, build_model, config_from_yaml, model_config
 
@@ -112,10 +112,7 @@ def run_settings(run_dir: str | os.PathLike[str], kind: str = "run directory") -
     path = Path(run_dir) / CONFIG_FILE
     if not path.is_file():
         raise DetfmError(f"{run_dir}: not a {kind} (no {CONFIG_FILE})")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise DetfmError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    data = read_yaml(path) or {}
     if not isinstance(data, dict):
         raise DetfmError(f"{path}: a run config must be a mapping")
     return data

@@ -96,6 +96,8 @@ def build_task(cfg: PretrainConfig) -> torch.nn.Module:
 
 def run_pretrain(cfg: PretrainConfig, out_dir: str | os.PathLike[str], resume: bool = False) -> TrainResult:
     """Pretrain ``cfg.model`` on ``cfg.data.paths``; the run lands in ``out_dir``."""
+    get_objective(cfg.objective)  # a wrong name or setting is named before any data is read
+    model_config(cfg.model, **cfg.model_overrides)
     dataset = build_dataset(cfg.data, cfg.train.seed)
     if len(dataset) < cfg.train.batch_size:
         raise DetfmError(f"only {len(dataset)} usable events (min_points={cfg.data.min_points}) "
