@@ -128,3 +128,14 @@ def test_unknown_task_and_wrong_family_objective_are_clear_errors(tiny_events: P
     # masked modeling picks its form by family: patches for the patch transformer, voxel cells otherwise
     assert type(build_task(PretrainConfig(model="pointwise_test"))).__name__ == "MaskedVoxelModeling"
     assert type(build_task(PretrainConfig(model="pointmae_test"))).__name__ == "MaskedPointModeling"
+
+
+def test_a_probe_can_read_the_multilevel_features(tiny_events: Path, tmp_path: Path) -> None:
+    """Panda's linear-probe protocol: the head reads the levels concatenated at the points."""
+    cfg = _config(tiny_events, "pointwise_test", mode="probe", head_features="multilevel")
+    result = run_finetune(cfg, tmp_path / "run", progress=False)
+    task = load_finetuned(tmp_path / "run")
+    assert task.head.token_proj.in_features == 2 * 16  # two blocks of width 16
+    assert 0.0 <= result.eval["macro_f1_5"] <= 1.0
+    with pytest.raises(ConfigError, match="head_features"):
+        _config(tiny_events, "pointwise_test", head_features="tokens")

@@ -31,7 +31,7 @@ from torch import nn
 
 from detfm.errors import ConfigError
 
-__all__ = ["Backbone", "BackboneOutput", "GroupRules", "layer_ids", "num_layer_groups"]
+__all__ = ["Backbone", "BackboneOutput", "GroupRules", "layer_ids", "multilevel_width", "num_layer_groups"]
 
 
 @dataclass(frozen=True)
@@ -98,6 +98,21 @@ def num_layer_groups(module: nn.Module) -> int:
     """How many layer groups ``module.group_matcher()`` makes of its parameters."""
     ids = layer_ids([n for n, _ in module.named_parameters()], module.group_matcher())
     return max(ids.values()) + 1 if ids else 0
+
+
+@torch.no_grad()
+def multilevel_width(backbone: nn.Module) -> int:
+    """Width of ``forward_features(batch).multilevel()`` (one forward of a two-voxel event)."""
+    from detfm.data import PackedBatch
+
+    was = backbone.training
+    backbone.eval()
+    tiny = PackedBatch(coord=torch.tensor([[10.0, 10.0, 10.0], [11.0, 10.0, 10.0]]),
+                       feat=torch.zeros(2, backbone.default_cfg.in_channels), offsets=torch.tensor([0, 2]),
+                       energy=torch.ones(2))
+    width = backbone.forward_features(tiny).multilevel().shape[1]
+    backbone.train(was)
+    return int(width)
 
 
 @runtime_checkable

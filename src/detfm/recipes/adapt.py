@@ -124,6 +124,9 @@ class FinetuneConfig:
             all weights 1.
         focal_gamma: focal-loss exponent (0: cross-entropy).
         head_hidden, point_dim: widths of the MLP head and the per-point embedding.
+        head_features: ``point`` (the backbone's per-point output) or ``multilevel`` (its
+            levels concatenated at the points: Panda's linear-probe protocol, and what a
+            self-distilled backbone was trained on).
         layer_decay: layer-wise lr decay in ``finetune`` mode (1: none).
         lora_rank, lora_alpha: LoRA update rank and scale in ``lora`` mode.
         eval_batch_size: events per batch when scoring the test split.
@@ -146,6 +149,7 @@ class FinetuneConfig:
     focal_gamma: float = 2.0
     head_hidden: int = 128
     point_dim: int = 32
+    head_features: str = "point"
     layer_decay: float = DEFAULT_LAYER_DECAY
     lora_rank: int = DEFAULT_LORA_RANK
     lora_alpha: float = DEFAULT_LORA_ALPHA
@@ -182,6 +186,8 @@ class FinetuneConfig:
             raise ConfigError(f"layer_decay must be in (0, 1], got {self.layer_decay}")
         if self.focal_gamma < 0:
             raise ConfigError(f"focal_gamma must be >= 0, got {self.focal_gamma}")
+        if self.head_features not in ("point", "multilevel"):
+            raise ConfigError(f"head_features must be 'point' or 'multilevel', got {self.head_features!r}")
         if self.exclude_low_energy and spec.excluded_class is None:
             raise ConfigError(f"exclude_low_energy applies to tasks with an excluded class (semseg), "
                               f"not to '{self.task}'")
@@ -282,7 +288,8 @@ def build_task(cfg: FinetuneConfig, backbone: nn.Module,
         "focal_gamma": cfg.focal_gamma,
         "class_weights": None if class_weights is None else tuple(float(w) for w in class_weights),
         "freeze_backbone": cfg.mode in ("probe", "head"),
-        "layer_decay": cfg.layer_decay if cfg.mode == "finetune" else 1.0, "seed": cfg.train.seed}
+        "layer_decay": cfg.layer_decay if cfg.mode == "finetune" else 1.0, "seed": cfg.train.seed,
+        "features": cfg.head_features}
     if cfg.exclude_low_energy:
         settings["exclude_low_energy"] = True
     return spec.build(backbone, spec.config_cls(**settings))

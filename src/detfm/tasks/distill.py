@@ -42,6 +42,7 @@ from torch import nn
 from detfm.data import PackedBatch
 from detfm.data.datasets import get_dataset
 from detfm.errors import ConfigError
+from detfm.models.contract import multilevel_width
 from detfm.models.layers import init_weights, seeded_init
 from detfm.tasks.base import TaskOutput
 from detfm.tasks.feature_monitor import feature_health
@@ -162,7 +163,7 @@ class SelfDistillation(nn.Module):
                               f"point-resolution backbone (ptv3_*, uresnet_*)")
         self.config = cfg
         self.backbone = backbone
-        width = self._feature_width(backbone)
+        width = multilevel_width(backbone)
         with seeded_init(cfg.seed):
             self.head = PrototypeHead(width, cfg.head_hidden, cfg.head_dim, cfg.prototypes)
         self.teacher_backbone = copy.deepcopy(backbone)
@@ -170,19 +171,6 @@ class SelfDistillation(nn.Module):
         for p in [*self.teacher_backbone.parameters(), *self.teacher_head.parameters()]:
             p.requires_grad_(False)
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
-
-    @staticmethod
-    @torch.no_grad()
-    def _feature_width(backbone: nn.Module) -> int:
-        """Width of the multi-level per-point features (one forward on a two-voxel event)."""
-        was = backbone.training
-        backbone.eval()
-        tiny = PackedBatch(coord=torch.tensor([[10.0, 10.0, 10.0], [11.0, 10.0, 10.0]]),
-                           feat=torch.zeros(2, backbone.default_cfg.in_channels), offsets=torch.tensor([0, 2]),
-                           energy=torch.ones(2))
-        width = backbone.forward_features(tiny).multilevel().shape[1]
-        backbone.train(was)
-        return int(width)
 
     @classmethod
     def from_config(cls, backbone: nn.Module, cfg: DistillConfig) -> SelfDistillation:

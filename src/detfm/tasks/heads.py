@@ -20,12 +20,13 @@ import torch
 from torch import nn
 
 from detfm.errors import ConfigError
-from detfm.models.contract import BackboneOutput, layer_ids
+from detfm.models.contract import BackboneOutput, layer_ids, multilevel_width
 from detfm.models.layers import init_weights, seeded_init
 
 __all__ = ["AdaptationTask", "HeadConfig", "HeadKind", "PointHead"]
 
 HeadKind = Literal["linear", "mlp"]
+HeadFeatures = Literal["point", "multilevel"]
 
 # Focal-loss focusing parameter of Lin et al. 2017 (RetinaNet), their best setting.
 DEFAULT_FOCAL_GAMMA = 2.0
@@ -44,6 +45,9 @@ class HeadConfig:
         layer_decay: layer-wise learning-rate decay for fine-tuning (1: none); see
             :meth:`AdaptationTask.param_lr_scales`.
         seed: seed of the head's initial weights.
+        features: what the head reads: the backbone's per-point output (``point``), or the
+            concatenation of its levels carried to the points (``multilevel``: what Panda's
+            linear probe reads, and what self-distillation trains).
     """
 
     num_classes: int = 5
@@ -55,8 +59,11 @@ class HeadConfig:
     freeze_backbone: bool = False
     layer_decay: float = 1.0
     seed: int = 0
+    features: HeadFeatures = "point"
 
     def __post_init__(self) -> None:
+        if self.features not in ("point", "multilevel"):
+            raise ConfigError(f"features must be 'point' or 'multilevel', got {self.features!r}")
         if self.head not in ("linear", "mlp"):
             raise ConfigError(f"head must be 'linear' or 'mlp', got {self.head!r}")
         if self.num_classes < 2:
@@ -111,12 +118,13 @@ class PointHead(nn.Module):
                                                 nn.GELU(), nn.Linear(hidden, out_features))
             self.apply(init_weights)
 
-    def forward(self, out: BackboneOutput) -> torch.Tensor:
-        """(P, out_features) for every point of the batch ``out`` came from."""
+    def forward(self, out: BackboneOutput, features: HeadFeatures = "point") -> torch.Tensor:
+        """(P, out_features) for every point of the batch ``out`` came from, read from its
+        ``point`` features or its ``multilevel`` concatenation."""
         if out.local.shape[-1] != self.num_local:
             raise ConfigError(f"the head expects {self.num_local} local features per point, the backbone "
                               f"gave {out.local.shape[-1]}: build the head from this backbone")
-        fused = self.token_proj(out.point)
+        fused = self.token_proj(out.point if features == "point" else out.multilevel())
         if self.point_proj is not None:
             fused = fused + self.point_proj(self.point_embed(out.local))
         return self.classifier(fused)
@@ -141,7 +149,8 @@ class AdaptationTask(nn.Module):
             for param in self.backbone.parameters():
                 param.requires_grad_(False)
             self.backbone.eval()
-        self.head = PointHead(backbone.num_features, backbone.num_local_features,
+        width = backbone.num_features if cfg.features == "point" else multilevel_width(backbone)
+        self.head = PointHead(width, backbone.num_local_features,
                               head_outputs or cfg.num_classes, cfg.head, cfg.hidden, cfg.point_dim, cfg.seed)
         # A buffer, so the weights a run trained with are saved with (and restored from) its weights.
         self.register_buffer("class_weights", cfg.class_weight_tensor())
@@ -162,7 +171,7 @@ class AdaptationTask(nn.Module):
 
     def point_outputs(self, batch, generator: torch.Generator | None = None) -> torch.Tensor:  # type: ignore[no-untyped-def]
         """(P, head outputs): the head on every point of the batch."""
-        return self.head(self.encode(batch, generator))
+        return self.head(self.encode(batch, generator), self.config.features)
 
     def param_lr_scales(self) -> dict[str, float]:
         """Learning-rate multiplier per parameter name (the engine's optimiser hook).

@@ -426,7 +426,7 @@ class Particles(AdaptationTask):
         """Every prediction set (initial queries, then after each block), the (P, 5) semantic
         logits, and the (B, N) mask of real points of the padded batch."""
         out = self.encode(batch, generator)
-        feat = self.memory_norm(self.head(out))  # (P, d) mask features
+        feat = self.memory_norm(self.head(out, self.config.features))  # (P, d) mask features
         semantic = self.semantic_head(feat)
         if batch.num_points == 0:
             raise DataFormatError("particle finding needs at least one point in the batch", field="coord")
