@@ -38,17 +38,18 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+from torch.utils.flop_counter import FlopCounterMode
 
 from detfm.io import atomic_write_text
 from detfm.models import create_model
 from detfm.models.grouping import GroupingConfig, group_points
+from flops import flop_mapping  # benchmarks/flops.py, beside this script
+
 from detfm.data.synthetic import synthetic_batch
 from detfm.tasks import MaskedPointModeling
 
 THREADS = 2
 BATCH_SIZES = [1000, 2000, 3000, 4000, 4000, 5000, 6000, 8000]
-aten = torch.ops.aten
 
 
 def _median_time(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> float:
@@ -105,19 +106,6 @@ def tokenizer_scaling(sizes: list[int], quick: bool) -> dict[str, Any]:
     return {"rows": rows, "power_law_exponent": {k: round(v, 3) for k, v in slopes.items()}}
 
 
-def _flop_mapping() -> dict[Any, Callable[..., int]]:
-    """torch's counter lacks the CPU flash-attention kernels; count them like the others."""
-
-    def fwd(q: Any, k: Any, v: Any, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
-        return sdpa_flop_count(q, k, v)
-
-    def bwd(grad: Any, q: Any, k: Any, v: Any, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
-        return sdpa_backward_flop_count(grad, q, k, v)
-
-    return {aten._scaled_dot_product_flash_attention_for_cpu: fwd,
-            aten._scaled_dot_product_flash_attention_for_cpu_backward: bwd}
-
-
 def train_step(name: str, steps: int) -> dict[str, Any]:
     """One model's step measurements (run in a fresh process for a clean peak memory)."""
     torch.set_num_threads(THREADS)
@@ -133,7 +121,7 @@ def train_step(name: str, steps: int) -> dict[str, Any]:
 
     rss_before = _rss_mb()
     step_s = _median_time(step, steps, warmup=2)
-    with FlopCounterMode(display=False, custom_mapping=_flop_mapping()) as counter:
+    with FlopCounterMode(display=False, custom_mapping=flop_mapping()) as counter:
         step()
     flops = counter.get_total_flops()
     group_s = _median_time(lambda: task.backbone.group(batch), steps)

@@ -41,9 +41,9 @@ import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile, record_function
 from torch.utils.flop_counter import (
     FlopCounterMode,
-    sdpa_backward_flop_count,
-    sdpa_flop_count,
 )
+
+from flops import flop_mapping  # benchmarks/flops.py, beside this script
 
 from detfm.data.batch import PackedBatch
 from detfm.data.collate import collate
@@ -52,7 +52,6 @@ from detfm.io import atomic_write_text
 from detfm.models.ptv3 import PTV3_SIZES, PTv3
 from detfm.models.uresnet import URESNET_SIZES, UResNet
 
-aten = torch.ops.aten
 BATCH = 4
 BASE_SIZES = [1000, 3000, 10000, 30000, 100000]
 
@@ -75,19 +74,6 @@ def matmul_peak_gflops() -> float:
         fastest = min(_median_time(lambda a=a, b=b: a @ b, 1) for _ in range(4))
         best = max(best, 2 * n**3 / fastest / 1e9)
     return best
-
-
-def _flop_mapping() -> dict[Any, Callable[..., int]]:
-    """torch's counter lacks the CPU flash-attention kernels; count them like the others."""
-
-    def fwd(q: Any, k: Any, v: Any, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
-        return sdpa_flop_count(q, k, v)
-
-    def bwd(grad: Any, q: Any, k: Any, v: Any, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
-        return sdpa_backward_flop_count(grad, q, k, v)
-
-    return {aten._scaled_dot_product_flash_attention_for_cpu: fwd,
-            aten._scaled_dot_product_flash_attention_for_cpu_backward: bwd}
 
 
 def build(name: str) -> torch.nn.Module:
@@ -164,7 +150,7 @@ def model_speed(name: str, batches: list[PackedBatch], peak: float) -> dict[str,
 
     model.train()
     step()
-    with FlopCounterMode(display=False, custom_mapping=_flop_mapping()) as counter:
+    with FlopCounterMode(display=False, custom_mapping=flop_mapping()) as counter:
         step()
     flops = counter.get_total_flops()
     train_s = _median_time(step, len(batches))
@@ -178,7 +164,7 @@ def model_speed(name: str, batches: list[PackedBatch], peak: float) -> dict[str,
             model.forward_features(batch)
 
     infer_s = _median_time(infer, len(batches))
-    with FlopCounterMode(display=False, custom_mapping=_flop_mapping()) as counter:
+    with FlopCounterMode(display=False, custom_mapping=flop_mapping()) as counter:
         infer()
     infer_flops = counter.get_total_flops()
     result = {

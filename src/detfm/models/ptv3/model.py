@@ -26,7 +26,7 @@ from detfm.data.batch import PackedBatch
 from detfm.data.datasets import get_dataset
 from detfm.errors import ConfigError, DataFormatError
 from detfm.models.contract import BackboneOutput, GroupRules
-from detfm.models.layers import seeded_init
+from detfm.models.layers import init_weights, seeded_init
 from detfm.models.ptv3.config import PTv3Config
 from detfm.models.sparse.conv import SubMConv3d, submanifold_conv3d_per_offset
 from detfm.models.sparse.geometry import (
@@ -219,16 +219,6 @@ class Embedding(nn.Module):
         return h
 
 
-def _init(module: nn.Module) -> None:
-    if isinstance(module, nn.Linear):
-        nn.init.trunc_normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
-
-
 class PTv3(nn.Module):
     """The PTv3 backbone (see the module docstring); build with ``PTv3(PTv3Config(...))``."""
 
@@ -257,7 +247,7 @@ class PTv3(nn.Module):
                               for i in range(cfg.dec_depths[s])]
                     r += cfg.dec_depths[s]
                     self.dec.add_module(f"dec{s}", Stage(blocks, Up(c_coarse, cfg.enc_channels[s], c), "up"))
-            self.apply(_init)
+            self.apply(init_weights)
         self.generator = torch.Generator().manual_seed(cfg.seed)
 
     # -- the backbone contract -------------------------------------------------------
