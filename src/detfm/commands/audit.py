@@ -10,7 +10,6 @@ import argparse
 import time
 from pathlib import Path
 
-from detfm.commands.configfile import check_yaml
 from detfm.commands.device import check_device
 from detfm.commands.seeds import add_seeds_option, parse_seeds
 from detfm.engine.runs import MANIFEST_FILE
@@ -66,7 +65,6 @@ def _sensitivity(args: argparse.Namespace) -> int:
     started = time.time()
     seeds = parse_seeds(args.seeds)
     check_output_dir(args.out, overwrite=True)  # the audit resumes: finished replicas are kept
-    check_yaml(args.config)
     cfg = load_config(FinetuneConfig, args.config)
     if args.data:
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, paths=tuple(args.data)))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from detfm.commands.configfile import check_yaml
+from detfm.commands.configfile import starting_config
 from detfm.commands.tracking import add_tracking_options, check_tracking, log_tracking
 from detfm.tasks.registry import get_task, list_tasks
 from detfm.errors import DetfmError
@@ -44,7 +44,6 @@ def _finetune(args: argparse.Namespace) -> int:
     import dataclasses
 
     from detfm.recipes.adapt import FinetuneConfig, load_finetune_config, run_finetune
-    from detfm.engine import load_config
     from detfm.recipes.pretrain import load_run_config
 
     if not args.out:
@@ -52,13 +51,7 @@ def _finetune(args: argparse.Namespace) -> int:
     if not (args.backbone or args.config or args.resume):
         raise DetfmError("finetune: --backbone RUN_DIR|scratch is required")
     check_output_dir(args.out, overwrite=True)  # a run folder we can write; a finished run is refused later
-    if args.config:
-        check_yaml(args.config)
-        cfg = load_config(FinetuneConfig, args.config)
-    elif args.resume:
-        cfg = load_finetune_config(args.out)
-    else:
-        cfg = FinetuneConfig()
+    cfg = starting_config(FinetuneConfig, args.config, args.resume, args.out, load_finetune_config)
     top = {k: v for k, v in (("backbone", args.backbone), ("task", args.task), ("labels", args.labels),
                              ("mode", args.mode), ("exclude_low_energy", args.exclude_low_energy))
            if v is not None}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from detfm.commands.configfile import check_yaml
+from detfm.commands.configfile import starting_config
 from detfm.commands.tracking import add_tracking_options, check_tracking, log_tracking
 from detfm.errors import DetfmError
 from detfm.io.outputs import check_output_dir
@@ -40,7 +40,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def _pretrain(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from detfm.engine import load_config
     from detfm.models import list_models, model_description
     from detfm.recipes.pretrain import PretrainConfig, load_run_config, run_pretrain
 
@@ -51,13 +50,7 @@ def _pretrain(args: argparse.Namespace) -> int:
     if not args.out:
         raise DetfmError("pretrain: --out RUN_DIR is required")
     check_output_dir(args.out, overwrite=True)  # a run folder we can write; a finished run is refused later
-    if args.config:
-        check_yaml(args.config)
-        cfg = load_config(PretrainConfig, args.config)
-    elif args.resume:
-        cfg = load_run_config(args.out)
-    else:
-        cfg = PretrainConfig()
+    cfg = starting_config(PretrainConfig, args.config, args.resume, args.out, load_run_config)
     train_over = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size), ("lr", args.lr),
                                     ("seed", args.seed), ("num_workers", args.num_workers)) if v is not None}
     if args.objective:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from detfm.commands.configfile import check_yaml
 from detfm.commands.seeds import add_seeds_option, parse_seeds
 from detfm.tasks.registry import list_tasks
 from detfm.errors import DetfmError
@@ -87,8 +86,6 @@ def _label_efficiency(args: argparse.Namespace) -> int:
     labels = [n for group in args.labels for n in group]
     if not labels:
         raise DetfmError("study: --labels needs at least one count, e.g. --labels 10,100,1000")
-    if args.config:
-        check_yaml(args.config)
     cfg = load_config(FinetuneConfig, args.config) if args.config else FinetuneConfig()
     modes = args.modes or [cfg.mode]
     train_over = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size), ("lr", args.lr))
