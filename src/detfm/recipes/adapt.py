@@ -71,7 +71,7 @@ from detfm.tasks.registry import get_task
 __all__ = [
     "CPU_OVERRIDES", "EventSplit", "FinetuneConfig", "FinetuneResult", "Mode", "PredictReport",
     "LabelEfficiencyStudy", "build_backbone", "build_task", "class_balance_weights", "collect_label_efficiency",
-    "evaluate_segmentation", "evaluate_task", "label_efficiency_study", "load_finetune_config", "load_finetuned", "predict_file", "run_finetune",
+    "evaluate_segmentation", "label_efficiency_study", "load_finetune_config", "load_finetuned", "predict_file", "run_finetune",
     "split_events",
 ]
 
@@ -80,7 +80,6 @@ TaskName = str  # a registered task (detfm.tasks.registry): semseg, pid, event, 
 MODES: tuple[str, ...] = get_args(Mode)
 SCRATCH = "scratch"
 
-PREDICT_FORMAT = PREDICTIONS_FORMAT
 
 # A CPU-sized tokenizer for scratch backbones: 128 patches of up to 32 points within 10
 # voxels (3 cm) instead of PoLAr-MAE's 512 patches of 5 voxels (see GroupingConfig).
@@ -359,13 +358,6 @@ def run_finetune(cfg: FinetuneConfig, out_dir: str | os.PathLike[str], resume: b
 
 
 # ----------------------------------------------------------------------------- scoring
-def evaluate_task(task: AdaptationTask, cfg: FinetuneConfig, dataset: EventDataset, batch_size: int = 8,
-                  progress: bool = False) -> dict[str, Any]:
-    """The scores of a trained task of run config ``cfg`` on ``dataset`` (see
-    :func:`detfm.evaluate.scoring.score_task`)."""
-    return score_task(task, get_task(cfg.task), dataset, batch_size=batch_size, progress=progress)
-
-
 def evaluate_segmentation(task: AdaptationTask, dataset: EventDataset, batch_size: int = 8,
                           progress: bool = False) -> dict[str, Any]:
     """Semseg scores: 5 classes and the 4 without low-energy deposits (``macro_f1_4``)."""
@@ -466,7 +458,7 @@ def predict_file(run_dir: str | os.PathLike[str], data: str | os.PathLike[str],
 
     t0 = time.perf_counter()
     if spec.unit == "particle":  # set prediction: rows per found particle (recipes.particle_predict)
-        attrs = {"format": PREDICT_FORMAT, "task": cfg.task, "classes": json.dumps(list(spec.class_names)),
+        attrs = {"format": PREDICTIONS_FORMAT, "task": cfg.task, "classes": json.dumps(list(spec.class_names)),
                  "num_classes": num_classes, "energy_threshold": dataset.energy_threshold,
                  "model_run": str(Path(run_dir).resolve()), "source_file": str(src.resolve()),
                  "point_order": "points with value >= energy_threshold, in stored order"}
@@ -486,7 +478,7 @@ def predict_file(run_dir: str | os.PathLike[str], data: str | os.PathLike[str],
         group_ds = h5.create_dataset("group", (n,), dtype=h5py.vlen_dtype(np.int64)) if by_instance else None
         index_ds = h5.create_dataset("event_index", (n,), dtype=np.int64)
         count_ds = h5.create_dataset("n_points", (n,), dtype=np.int64)
-        h5.attrs.update({"format": PREDICT_FORMAT, "task": cfg.task, "classes": json.dumps(list(spec.class_names)),
+        h5.attrs.update({"format": PREDICTIONS_FORMAT, "task": cfg.task, "classes": json.dumps(list(spec.class_names)),
                          "num_classes": num_classes, "energy_threshold": dataset.energy_threshold,
                          "model_run": str(Path(run_dir).resolve()), "source_file": str(src.resolve()),
                          "point_order": "points with value >= energy_threshold, in stored order"})
