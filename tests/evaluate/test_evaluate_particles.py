@@ -16,10 +16,9 @@ from detfm.errors import DetfmError
 from detfm.evaluate.particle_display import display_particles, render_particles
 from detfm.evaluate.particles import (
     ParticleRecords,
-    bootstrap_particle_metrics,
     compare_with_truth_pid,
+    parameter_counts,
     particle_scores,
-    particle_systematics,
 )
 from detfm.evaluate.scoring import _SCORERS
 from detfm.models import create_model
@@ -156,34 +155,15 @@ def test_particle_display_draws_truth_and_prediction(tmp_path: Path, tiny_events
     assert task.training  # the task's mode is restored
 
 
-def test_bootstrap_gives_intervals_and_paired_shifts() -> None:
-    def records(found_second: bool) -> ParticleRecords:
-        rec = ParticleRecords()
-        for e in range(6):
-            pred = np.array([0, 0, 1, 1]) if (found_second or e % 2) else np.array([0, 0, -1, -1])
-            k = 2 if (found_second or e % 2) else 1
-            rec.add_event(truth_point=np.array([0, 0, 1, 1]), truth_label=np.array([1, 0]),
-                          truth_energy=np.ones(2), point_energy=np.ones(4), pred_point=pred,
-                          pred_probs=np.array([probs(1), probs(0)])[:k], pred_energy=np.ones(k))
-        return rec
-
-    out = bootstrap_particle_metrics({"nominal": records(True), "twin": records(False)}, CLASSES, n_boot=50, seed=1)
-    nom, twin = out["nominal"], out["twin"]
-    assert nom["efficiency_all"]["value"] == 1.0 and nom["efficiency_all"]["shift"] == 0.0
-    assert twin["efficiency_all"]["value"] == pytest.approx(0.75)
-    assert twin["photon_efficiency"]["value"] == pytest.approx(0.5) and twin["electron_efficiency"]["value"] == 1.0
-    lo, hi = twin["photon_efficiency"]["shift_low"], twin["photon_efficiency"]["shift_high"]
-    assert lo is not None and hi is not None and lo <= -0.5 <= hi < 0
-    assert twin["purity_all"]["value"] == 1.0 and nom["pq"]["value"] == pytest.approx(1.0)
-    with pytest.raises(ValueError, match="same events"):
-        bootstrap_particle_metrics({"nominal": records(True), "twin": ParticleRecords()}, CLASSES)
-
-
-def test_particle_systematics_on_twins(tiny_events: Path) -> None:
+def test_parameter_counts_split_the_decoder_from_the_backbone() -> None:
     register_test_models()
-    task = Particles(create_model("pointwise_test"), ParticlesConfig(hidden=16, num_heads=2, num_queries=4))
-    nominal = EventDataset([tiny_events], transform=Subsample(100)).subset(range(3))
-    out = particle_systematics(task, {"nominal": nominal, "same": nominal}, batch_size=2, n_boot=20)
-    assert set(out["scores"]) == {"nominal", "same"} and out["scores"]["same"]["particles"] > 0
-    assert out["scores"]["same"]["finding"] == out["scores"]["nominal"]["finding"]
-    assert all(v["shift"] in (0.0, None) for v in out["bootstrap"]["same"].values())
+    backbone = create_model("pointwise_test")
+    task = Particles(backbone, ParticlesConfig(hidden=16, num_heads=2, num_queries=4, decoder_blocks=1))
+    wider = Particles(create_model("pointwise_test"), ParticlesConfig(hidden=32, num_heads=2, num_queries=4,
+                                                                      decoder_blocks=1))
+    counts = parameter_counts(task)
+    assert counts["backbone"] == sum(p.numel() for p in backbone.parameters())
+    assert counts["backbone"] + counts["decoder"] == sum(p.numel() for p in task.parameters())
+    assert counts["decoder_to_backbone"] == pytest.approx(counts["decoder"] / counts["backbone"])
+    assert counts["target_ratio"] == pytest.approx(1 / 20)
+    assert parameter_counts(wider)["decoder"] > counts["decoder"]  # the decoder grows with its width

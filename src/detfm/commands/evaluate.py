@@ -1,4 +1,5 @@
-"""`detfm evaluate`: a fine-tuned segmentation model under detector variations (systematics)."""
+"""`detfm evaluate`: a fine-tuned segmentation or particle-finding model under detector
+variations (systematics)."""
 
 from __future__ import annotations
 
@@ -13,13 +14,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``detfm evaluate``."""
     p = sub.add_parser(
         "evaluate", help="systematics: score a model on nominal events and their detector twins",
-        description="Score a fine-tuned segmentation model on the events of --data and on the same events "
-                    "rendered through shifted detector models (twins): every metric with a 68 % bootstrap "
-                    "interval over events, the paired shift from nominal, the fraction of voxels whose "
-                    "predicted class flips, calibration (ECE before/after temperature scaling) and conformal "
-                    "coverage. Twins of a file made by `detfm simulate` are re-simulated (cached in OUT/twins); "
+        description="Score a fine-tuned segmentation (semseg) or particle-finding (particles) model on the "
+                    "events of --data and on the same events rendered through shifted detector models (twins): "
+                    "every metric with a 68 % bootstrap interval over events, the paired shift from nominal and "
+                    "the fraction of voxels whose predicted class flips; for semseg also calibration (ECE "
+                    "before/after temperature scaling) and conformal coverage; for particles finding efficiency "
+                    "and purity, panoptic quality, electron/photon efficiency and purity and the energy bias and "
+                    "resolution. Twins of a file made by `detfm simulate` are re-simulated (cached in OUT/twins); "
                     "other files need --twins NAME=FILE. Writes OUT/report.json, report.txt and pictures.")
-    p.add_argument("--model", required=True, metavar="RUN_DIR", help="a run directory of `detfm finetune` (semseg)")
+    p.add_argument("--model", required=True, metavar="RUN_DIR",
+                   help="a run directory of `detfm finetune` (task semseg or particles)")
     p.add_argument("--data", required=True, metavar="NOMINAL.h5", help="labeled nominal event file")
     p.add_argument("--variations", default=None, metavar="NAME,...",
                    help=f"detector models to compare with nominal (default {DEFAULT_VARIATIONS}, or only "
@@ -28,7 +32,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="twin files of --data under variation NAME (same events, same order); any name")
     p.add_argument("--max-events", type=int, help="use at most this many events")
     p.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples (default 200)")
-    p.add_argument("--alpha", type=float, default=0.1, help="conformal miscoverage (default 0.1: 90 %% sets)")
+    p.add_argument("--alpha", type=float, default=0.1,
+                   help="conformal miscoverage (default 0.1: 90 %% sets; semseg only)")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and the calibration split")
     p.add_argument("--workers", type=int, default=1, help="worker processes to simulate twins (default 1)")
     p.add_argument("--batch-size", type=int, default=8, help="events per forward pass (default 8)")

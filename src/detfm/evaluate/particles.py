@@ -19,7 +19,7 @@ What :func:`particle_scores` reports:
 * ``end_to_end``: per class, efficiency = true particles found *and* given their class /
   true particles, purity = predicted particles of the class matched to a true one of the
   class / predicted particles of the class; ``electron_photon`` repeats these two classes
-  with the issue's target (both >= 0.80);
+  with their target (both >= 0.80);
 * ``muon_pion``: on found true muons and pions, the AUC of ``p(mu) / (p(mu) + p(pi))``
   and the misidentification fractions both ways;
 * ``energy``: per true class, on found particles with known truth kinetic energy,
@@ -27,7 +27,13 @@ What :func:`particle_scores` reports:
   width), for the regressed energy and for the calorimetric baseline ``s_c * sum of the
   voxel energies of the truth particle's points`` with ``s_c`` the median of
   ``E_true / sum`` of class ``c`` over the same particles (fitted on the scored events
-  themselves, which favours the baseline a little).
+  themselves, which favours the baseline a little);
+* ``parameters`` (:func:`score_particles` only): the decoder's and the backbone's parameter
+  counts and their ratio, beside the target ratio of 1/20.
+
+:func:`particle_event_stats` and :func:`weighted_particle_metrics` break the headline
+scores down by event for the bootstrap of ``detfm evaluate`` (detector systematics,
+:mod:`detfm.recipes.systematics`).
 
 :func:`compare_with_truth_pid` sets these beside the scores of a ``pid`` run (particle ID
 on the truth instances) of the same events.
@@ -62,14 +68,15 @@ from detfm.tasks.particles import (
     particle_targets,
 )
 from detfm.tasks.pid import NUM_PID
-from detfm.tasks.registry import TaskSpec, get_task
+from detfm.tasks.registry import TaskSpec
 
-__all__ = ["IOU_THRESHOLD", "SYSTEMATIC_METRICS", "ParticleRecords", "bootstrap_particle_metrics",
-           "collect_particle_records", "compare_with_truth_pid", "event_records", "particle_scores",
-           "particle_systematics", "score_particles"]
+__all__ = ["IOU_THRESHOLD", "SYSTEMATIC_METRICS", "ParticleEventStats", "ParticleRecords",
+           "collect_particle_records", "compare_with_truth_pid", "event_records", "parameter_counts",
+           "particle_event_stats", "particle_scores", "score_particles", "weighted_particle_metrics"]
 
 IOU_THRESHOLD = 0.5
-E_GAMMA_TARGET = 0.80  # the issue's electron / photon efficiency and purity target
+E_GAMMA_TARGET = 0.80  # the electron / photon efficiency and purity target
+DECODER_RATIO_TARGET = 1 / 20  # the decoder's target size relative to the backbone
 
 
 @dataclass
@@ -300,10 +307,23 @@ def particle_scores(records: ParticleRecords, classes: Sequence[str]) -> dict[st
                     "finding and end_to_end: over all truth / predicted particles"}
 
 
+def parameter_counts(task: nn.Module) -> dict[str, Any]:
+    """Parameters of the backbone and of the decoder (everything the task adds on top of the
+    backbone: mask features, queries, decoder blocks, per-query heads and the stuff head),
+    and their ratio beside the target size of the head (:data:`DECODER_RATIO_TARGET`)."""
+    backbone = sum(p.numel() for p in task.backbone.parameters())  # type: ignore[union-attr]
+    decoder = sum(p.numel() for p in task.parameters()) - backbone
+    return {"backbone": int(backbone), "decoder": int(decoder),
+            "decoder_to_backbone": json_float(decoder / backbone) if backbone else None,
+            "target_ratio": DECODER_RATIO_TARGET}
+
+
 def score_particles(task: nn.Module, spec: TaskSpec, dataset: Any, batch_size: int = 8,
                     progress: bool = False) -> dict[str, Any]:
-    """The scores of a ``particles`` task on ``dataset`` (the scoring loop's scorer)."""
-    return particle_scores(collect_particle_records(task, dataset, batch_size, progress), spec.class_names)
+    """The scores of a ``particles`` task on ``dataset`` (the scoring loop's scorer), with the
+    decoder's size against the backbone's (:func:`parameter_counts`)."""
+    scores = particle_scores(collect_particle_records(task, dataset, batch_size, progress), spec.class_names)
+    return {**scores, "parameters": parameter_counts(task)}
 
 
 def compare_with_truth_pid(particles: dict[str, Any], pid: dict[str, Any]) -> dict[str, Any]:
@@ -323,13 +343,45 @@ def compare_with_truth_pid(particles: dict[str, Any], pid: dict[str, Any]) -> di
 
 
 # ----------------------------------------------------------------------------- systematics
-SYSTEMATIC_METRICS = ("pq", "efficiency_all", "purity_all", "pid_accuracy_on_found", "electron_efficiency",
+SYSTEMATIC_METRICS = ("efficiency_all", "purity_all", "pq", "pid_accuracy_on_found", "electron_efficiency",
                       "electron_purity", "photon_efficiency", "photon_purity")
+"""The headline metrics of a systematics report: finding efficiency and purity (mask IoU >=
+0.5), panoptic quality, PID accuracy on found particles and the end-to-end electron and
+photon efficiency and purity (see :func:`particle_event_stats` for every metric)."""
+
+_QUANTILES = (15.865, 50.0, 84.135)  # the 16-84 % band and the median of the energy residuals
 
 
-def _event_sums(records: ParticleRecords, classes: Sequence[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per event (E,) numerator and denominator of every metric of :data:`SYSTEMATIC_METRICS`,
-    so a resample of events is a weighted sum."""
+@dataclass(frozen=True)
+class ParticleEventStats:
+    """The particle metrics of a set of events broken down by event, so that a bootstrap
+    resample of events is a weighting (:func:`weighted_particle_metrics`).
+
+    Attributes:
+        events: number of events ``E``.
+        ratios: ``{metric: (numerator, denominator)}``, each (E,): the metric is
+            ``sum(numerator) / sum(denominator)`` over events.
+        residuals: ``{class: (event, residual)}``, each (n,): the relative residual
+            ``E / E_true - 1`` of the regressed kinetic energy of every found particle of the
+            class with known truth energy, and its event.
+    """
+
+    events: int
+    ratios: dict[str, tuple[np.ndarray, np.ndarray]]
+    residuals: dict[str, tuple[np.ndarray, np.ndarray]]
+
+
+def particle_event_stats(records: ParticleRecords, classes: Sequence[str]) -> ParticleEventStats:
+    """Per event, what every systematics metric is made of (same definitions as
+    :func:`particle_scores`).
+
+    Ratio metrics: ``efficiency_all``, ``purity_all``, ``pq`` (sum of matched IoUs over
+    ``TP + FP / 2 + FN / 2``), ``pid_accuracy_on_found``, ``finding_efficiency_<class>``,
+    ``finding_purity_<class>`` and the end-to-end ``electron_efficiency``,
+    ``electron_purity``, ``photon_efficiency``, ``photon_purity``. Energy: the residuals of
+    every class (:func:`weighted_particle_metrics` turns them into ``energy_bias_<class>``
+    and ``energy_resolution_<class>``).
+    """
     r = records.arrays()
     e = records.events
     t_ev, p_ev = r["truth_event"], r["pred_event"]
@@ -344,76 +396,57 @@ def _event_sums(records: ParticleRecords, classes: Sequence[str]) -> dict[str, t
 
     n_t, n_p = per_event(t_ev, np.ones(len(t_ev))), per_event(p_ev, np.ones(len(p_ev)))
     n_found = per_event(t_ev, found)
-    sums = {"pq": (per_event(t_ev, r["truth_iou"] * found),
-                   n_found + 0.5 * (n_p - per_event(p_ev, matched)) + 0.5 * (n_t - n_found)),
-            "efficiency_all": (n_found, n_t), "purity_all": (per_event(p_ev, matched), n_p),
-            "pid_accuracy_on_found": (per_event(t_ev, found & (pred_label_of_truth == t_label)), n_found)}
+    ratios = {"efficiency_all": (n_found, n_t), "purity_all": (per_event(p_ev, matched), n_p),
+              "pq": (per_event(t_ev, r["truth_iou"] * found),
+                     n_found + 0.5 * (n_p - per_event(p_ev, matched)) + 0.5 * (n_t - n_found)),
+              "pid_accuracy_on_found": (per_event(t_ev, found & (pred_label_of_truth == t_label)), n_found)}
+    for c, name in enumerate(classes):
+        ratios[f"finding_efficiency_{name}"] = (per_event(t_ev, found & (t_label == c)), per_event(t_ev, t_label == c))
+        ratios[f"finding_purity_{name}"] = (per_event(p_ev, matched & (p_label == c)), per_event(p_ev, p_label == c))
     for name in ("electron", "photon"):
         if name in classes:
             c = list(classes).index(name)
-            sums[f"{name}_efficiency"] = (per_event(t_ev, found & (t_label == c) & (pred_label_of_truth == c)),
-                                          per_event(t_ev, t_label == c))
-            sums[f"{name}_purity"] = (per_event(p_ev, matched & (p_label == c) & (truth_label_of_pred == c)),
-                                      per_event(p_ev, p_label == c))
-    return sums
+            ratios[f"{name}_efficiency"] = (per_event(t_ev, found & (t_label == c) & (pred_label_of_truth == c)),
+                                            per_event(t_ev, t_label == c))
+            ratios[f"{name}_purity"] = (per_event(p_ev, matched & (p_label == c) & (truth_label_of_pred == c)),
+                                        per_event(p_ev, p_label == c))
+    t_e = r["truth_energy"]
+    p_e = np.where(found, r["pred_energy"][np.where(found, r["truth_match"], 0)] if len(p_label) else np.nan, np.nan)
+    residuals = {}
+    for c, name in enumerate(classes):
+        known = found & (t_label == c) & np.isfinite(t_e) & (t_e > 0)
+        residuals[name] = (t_ev[known], p_e[known] / t_e[known] - 1.0)
+    return ParticleEventStats(events=e, ratios=ratios, residuals=residuals)
 
 
-def bootstrap_particle_metrics(records: dict[str, ParticleRecords], classes: Sequence[str], n_boot: int = 200,
-                               seed: int = 0, interval: float = 0.68,
-                               nominal: str = "nominal") -> dict[str, dict[str, dict[str, float | None]]]:
-    """Every metric of :data:`SYSTEMATIC_METRICS` per variation with a percentile bootstrap
-    interval over events, and its paired shift from ``nominal`` (the same event resample for
-    every variation: the records must hold the same events in the same order)."""
-    if nominal not in records:
-        raise ValueError(f"the records need a '{nominal}' entry")
-    sizes = {name: rec.events for name, rec in records.items()}
-    if len(set(sizes.values())) != 1:
-        raise ValueError(f"every variation needs the same events; got event counts {sizes}")
-    n_events = sizes[nominal]
-    rng = np.random.default_rng(seed)
-    weights = rng.multinomial(n_events, np.full(n_events, 1.0 / max(n_events, 1)), size=n_boot).astype(np.float64) \
-        if n_events else np.zeros((n_boot, 0))
-    lo_q, hi_q = 50.0 * (1.0 - interval), 50.0 * (1.0 + interval)
-    sums = {name: _event_sums(rec, classes) for name, rec in records.items()}
+def weighted_particle_metrics(stats: ParticleEventStats, weights: np.ndarray) -> dict[str, np.ndarray]:
+    """Every metric of :func:`particle_event_stats` for each row of (B, E) integer event
+    weights (a bootstrap resample counts each event so many times; a row of ones gives the
+    metrics of the events themselves). Returns ``{metric: (B,)}``, NaN where undefined.
 
-    def values(s: dict[str, tuple[np.ndarray, np.ndarray]], metric: str) -> tuple[float, np.ndarray]:
-        num, den = s[metric]
-        point = float(num.sum() / den.sum()) if den.sum() > 0 else float("nan")
-        bn, bd = weights @ num, weights @ den
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return point, np.where(bd > 0, bn / np.where(bd > 0, bd, 1.0), np.nan)
-
-    out: dict[str, dict[str, dict[str, float | None]]] = {}
-    for name, s in sums.items():
-        out[name] = {}
-        for metric in SYSTEMATIC_METRICS:
-            if metric not in s:
-                continue
-            point, boot = values(s, metric)
-            nom_point, nom_boot = values(sums[nominal], metric)
-            shift = boot - nom_boot
-            ok, ok_shift = boot[np.isfinite(boot)], shift[np.isfinite(shift)]
-            out[name][metric] = {
-                "value": json_float(point),
-                "low": json_float(float(np.percentile(ok, lo_q))) if len(ok) else None,
-                "high": json_float(float(np.percentile(ok, hi_q))) if len(ok) else None,
-                "shift": json_float(point - nom_point),
-                "shift_low": json_float(float(np.percentile(ok_shift, lo_q))) if len(ok_shift) else None,
-                "shift_high": json_float(float(np.percentile(ok_shift, hi_q))) if len(ok_shift) else None}
+    Energy: ``energy_bias_<class>`` (median residual) and ``energy_resolution_<class>``
+    (half the 16-84 % width), as :func:`particle_scores` reports them for the regressed
+    energy, each residual counted as often as its event.
+    """
+    w = np.asarray(weights, np.float64)
+    if w.ndim != 2 or w.shape[1] != stats.events:
+        raise ValueError(f"weights must be (B, {stats.events}), got {w.shape}")
+    counts = np.rint(w).astype(np.int64)
+    if not np.array_equal(counts, w) or (counts < 0).any():
+        raise ValueError("event weights must be counts (integers >= 0)")
+    out: dict[str, np.ndarray] = {}
+    for metric, (num, den) in stats.ratios.items():
+        top, bottom = w @ num, w @ den
+        out[metric] = np.divide(top, bottom, out=np.full(len(w), np.nan), where=bottom > 0)
+    for name, (event, residual) in stats.residuals.items():
+        bias, resolution = np.full(len(w), np.nan), np.full(len(w), np.nan)
+        for b, row in enumerate(counts):
+            drawn = np.repeat(residual, row[event])
+            if drawn.size:
+                lo, med, hi = np.percentile(drawn, _QUANTILES)
+                bias[b], resolution[b] = med, (hi - lo) / 2.0
+        out[f"energy_bias_{name}"], out[f"energy_resolution_{name}"] = bias, resolution
     return out
-
-
-def particle_systematics(task: nn.Module, datasets: dict[str, Any], batch_size: int = 8, n_boot: int = 200,
-                         seed: int = 0, progress: bool = False) -> dict[str, Any]:
-    """Particle scores of one ``particles`` model on nominal events (``datasets["nominal"]``)
-    and their detector twins (the other entries: the same events, same order; see
-    :mod:`detfm.evaluate.twins`): every score of :func:`particle_scores` per variation, and
-    :func:`bootstrap_particle_metrics` (68 % intervals, paired shifts from nominal)."""
-    classes = get_task("particles").class_names
-    records = {name: collect_particle_records(task, ds, batch_size, progress) for name, ds in datasets.items()}
-    return {"scores": {name: particle_scores(rec, classes) for name, rec in records.items()},
-            "bootstrap": bootstrap_particle_metrics(records, classes, n_boot=n_boot, seed=seed), "n_boot": n_boot,
-            "interval": 0.68}
 
 
 register_scorer("particles", score_particles)

@@ -1,4 +1,5 @@
-"""Detector systematics: one segmentation model on nominal events and their detector twins.
+"""Detector systematics: one segmentation or particle-finding model on nominal events and
+their detector twins.
 
 The HEP way of propagating a detector uncertainty: evaluate the same model on the same
 physics events rendered through shifted detector models (:mod:`detfm.evaluate.twins`) and
@@ -6,7 +7,7 @@ report how every metric moves. Because the events are exact twins, differences a
 the bootstrap resamples *events* (the same draw for every variation), so the interval of
 ``variation - nominal`` is much narrower than either metric's own interval.
 
-What :func:`evaluate_systematics` measures, per variation:
+What :func:`evaluate_systematics` measures for a segmentation (``semseg``) run, per variation:
 
 * every score of :func:`detfm.recipes.adapt.evaluate_segmentation` (macro-F1 over 5 and 4 classes,
   accuracy, per-class F1/precision/recall), from per-event confusion matrices, with a 68 %
@@ -25,6 +26,21 @@ What :func:`evaluate_systematics` measures, per variation:
   calibration events than level ``1 - alpha`` needs (``ceil((1 - alpha) / alpha)``, 9 at
   alpha 0.1), all points of the calibration events are used instead.
 
+For a particle-finding (``particles``) run, per variation:
+
+* every metric of :func:`detfm.evaluate.particles.particle_event_stats`: finding efficiency
+  and purity (mask IoU >= 0.5) over all particles and per class, panoptic quality, PID
+  accuracy on found particles, end-to-end electron and photon efficiency and purity, and the
+  regressed kinetic energy's bias and resolution per class, each with a 68 % bootstrap
+  interval over events and the paired shift from nominal with its interval (the same
+  :func:`paired_bootstrap` as the segmentation scores; ``metrics`` and ``differences``);
+* the flip fraction, with the class of the particle a voxel was given (or none) in place of
+  its semantic class;
+* ``scores``: every score of :func:`detfm.evaluate.particles.particle_scores`.
+
+Calibration and conformal sets are per-point measurements of segmentation; a particles
+report has neither (nor ``reliability.png``) and adds ``shifts.png``.
+
 Events: the nominal file's events that are non-empty (after the run's energy threshold) in
 every variation. If the nominal file is one of the run's own fine-tuning files, the events
 of the run's train part (``split.json``) are left out, so the model is never scored on what
@@ -38,10 +54,10 @@ import json
 import math
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -52,9 +68,13 @@ from detfm.evaluate.scoring import argmax_without, renumber_without
 from detfm.errors import ConfigError, DetfmError
 from detfm.io import EventFile, atomic_path, atomic_write_text, layout
 
+if TYPE_CHECKING:
+    from detfm.evaluate.particles import ParticleEventStats
+
 __all__ = [
-    "DEFAULT_VARIATIONS", "REPORT_KIND", "batched_metrics", "bootstrap_metrics", "event_confusions",
-    "evaluate_systematics", "flip_fractions", "format_systematics", "heldout_event_ids", "summarize_flips",
+    "DEFAULT_VARIATIONS", "PARTICLE_HEADLINE", "REPORT_KIND", "SUPPORTED_TASKS", "batched_metrics",
+    "bootstrap_metrics", "bootstrap_particle_metrics", "event_confusions", "evaluate_systematics", "flip_fractions",
+    "format_systematics", "heldout_event_ids", "paired_bootstrap", "plot_systematics", "summarize_flips",
 ]
 
 REPORT_KIND = kinds.SYSTEMATICS
@@ -66,6 +86,11 @@ EXCLUDED = get_dataset(DEFAULT_DATASET).excluded_semantic  # low-energy deposits
 NUM_CLASSES_4 = NUM_CLASSES - 1
 INTERVAL = 0.68
 HEADLINE = ("macro_f1_4", "macro_f1_5", "accuracy_5")
+SUPPORTED_TASKS = ("semseg", "particles")
+# particle metrics of the printed table and the pictures (every one is in the report)
+PARTICLE_HEADLINE = ("efficiency_all", "purity_all", "pq", "electron_efficiency", "electron_purity",
+                     "photon_efficiency", "photon_purity")
+T = TypeVar("T")
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -138,17 +163,60 @@ def _interval(samples: np.ndarray, value: float, level: float) -> dict[str, floa
     return {"value": float(value), "lo": float(lo), "hi": float(hi)}
 
 
+Intervals = dict[str, dict[str, dict[str, float | None]]]  # {variation: {metric: {"value", "lo", "hi"}}}
+
+
+def paired_bootstrap(data: Mapping[str, T], n_events: int,
+                     statistic: Callable[[T, np.ndarray], Mapping[str, np.ndarray]], *, n_boot: int = 200,
+                     seed: int = 0, level: float = INTERVAL, reference: str = NOMINAL) -> tuple[Intervals, Intervals]:
+    """Metrics of each variation and paired differences to ``reference``, with bootstrap
+    intervals over events.
+
+    ``data[v]`` holds variation ``v``'s per-event outputs of the same ``n_events`` events;
+    ``statistic(data[v], weights)`` turns (B, E) event counts into ``{metric: (B,)}`` (a row of
+    ones: the metrics of the events themselves). Each of the ``n_boot`` resamples draws ``E``
+    events with replacement (seeded by ``seed`` and ``E``) and uses the same draw for all
+    variations, so differences are paired. Returns ``(metrics, differences)``, each
+    ``{variation: {metric: {"value", "lo", "hi"}}}`` with the central ``level`` percentile
+    interval (None where undefined).
+    """
+    if n_boot < 2:
+        raise ConfigError(f"n_boot must be >= 2, got {n_boot}")
+    if not 0 < level < 1:
+        raise ConfigError(f"level must be in (0, 1), got {level}")
+    if reference not in data:
+        raise DetfmError(f"reference variation '{reference}' is missing")
+    if n_events < 1:
+        raise DetfmError(f"the bootstrap needs at least one event, got {n_events}")
+    rng = np.random.default_rng([seed, n_events])
+    weights = rng.multinomial(n_events, np.full(n_events, 1.0 / n_events), size=n_boot).astype(np.float64)  # (B, E)
+    ones = np.ones((1, n_events))
+    values = {v: {k: float(x[0]) for k, x in statistic(d, ones).items()} for v, d in data.items()}
+    boots = {v: statistic(d, weights) for v, d in data.items()}
+    metrics: Intervals = {}
+    differences: Intervals = {}
+    for v in data:
+        metrics[v] = {k: _interval(boots[v][k], values[v][k], level) for k in values[v]}
+        differences[v] = {k: _interval(boots[v][k] - boots[reference][k], values[v][k] - values[reference][k], level)
+                          for k in values[v]}
+    return metrics, differences
+
+
+def _confusion_statistic(cms: tuple[np.ndarray, np.ndarray], weights: np.ndarray) -> dict[str, np.ndarray]:
+    """:func:`batched_metrics` of the event-weighted sums of per-event confusion matrices."""
+    cm5, cm4 = cms
+    return batched_metrics(np.einsum("be,eij->bij", weights, cm5.astype(np.float64)),
+                           np.einsum("be,eij->bij", weights, cm4.astype(np.float64)))
+
+
 def bootstrap_metrics(cm5: Mapping[str, np.ndarray], cm4: Mapping[str, np.ndarray], *, n_boot: int = 200,
                       seed: int = 0, level: float = INTERVAL, reference: str = NOMINAL,
-                      ) -> tuple[dict[str, dict[str, dict[str, float | None]]],
-                                 dict[str, dict[str, dict[str, float | None]]]]:
-    """Metrics of each variation and paired differences to ``reference``, with bootstrap intervals.
+                      ) -> tuple[Intervals, Intervals]:
+    """Segmentation metrics of each variation and paired differences to ``reference``, with
+    bootstrap intervals (:func:`paired_bootstrap`).
 
     ``cm5[v]`` is ``(E, 5, 5)`` and ``cm4[v]`` ``(E, 4, 4)`` per-event matrices over the same
-    events for every variation. Each of the ``n_boot`` resamples draws ``E`` events with
-    replacement (seeded) and uses the same draw for all variations, so differences are paired.
-    Returns ``(metrics, differences)``, each ``{variation: {metric: {"value", "lo", "hi"}}}``
-    with the central ``level`` percentile interval (None where undefined).
+    events for every variation; the metrics are those of :func:`batched_metrics`.
     """
     if n_boot < 2:
         raise ConfigError(f"n_boot must be >= 2, got {n_boot}")
@@ -159,19 +227,22 @@ def bootstrap_metrics(cm5: Mapping[str, np.ndarray], cm4: Mapping[str, np.ndarra
     n_events = {len(m) for m in cm5.values()} | {len(m) for m in cm4.values()}
     if len(n_events) != 1 or 0 in n_events:
         raise DetfmError(f"every variation needs the same, non-zero number of events, got {sorted(n_events)}")
-    n = n_events.pop()
-    rng = np.random.default_rng([seed, n])
-    weights = rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(np.float64)  # (B, E)
-    values = {v: batched_metrics(cm5[v].sum(axis=0), cm4[v].sum(axis=0)) for v in cm5}
-    boots = {v: batched_metrics(np.einsum("be,eij->bij", weights, cm5[v].astype(np.float64)),
-                                np.einsum("be,eij->bij", weights, cm4[v].astype(np.float64))) for v in cm5}
-    metrics: dict[str, dict[str, dict[str, float | None]]] = {}
-    differences: dict[str, dict[str, dict[str, float | None]]] = {}
-    for v in cm5:
-        metrics[v] = {k: _interval(boots[v][k], float(values[v][k]), level) for k in values[v]}
-        differences[v] = {k: _interval(boots[v][k] - boots[reference][k],
-                                       float(values[v][k] - values[reference][k]), level) for k in values[v]}
-    return metrics, differences
+    return paired_bootstrap({v: (cm5[v], cm4[v]) for v in cm5}, n_events.pop(), _confusion_statistic,
+                            n_boot=n_boot, seed=seed, level=level, reference=reference)
+
+
+def bootstrap_particle_metrics(stats: Mapping[str, ParticleEventStats], *, n_boot: int = 200, seed: int = 0,
+                               level: float = INTERVAL, reference: str = NOMINAL) -> tuple[Intervals, Intervals]:
+    """Particle metrics of each variation (:func:`~detfm.evaluate.particles.weighted_particle_metrics`)
+    and paired differences to ``reference``, with bootstrap intervals (:func:`paired_bootstrap`).
+    ``stats[v]`` must describe the same events, in the same order, for every variation."""
+    from detfm.evaluate.particles import weighted_particle_metrics
+
+    sizes = {v: s.events for v, s in stats.items()}
+    if len(set(sizes.values())) != 1 or 0 in sizes.values():
+        raise DetfmError(f"every variation needs the same, non-zero number of events, got {sizes}")
+    return paired_bootstrap(stats, next(iter(sizes.values())), weighted_particle_metrics, n_boot=n_boot, seed=seed,
+                            level=level, reference=reference)
 
 
 # ----------------------------------------------------------------------------- flips
@@ -301,9 +372,9 @@ def _load_model(run_dir: Path, device: str) -> tuple[Any, Any]:
     from detfm.models.lora import merge_lora
 
     cfg = load_finetune_config(run_dir)
-    if cfg.task != "semseg":
-        raise DetfmError(f"{run_dir}: systematics of '{cfg.task}' runs are not supported yet "
-                         f"(semantic segmentation runs only)")
+    if cfg.task not in SUPPORTED_TASKS:
+        raise DetfmError(f"{run_dir}: systematics of '{cfg.task}' runs are not supported yet; supported tasks: "
+                         f"{', '.join(SUPPORTED_TASKS)}")
     task = load_finetuned(run_dir, map_location=device)
     merge_lora(task)
     return cfg, task
@@ -334,8 +405,9 @@ def evaluate_systematics(run_dir: str | os.PathLike[str], nominal_file: str | os
                          max_events: int | None = None, n_boot: int = 200, seed: int = 0, alpha: float = 0.1,
                          calibration_fraction: float = 0.5, workers: int = 1, batch_size: int = 8,
                          device: str = "cpu", progress: bool = False) -> dict[str, Any]:
-    """Evaluate the fine-tuned segmentation model of ``run_dir`` on ``nominal_file`` and its
-    twins under each detector of ``variations``; write ``out_dir/report.json`` and pictures.
+    """Evaluate the fine-tuned segmentation or particle-finding model of ``run_dir`` (tasks
+    :data:`SUPPORTED_TASKS`) on ``nominal_file`` and its twins under each detector of
+    ``variations``; write ``out_dir/report.json``, ``report.txt`` and pictures.
 
     Twins come from ``twin_files`` (``{name: file}``, checked) or, for names not given there,
     are re-simulated into ``out_dir/twins`` from the nominal file's simulation attributes.
@@ -385,24 +457,30 @@ def evaluate_systematics(run_dir: str | os.PathLike[str], nominal_file: str | os
     if len(ids) < 2:
         raise DetfmError("fewer than 2 events are non-empty in every variation")
 
-    curves, measured = _measure(task, files, names, ids, threshold, cfg.train.seed, n_boot=n_boot, seed=seed,
-                        alpha=alpha, calibration_fraction=calibration_fraction, batch_size=batch_size,
-                        progress=progress)
-    report = _clean({"kind": REPORT_KIND, "model": str(run), "task": "semseg", "events": int(len(ids)),
+    config: dict[str, Any] = {"variations": names, "max_events": max_events, "n_boot": n_boot}
+    curves: dict[str, Any] | None = None
+    if cfg.task == "semseg":
+        curves, measured = _measure(task, files, names, ids, threshold, cfg.train.seed, n_boot=n_boot, seed=seed,
+                                    alpha=alpha, calibration_fraction=calibration_fraction, batch_size=batch_size,
+                                    progress=progress)
+        config.update(alpha=alpha, calibration_fraction=calibration_fraction)
+    else:
+        measured = _measure_particles(task, files, names, ids, threshold, cfg.train.seed, n_boot=n_boot, seed=seed,
+                                      batch_size=batch_size, progress=progress)
+    report = _clean({"kind": REPORT_KIND, "model": str(run), "task": cfg.task, "events": int(len(ids)),
                      **measured})
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "report.json", json.dumps(report, indent=2) + "\n")
     atomic_write_text(out / "report.txt", format_systematics(report) + "\n")
     plot_systematics(report, out)
-    from detfm.evaluate.calibration import reliability_figure
+    if curves is not None:
+        from detfm.evaluate.calibration import reliability_figure
 
-    temperature = report["calibration"]["temperature"]
-    reliability_figure({"before": curves["before"], f"after (T = {temperature:.2f})": curves["after"]},
-                       out / "reliability.png", title="Reliability, nominal evaluation events")
-    _manifest(out, run, files, seed=seed, started=started, device=device,
-              config={"variations": names, "max_events": max_events, "n_boot": n_boot, "alpha": alpha,
-                      "calibration_fraction": calibration_fraction, "seed": seed,
-                      "twin_files": {k: str(v) for k, v in given.items()}})
+        temperature = report["calibration"]["temperature"]
+        reliability_figure({"before": curves["before"], f"after (T = {temperature:.2f})": curves["after"]},
+                           out / "reliability.png", title="Reliability, nominal evaluation events")
+    config.update(seed=seed, twin_files={k: str(v) for k, v in given.items()})
+    _manifest(out, run, files, seed=seed, started=started, device=device, config=config)
     return report
 
 
@@ -485,6 +563,74 @@ def _reliability(value: Any) -> dict[str, Any]:
     return {"before": value, "after": None}
 
 
+# ----------------------------------------------------------------------------- particles
+@dataclass
+class _ParticleOutputs:
+    """What is kept of one variation's particle predictions: the per-event metric parts and,
+    per point, its coordinate and the class of the particle it was given (-1: none)."""
+
+    stats: ParticleEventStats
+    scores: dict[str, Any]
+    coords: np.ndarray
+    point_class: np.ndarray
+    offsets: np.ndarray
+
+
+def _collect_particles(task: Any, path: Path, ids: np.ndarray, threshold: float, seed: int, batch_size: int,
+                       progress: bool) -> _ParticleOutputs:
+    import torch
+
+    from detfm.data import EventDataset
+    from detfm.evaluate.particles import ParticleRecords, event_records, particle_event_stats, particle_scores
+    from detfm.evaluate.scoring import eval_batches
+    from detfm.tasks.particles import particle_targets
+    from detfm.tasks.registry import get_task
+
+    dataset = EventDataset([path], energy_threshold=threshold, min_points=0, labels=True, seed=seed).subset(ids)
+    records = ParticleRecords()
+    coords, classes, counts, index = [], [], [], []
+    for _, batch in eval_batches(task, dataset, batch_size, progress, desc=path.name):
+        pred = task.predict(batch)
+        event_records(records, batch, pred, particle_targets(batch, task.config.dataset))
+        owner = pred.point_particle
+        point_class = (torch.where(owner >= 0, pred.label[owner.clamp(min=0)], -1) if len(pred)
+                       else torch.full_like(owner, -1))
+        coords.append(batch.coord.cpu().numpy())
+        classes.append(point_class.cpu().numpy())
+        counts.append(batch.counts.cpu().numpy())
+        if batch.index is not None:
+            index.append(batch.index.cpu().numpy())
+    if index and not np.array_equal(np.concatenate(index), ids):
+        raise DetfmError(f"{path}: particle predictions came back for other events than asked")
+    offsets = np.concatenate([[0], np.cumsum(np.concatenate(counts))]).astype(np.int64)
+    class_names = get_task("particles").class_names
+    return _ParticleOutputs(particle_event_stats(records, class_names), particle_scores(records, class_names),
+                            np.concatenate(coords), np.concatenate(classes).astype(np.int64), offsets)
+
+
+def _measure_particles(task: Any, files: Mapping[str, Path], names: Sequence[str], ids: np.ndarray,
+                       threshold: float, data_seed: int, *, n_boot: int, seed: int, batch_size: int,
+                       progress: bool) -> dict[str, Any]:
+    """The particle measurements of the report: per variation every metric of
+    :func:`~detfm.evaluate.particles.particle_event_stats` with its bootstrap interval and
+    paired shift from nominal, the fraction of common voxels whose predicted particle class
+    changes (none counts as a class), and every score of
+    :func:`~detfm.evaluate.particles.particle_scores`."""
+    nom = _collect_particles(task, files[NOMINAL], ids, threshold, data_seed, batch_size, progress)
+    stats: dict[str, ParticleEventStats] = {}
+    scores: dict[str, dict[str, Any]] = {}
+    flips: dict[str, dict[str, Any]] = {}
+    for name in (NOMINAL, *names):
+        cur = nom if name == NOMINAL else _collect_particles(task, files[name], ids, threshold, data_seed,
+                                                             batch_size, progress)
+        stats[name], scores[name] = cur.stats, cur.scores
+        flips[name] = summarize_flips(flip_fractions(nom.coords, nom.point_class, nom.offsets,
+                                                     cur.coords, cur.point_class, cur.offsets))
+    metrics, differences = bootstrap_particle_metrics(stats, n_boot=n_boot, seed=seed)
+    return {"variations": [NOMINAL, *names], "metrics": metrics, "differences": differences,
+            "flip_fraction": flips, "scores": scores}
+
+
 # ----------------------------------------------------------------------------- output
 def _num(x: Any) -> float | None:
     return None if x is None or not math.isfinite(float(x)) else float(x)
@@ -514,8 +660,11 @@ def _fmt(x: Any, digits: int = 3) -> str:
 
 
 def format_systematics(report: Mapping[str, Any]) -> str:
-    """A text table: one row per variation (headline metric with its 68 % interval, paired
-    shift from nominal, flip fraction, ECE after temperature scaling, conformal coverage)."""
+    """A text table: one row per variation. Segmentation: headline metric with its 68 %
+    interval, paired shift from nominal, flip fraction, ECE before and after temperature
+    scaling, conformal coverage and set size. Particles: see :func:`_format_particles`."""
+    if report.get("task", "semseg") == "particles":
+        return _format_particles(report)
     headline = "macro_f1_4"
     cal, conf = report["calibration"], report["conformal"]
     lines = [f"{report['model']}: {report['events']} events, {headline} with 68 % bootstrap intervals, "
@@ -536,9 +685,53 @@ def _signed(x: float | None) -> str:
     return "n/a" if x is None else f"{x:+.3f}"
 
 
+_SHORT = {"efficiency_all": "eff", "purity_all": "purity", "pq": "PQ", "electron_efficiency": "e eff",
+          "electron_purity": "e pur", "photon_efficiency": "gamma eff", "photon_purity": "gamma pur"}
+
+
+def _format_particles(report: Mapping[str, Any]) -> str:
+    """The particle table: per variation the finding efficiency (mask IoU >= 0.5) with its
+    68 % interval and its paired shift with interval; then every headline metric of
+    :data:`PARTICLE_HEADLINE` with its shift; the flip fraction; and the regressed energy's
+    bias and resolution per class with their shifts."""
+    names = list(report["variations"])
+    metrics, diffs = report["metrics"], report["differences"]
+    headline = "efficiency_all"
+    lines = [f"{report['model']}: {report['events']} events, particles found at mask IoU >= 0.5; 68 % bootstrap "
+             f"intervals, shifts are paired differences to nominal",
+             f"{'variation':<16}{'efficiency':>24}{'shift':>24}{'flips':>8}"]
+    for v in names:
+        m, d = metrics[v][headline], diffs[v][headline]
+        cell = f"{_fmt(m['value'])} [{_fmt(m['lo'])}, {_fmt(m['hi'])}]"
+        shift = "" if v == NOMINAL else f"{_signed(d['value'])} [{_signed(d['lo'])}, {_signed(d['hi'])}]"
+        flips = "" if v == NOMINAL else _fmt(report["flip_fraction"][v]["mean"])
+        lines.append(f"{v:<16}{cell:>24}{shift:>24}{flips:>8}")
+    shown = [k for k in PARTICLE_HEADLINE if k in metrics[NOMINAL]]
+    lines += ["", "value (shift from nominal)",
+              f"{'variation':<16}" + "".join(f"{_SHORT.get(k, k):>17}" for k in shown)]
+    for v in names:
+        cells = [f"{_fmt(metrics[v][k]['value'])} ({'nominal' if v == NOMINAL else _signed(diffs[v][k]['value'])})"
+                 for k in shown]
+        lines.append(f"{v:<16}" + "".join(f"{c:>17}" for c in cells))
+    classes = [k.removeprefix("energy_resolution_") for k in metrics[NOMINAL] if k.startswith("energy_resolution_")]
+    classes = [c for c in classes if metrics[NOMINAL][f"energy_resolution_{c}"]["value"] is not None]
+    if classes:
+        lines += ["", "regressed kinetic energy per class: bias / resolution of E / E_true - 1 (shift of the "
+                      "resolution)", f"{'variation':<16}" + "".join(f"{c:>26}" for c in classes)]
+        for v in names:
+            cells = []
+            for c in classes:
+                bias, res = metrics[v][f"energy_bias_{c}"]["value"], metrics[v][f"energy_resolution_{c}"]["value"]
+                shift = "" if v == NOMINAL else f" ({_signed(diffs[v][f'energy_resolution_{c}']['value'])})"
+                cells.append(f"{_signed(bias)} / {_fmt(res)}{shift}")
+            lines.append(f"{v:<16}" + "".join(f"{c:>26}" for c in cells))
+    return "\n".join(lines)
+
+
 def plot_systematics(report: Mapping[str, Any], out_dir: str | os.PathLike[str]) -> list[Path]:
     """metrics.png (headline metrics per variation, 68 % error bars) and flips.png (per-event
-    flip fractions between each variation and nominal)."""
+    flip fractions between each variation and nominal); for a particles report also
+    shifts.png (the paired shifts from nominal of its headline metrics, 68 % error bars)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -547,21 +740,20 @@ def plot_systematics(report: Mapping[str, Any], out_dir: str | os.PathLike[str])
     out = Path(out_dir)
     written: list[Path] = []
     names = list(report["variations"])
-    x = np.arange(len(names))
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(names)), 4.2))
-    for k, metric in enumerate(HEADLINE):
-        rows = [report["metrics"][v][metric] for v in names]
-        value = np.array([np.nan if r["value"] is None else r["value"] for r in rows])
-        lo = np.array([np.nan if r["lo"] is None else r["lo"] for r in rows])
-        hi = np.array([np.nan if r["hi"] is None else r["hi"] for r in rows])
-        err = np.nan_to_num(np.vstack([value - lo, hi - value]), nan=0.0).clip(min=0)
-        ax.errorbar(x + (k - 1) * 0.12, value, yerr=err, fmt="o", capsize=3, label=metric.replace("_", " "))
-    ax.set_xticks(x, names, rotation=30, ha="right")
-    ax.set_ylabel("score (68 % bootstrap interval)")
-    ax.set_title(f"Detector variations, {report['events']} events")
-    ax.grid(True, axis="y", alpha=0.3)
-    ax.legend()
-    written.append(_save(fig, out / "metrics.png", plt))
+    particles = report.get("task", "semseg") == "particles"
+    headline = [k for k in PARTICLE_HEADLINE if k in report["metrics"][NOMINAL]] if particles else list(HEADLINE)
+    blocks = [("metrics", "metrics.png", "score (68 % bootstrap interval)")]
+    if particles:
+        blocks.append(("differences", "shifts.png", "shift from nominal (paired, 68 % interval)"))
+    for key, filename, ylabel in blocks:
+        fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(names)), 4.2))
+        _errorbars(ax, report[key], names, headline)
+        ax.set_ylabel(ylabel)
+        if key == "differences":
+            ax.axhline(0.0, color="k", linewidth=0.8)
+        ax.set_title(f"Detector variations, {report['events']} events")
+        ax.legend(fontsize=8 if len(headline) > 3 else None)
+        written.append(_save(fig, out / filename, plt))
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     bins = np.linspace(0, 1, 41)
@@ -569,7 +761,8 @@ def plot_systematics(report: Mapping[str, Any], out_dir: str | os.PathLike[str])
         values = report["flip_fraction"][v]["per_event"]
         if values:
             ax.hist(values, bins=bins, histtype="step", linewidth=1.5, label=v)
-    ax.set_xlabel("fraction of common voxels whose predicted class flips")
+    ax.set_xlabel("fraction of common voxels whose predicted particle class changes" if particles
+                  else "fraction of common voxels whose predicted class flips")
     ax.set_ylabel("events")
     ax.set_yscale("log")
     ax.set_title("Prediction flips between twins (vs nominal)")
@@ -578,6 +771,22 @@ def plot_systematics(report: Mapping[str, Any], out_dir: str | os.PathLike[str])
     written.append(_save(fig, out / "flips.png", plt))
 
     return written
+
+
+def _errorbars(ax: Any, block: Mapping[str, Any], names: Sequence[str], metrics: Sequence[str]) -> None:
+    """One series of points with 68 % error bars per metric, over the variations ``names``."""
+    x = np.arange(len(names))
+    step = min(0.12, 0.7 / max(len(metrics), 1))
+    for k, metric in enumerate(metrics):
+        rows = [block[v][metric] for v in names]
+        value = np.array([np.nan if r["value"] is None else r["value"] for r in rows])
+        lo = np.array([np.nan if r["lo"] is None else r["lo"] for r in rows])
+        hi = np.array([np.nan if r["hi"] is None else r["hi"] for r in rows])
+        err = np.nan_to_num(np.vstack([value - lo, hi - value]), nan=0.0).clip(min=0)
+        ax.errorbar(x + (k - (len(metrics) - 1) / 2) * step, value, yerr=err, fmt="o", capsize=3,
+                    label=metric.replace("_", " "))
+    ax.set_xticks(x, names, rotation=30, ha="right")
+    ax.grid(True, axis="y", alpha=0.3)
 
 
 def _save(fig: Any, path: Path, plt: Any) -> Path:
