@@ -1,4 +1,5 @@
-"""PILArNet labeling rules: voxel ownership priority and the delta/Compton voxel-count cuts."""
+"""PILArNet labeling rules: voxel ownership priority, the delta/Compton voxel-count cuts and
+Supera's 4 MeV energy cut."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import pytest
 
 from detfm.io import layout
 from detfm.sim.detector import NOMINAL
-from detfm.sim.labels import (COMPTON_MAX_LOW_VOXELS, DELTA_MIN_VOXELS, PRIORITY_OF_ROLE, SEMANTIC_OF_ROLE,
-                              SMALL_FRAGMENT_VOXELS,
+from detfm.sim.labels import (COMPTON_MAX_LOW_VOXELS, DELTA_MIN_VOXELS, LOW_ENERGY_MAX_MEV, PRIORITY_OF_ROLE,
+                              SEMANTIC_OF_ROLE, SMALL_FRAGMENT_VOXELS,
                               apply_size_cuts, semantic_of, voxel_owner)
 from detfm.sim.response import render
 from detfm.sim.truth import Deposits, Fragments, Role, TruthEvent
@@ -166,7 +167,7 @@ def test_a_delta_leaving_its_track_counts_only_the_voxels_it_owns() -> None:
     ev = render(truth, SHARP, np.random.default_rng(0))
     assert ev.clusters[:, layout.C_NPOINTS].tolist() == [0, 29]
     # A Michel sharing a voxel with a shower takes it; a shower with a delta takes it.
-    michel = (Role.MICHEL, layout.PID_ELECTRON, row((50, 50, 50), 12), 0.3)
+    michel = (Role.MICHEL, layout.PID_ELECTRON, row((50, 50, 50), 12), 0.4)  # 4.8 MeV: above 4 MeV
     shower = (Role.SHOWER, layout.PID_ELECTRON, row((50, 50, 60), 12), 3.0)
     delta = (Role.DELTA, layout.PID_ELECTRON, row((50, 50, 70), 12), 3.0)
     ev = _run(michel, shower, delta)
@@ -186,3 +187,37 @@ def test_cuts_count_recorded_voxels_only() -> None:
     ev = render(pieces, SHARP, np.random.default_rng(0))
     assert ev.n_points == 10
     assert ev.clusters[:, layout.C_NPOINTS].tolist() == [10]
+
+
+@pytest.mark.parametrize("role", [Role.TRACK, Role.SHOWER, Role.MICHEL, Role.DELTA, Role.COMPTON])
+def test_fragments_under_4_mev_are_low_energy(role: Role) -> None:
+    # Supera (SuperaMCParticleCluster::process): vs.size() < ComptonSize or vs.sum() < ComptonEnergy
+    # (4 MeV) -> kShapeLEScatter, for every stored particle.
+    assert LOW_ENERGY_MAX_MEV == 4.0
+    owner = np.array([1] * 20 + [0] * 12)
+    roles = np.array([Role.TRACK, role])
+    energy = np.array([50.0, LOW_ENERGY_MAX_MEV - 0.01])
+    assert (apply_size_cuts(owner, roles, None, energy) == -1).sum() == 20
+    energy[1] = LOW_ENERGY_MAX_MEV
+    assert (apply_size_cuts(owner, roles, None, energy) == 1).sum() == 20
+    # a small delta ray merged into its track adds its energy to the track's
+    roles = np.array([Role.TRACK, Role.DELTA])
+    owner = np.array([0] * 12 + [1] * 3)
+    out = apply_size_cuts(owner, roles, np.array([-1, 0]), np.array([3.0, 1.5]))
+    assert out.tolist() == [0] * 15
+
+
+def test_a_compton_electron_under_4_mev_is_low_energy_and_yields_shared_voxels() -> None:
+    # 12 voxels of 0.3 MeV (3.6 MeV): more than 10 voxels but under 4 MeV -> low-energy. It deposits
+    # at higher priority in the two voxels they share with a delta ray; since Supera writes low-energy labels
+    # first and lets the others overwrite them, the delta ray gets those voxels back.
+    compton = (Role.COMPTON, layout.PID_ELECTRON, row((60, 60, 60), 12), 0.3)
+    delta = (Role.DELTA, layout.PID_ELECTRON, row((60, 60, 70), 12), 0.4)
+    ev = _run(compton, delta)
+    assert ev.clusters[:, layout.C_FRAGMENT].tolist() == [-1, 1]
+    assert ev.clusters[:, layout.C_NPOINTS].tolist() == [10, 12]
+    assert ev.clusters[:, layout.C_SEMANTIC].tolist() == [layout.LOW_ENERGY, layout.DELTA]
+    # with 6 MeV of its own the Compton electron is a shower and keeps the shared voxels
+    ev = _run((Role.COMPTON, layout.PID_ELECTRON, row((60, 60, 60), 12), 0.5), delta)
+    assert ev.clusters[:, layout.C_SEMANTIC].tolist() == [layout.LOW_ENERGY, layout.SHOWER, layout.DELTA]
+    assert ev.clusters[:, layout.C_NPOINTS].tolist() == [0, 12, 10]

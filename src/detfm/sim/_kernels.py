@@ -69,7 +69,11 @@ ROLE_DELTA, ROLE_COMPTON, ROLE_LOW_ENERGY = int(Role.DELTA), int(Role.COMPTON), 
 # ---------------------------------------------------------------------------------------
 DELTA_CUT_MEV = 1.0          # delta rays above this are explicit particles (range ~ 3 mm = 1 voxel)
 HARD_COLLISION_MIN_MEV = 0.01  # collisions above this are sampled one by one (fluctuations)
-BREM_CUT_MEV = 0.5           # bremsstrahlung photons above this are explicit particles
+BREM_CUT_MEV = 0.05          # bremsstrahlung photons above this are explicit particles: a softer
+                             # photon flies < 1.1 cm (XCOM) and cannot light a recorded (>= 0.05 MeV)
+                             # voxel alone; Geant4 makes them down to its keV-scale production cut.
+                             # Was 0.5: the 0.05-0.5 MeV photons, which fly 1-9 cm and leave isolated
+                             # blips, were deposited on the electron's step.
 ELECTRON_CUT_MEV = 0.25      # e+- below this deposit at once (CSDA range ~ 0.7 mm)
 PHOTON_CUT_MEV = 0.01        # photons below this deposit at once
 STEP_MAX_CM = 0.3            # one voxel
@@ -77,7 +81,6 @@ STEP_MIN_CM = 0.01
 STEP_FRACTION_HEAVY = 0.2    # step <= this x T / (dE/dx): resolves the Bragg peak
 STEP_FRACTION_ELECTRON = 0.5
 MAX_THETA0_RAD = 1.0         # Highland is meaningless beyond this; slow electrons random-walk anyway
-DETACH_CM = 1.0              # electrons from a photon that flew farther become their own fragment
 STEPS_PER_POP = 16           # a track is re-queued after this many steps (bounded buffer growth)
 MAX_PER_STEP = 4             # at most this many delta rays / photons per step (means are << 1)
 
@@ -882,10 +885,12 @@ def _photon(rs, S, D, F, n, ledger, inter, lowe, med, lo, hi, table, cur):
     y += d * uy
     z += d * uz
     t += d / C_CM_NS
-    # Compton and photo-electrons join the photon's fragment if it has not flown far, else
-    # they start their own (Supera keeps them apart unless they touch); a conversion pair
-    # always joins the photon's fragment (it carries the shower on).
-    near = frag if frag >= 0 and d < DETACH_CM else -1
+    # Every Compton and photo-electron starts its own fragment, however near its photon's
+    # origin: Geant4 records each as a particle (process "compt" / "phot"), and Supera keeps
+    # it apart (kCompton, kPhotoElectron; only kIonization and kConversion merge into their
+    # parent), low-energy unless it has > 10 voxels and > 4 MeV (labels.py). A conversion
+    # pair joins the photon's fragment (Supera: kConversion merges into its parent photon).
+    near = -1
     r = uniform(rs) * mu
     if r < mu_pe:
         # photo-absorption: the electron takes all (the 3 keV binding is deposited with it)

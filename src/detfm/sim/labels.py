@@ -14,14 +14,23 @@ The rules (PHYSICS.md, "How PILArNet-M events are made and labeled"):
   deposits (Supera: ``kCompton`` up to ``ComptonSize`` 10 voxels is ``kShapeLEScatter``);
   ``Role.LOW_ENERGY`` fragments always do.
 * Then any fragment left with fewer than 10 voxels (a proton stub, a tiny shower or
-  Michel) becomes low-energy: Supera switches every stored particle with fewer than
-  ``ComptonSize`` voxels to ``kShapeLEScatter`` when it writes the semantic labels.
+  Michel) **or with less than 4 MeV of true energy in its recorded voxels** becomes
+  low-energy: when Supera writes the semantic labels it switches every stored particle with
+  ``vs.size() < ComptonSize`` (10) or ``vs.sum() < ComptonEnergy`` (4 MeV by default) to
+  ``kShapeLEScatter`` (``SuperaMCParticleCluster::process``; the same pair of cuts defines a
+  "high-energy" Compton electron, ``kComptonHE``, in ``ApplyEnergyThreshold``). A Compton
+  electron of a few MeV that lights a dozen voxels is therefore low-energy in PILArNet.
+* Supera writes the low-energy voxels first and lets every other label overwrite them, so a
+  voxel shared by a low-energy fragment and any other fragment takes the other one's label.
+  We do the same: once the cuts are known, ownership is decided again with every fragment
+  that became low-energy at low-energy priority, and every merged delta ray at its track's.
 
 Low-energy deposits are marked with owner ``-1`` (the low-energy bucket, cluster row 0).
 
 Before this rule, delta rays with fewer than 3 voxels became low-energy (PHYSICS.md's
 summary); Supera's source merges them into their parent track, and counting them as delta
-or low-energy made the delta share of the default mix 4x PILArNet-M's.
+or low-energy made the delta share of the default mix 4x PILArNet-M's. Before the 4 MeV
+rule, Compton electrons with more than 10 voxels were shower whatever their energy.
 """
 
 from __future__ import annotations
@@ -53,10 +62,14 @@ NO_FRAGMENT_PRIORITY = 5  # noise hits: lose to any fragment
 DELTA_MIN_VOXELS = 10    # delta rays owning fewer voxels merge into their parent track
 COMPTON_MAX_LOW_VOXELS = 10  # Compton electrons with this many voxels or fewer become low-energy
 SMALL_FRAGMENT_VOXELS = 10   # any fragment with fewer voxels becomes low-energy
+# Supera's ComptonEnergy (default 4 MeV): a fragment whose recorded voxels hold less true
+# energy becomes low-energy (SuperaMCParticleCluster::process, when writing semantics).
+LOW_ENERGY_MAX_MEV = 4.0
+LOW_ENERGY_PRIORITY = PRIORITY_OF_ROLE[Role.LOW_ENERGY]
 
 
 def voxel_owner(voxel: np.ndarray, fragment: np.ndarray, energy: np.ndarray, role: np.ndarray,
-                n_voxels: int) -> np.ndarray:
+                n_voxels: int, priority: np.ndarray | None = None) -> np.ndarray:
     """The fragment owning each voxel, or -1 where only noise contributed.
 
     Args:
@@ -65,6 +78,9 @@ def voxel_owner(voxel: np.ndarray, fragment: np.ndarray, energy: np.ndarray, rol
         energy: (P,) true energy that contribution deposited in that voxel (MeV).
         role: (F,) Role of every fragment.
         n_voxels: number of voxels.
+        priority: (F,) rank of every fragment when it shares a voxel (lower wins); default
+            ``PRIORITY_OF_ROLE[role]``. The second pass of :func:`label_owner` ranks the
+            fragments that became low-energy last.
 
     Contributions may repeat a (voxel, fragment) pair; their energies add up. Input
     already sorted by (voxel, fragment), as the response stage passes it, skips a sort.
@@ -89,8 +105,8 @@ def voxel_owner(voxel: np.ndarray, fragment: np.ndarray, energy: np.ndarray, rol
     v, f, e = v[~alone], f[~alone], e[~alone]
     if len(v) == 0:
         return owner
-    prio = np.where(f >= 0, PRIORITY_OF_ROLE[np.asarray(role, np.int64)[np.maximum(f, 0)]],
-                    NO_FRAGMENT_PRIORITY)
+    rank = PRIORITY_OF_ROLE[np.asarray(role, np.int64)] if priority is None else np.asarray(priority, np.int64)
+    prio = np.where(f >= 0, rank[np.maximum(f, 0)], NO_FRAGMENT_PRIORITY)
     # Per shared voxel keep the best priority, then the most energy; pairs are in fragment
     # order, so the first remaining candidate has the lowest fragment id.
     vstart = np.flatnonzero(np.r_[True, v[1:] != v[:-1]])
@@ -103,12 +119,17 @@ def voxel_owner(voxel: np.ndarray, fragment: np.ndarray, energy: np.ndarray, rol
     return owner
 
 
-def apply_size_cuts(owner: np.ndarray, role: np.ndarray, parent: np.ndarray | None = None) -> np.ndarray:
-    """Owner after the PILArNet cuts (module docstring); low-energy deposits get -1.
+def size_cuts(owner: np.ndarray, role: np.ndarray, parent: np.ndarray | None = None,
+              fragment_energy: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The PILArNet cuts (module docstring) as two per-fragment arrays ``(target, low)``.
 
-    ``parent[f]`` is the fragment delta ray ``f`` came from (-1: unknown; ``None``: all
-    unknown). ``owner`` must hold only recorded voxels (after threshold and dead regions),
-    since the cuts count the voxels a fragment actually leaves. The input is not modified.
+    ``target[f]`` is the fragment whose voxels fragment ``f``'s become (itself, or the track a
+    small delta ray merges into); ``low[f]`` says whether they become low-energy.
+    ``owner`` holds the owner of every recorded voxel (after threshold and dead regions),
+    since the voxel cuts count the voxels a fragment actually leaves; ``parent[f]`` is the
+    fragment delta ray ``f`` came from (-1: unknown; ``None``: all unknown);
+    ``fragment_energy[f]`` the true energy (MeV) fragment ``f`` left in recorded voxels
+    (``None``: the 4 MeV rule is not applied).
     """
     role = np.asarray(role, np.int64)
     owner = np.asarray(owner, np.int64)
@@ -123,12 +144,55 @@ def apply_size_cuts(owner: np.ndarray, role: np.ndarray, parent: np.ndarray | No
         if np.array_equal(nxt, target):
             break
         target = nxt
-    safe = np.maximum(owner, 0)
-    merged = np.where(owner < 0, -1, target[safe])
+    merged = np.where(owner < 0, -1, target[np.maximum(owner, 0)])
     counts = np.bincount(merged[merged >= 0], minlength=len(role))
     low = ((role == Role.LOW_ENERGY) | (small_delta & ~merge) | (counts < SMALL_FRAGMENT_VOXELS)
            | ((role == Role.COMPTON) & (counts <= COMPTON_MAX_LOW_VOXELS)))
-    return np.where(merged < 0, -1, np.where(low[np.maximum(merged, 0)], -1, merged))
+    if fragment_energy is not None:
+        energy = np.bincount(target, weights=np.asarray(fragment_energy, np.float64), minlength=len(role))
+        low |= energy < LOW_ENERGY_MAX_MEV
+    return target, low[target]
+
+
+def relabel(owner: np.ndarray, target: np.ndarray, low: np.ndarray) -> np.ndarray:
+    """Owner after the cuts of :func:`size_cuts`; low-energy deposits get -1."""
+    owner = np.asarray(owner, np.int64)
+    safe = np.maximum(owner, 0)
+    return np.where((owner < 0) | low[safe], -1, target[safe])
+
+
+def apply_size_cuts(owner: np.ndarray, role: np.ndarray, parent: np.ndarray | None = None,
+                    fragment_energy: np.ndarray | None = None) -> np.ndarray:
+    """Owner after the PILArNet cuts (module docstring); low-energy deposits get -1.
+
+    Arguments as in :func:`size_cuts`. The input is not modified.
+    """
+    return relabel(owner, *size_cuts(owner, role, parent, fragment_energy))
+
+
+def label_owner(voxel: np.ndarray, fragment: np.ndarray, energy: np.ndarray, role: np.ndarray,
+                n_voxels: int, recorded: np.ndarray, parent: np.ndarray | None = None) -> np.ndarray:
+    """The labeled owner of every recorded voxel (-1: low-energy), Supera's way.
+
+    Args as in :func:`voxel_owner`; ``recorded`` (n_voxels,) bool marks the voxels that are
+    written (threshold, dead regions). First the owners and the cuts of :func:`size_cuts`
+    (voxel counts of owned recorded voxels, each fragment's true energy in all the recorded
+    voxels it touches, as Supera's ``vs.sum()``); then, as Supera writes low-energy labels
+    first and lets any other label overwrite them, ownership is decided again with every
+    fragment that became low-energy ranked last and every merged delta at its track's rank.
+    """
+    voxel = np.asarray(voxel, np.int64)
+    fragment = np.asarray(fragment, np.int64)
+    role = np.asarray(role, np.int64)
+    owner = voxel_owner(voxel, fragment, energy, role, n_voxels)
+    ok = (fragment >= 0) & recorded[voxel]
+    fragment_energy = np.bincount(fragment[ok], weights=np.asarray(energy, np.float64)[ok],
+                                  minlength=len(role))
+    target, low = size_cuts(owner[recorded], role, parent, fragment_energy)
+    if low.any():
+        rank = np.where(low, LOW_ENERGY_PRIORITY, PRIORITY_OF_ROLE[role[target]])
+        owner = voxel_owner(voxel, fragment, energy, role, n_voxels, rank)
+    return relabel(owner[recorded], target, low)
 
 
 def semantic_of(role: np.ndarray) -> np.ndarray:

@@ -16,7 +16,8 @@ through two :class:`~detfm.sim.detector.DetectorModel` s gives exact twins. Step
    value = reconstructed energy from the fixed nominal :data:`~detfm.sim.detector.CALIBRATION`
    (MIP recombination, lifetime correction with the nominal lifetime) x energy scale.
 3. Drop voxels below threshold and inside dead regions.
-4. Label with the PILArNet rules (:mod:`detfm.sim.labels`) and build the event: points
+4. Label with the PILArNet rules (:mod:`detfm.sim.labels`: ownership, Supera's size and
+   energy cuts, ownership again with low-energy fragments last) and build the event: points
    ordered by cluster, row 0 the low-energy bucket, voxels sorted by (x, y, z) in a cluster.
 
 Random numbers: standard normals for x, y and z of every deposit are drawn first, whatever
@@ -31,7 +32,7 @@ import numpy as np
 from detfm.errors import DataFormatError, DetfmError
 from detfm.io import Event, layout
 from detfm.sim.detector import CALIBRATION, DetectorModel
-from detfm.sim.labels import apply_size_cuts, semantic_of, voxel_owner
+from detfm.sim.labels import label_owner, semantic_of
 from detfm.sim import _voxelize
 from detfm.sim.truth import Deposits, Role, TruthEvent
 
@@ -120,10 +121,10 @@ def render(truth: TruthEvent, detector: DetectorModel, rng: np.random.Generator)
     for (x0, x1), (y0, y1), (z0, z1) in detector.dead_regions:
         keep &= ~((vx >= x0) & (vx < x1) & (vy >= y0) & (vy < y1) & (vz >= z0) & (vz < z1))
 
-    # 4. Labels: owner fragment per voxel, then the voxel-count cuts on recorded voxels.
+    # 4. Labels: owner fragment per voxel, the voxel-count and energy cuts on recorded voxels,
+    # then ownership again with the fragments that became low-energy ranked last (Supera).
     role = frags.role.astype(np.int64)
-    owner = voxel_owner(np.cumsum(new_voxel) - 1, frag, de, role, len(starts))[keep]
-    owner = apply_size_cuts(owner, role, frags.parent)
+    owner = label_owner(np.cumsum(new_voxel) - 1, frag, de, role, len(starts), keep, frags.parent)
 
     # 5. The event: cluster row 0 = low-energy bucket, then surviving fragments by id.
     survivors = np.flatnonzero(np.bincount(owner + 1, minlength=len(frags) + 1)[1:])

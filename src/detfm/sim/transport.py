@@ -12,15 +12,15 @@ its formulas and constants in :mod:`detfm.sim.physics`. In short:
 * mu+ decays at rest (Michel e+); mu- decays 24.6 % of the time, else is captured;
   pi+ -> mu+ -> e+ at rest; pi- is captured; pi and p interact in flight with
   lambda_I = 85.7 cm (a toy nuclear model that conserves energy); pi0 -> gamma gamma;
-* e+- and photons: an explicit cascade (bremsstrahlung above 0.5 MeV, pair production,
+* e+- and photons: an explicit cascade (bremsstrahlung above 0.05 MeV, pair production,
   Compton scattering, photo-absorption with XCOM cross sections), so showers branch and
   low-energy photons leave detached blips.
 
 Fragments (see :class:`~detfm.sim.truth.Fragments`): each mu/pi/p is a TRACK; the whole
 cascade of a primary e or gamma is one SHOWER (each photon of a pi0 its own SHOWER); a
 Michel electron and its cascade is a MICHEL; each delta ray of a mu/pi/p is a DELTA;
-electrons from photons that flew more than 1 cm from their parent start their own
-COMPTON fragment; deposits too small to travel (electrons below 0.25 MeV made by such
+every Compton or photo-electron starts its own COMPTON fragment (as Geant4 records it and
+Supera labels it); deposits too small to travel (electrons below 0.25 MeV made by such
 photons, neutron blips, short proton stubs) go to one LOW_ENERGY fragment per group.
 
 Energy bookkeeping is exact and returned in ``meta``: ``deposited + escaped + invisible
