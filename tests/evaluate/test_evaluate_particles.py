@@ -142,9 +142,13 @@ def test_particle_display_draws_truth_and_prediction(tmp_path: Path, tiny_events
                            class_names=CLASSES, truth_energy=np.array([100.0, np.nan]),
                            pred_energy=np.array([90.0, 5.0]), truth_start=np.zeros((2, 3)))
     assert out.stat().st_size > 10_000 and out.read_bytes()[:4] == b"\x89PNG"
-    with pytest.raises(DetfmError, match=".png"):
+    html = render_particles(coord, np.array([0, 0, 0, 1, 1, -1]), np.array([2, 1]), np.array([0, 0, 0, -1, -1, 1]),
+                            np.array([2, 0]), tmp_path / "p.html", class_names=CLASSES,
+                            pred_energy=np.array([90.0, 5.0]), pred_start=np.zeros((2, 3))).read_text()
+    assert '"scene2"' in html and "prediction: muon 90 MeV" in html and "truth: electron" in html
+    with pytest.raises(DetfmError, match=".png or .html"):
         render_particles(coord, np.zeros(6, np.int64), np.array([2]), np.zeros(6, np.int64), np.array([2]),
-                         tmp_path / "p.html", class_names=CLASSES)
+                         tmp_path / "p.svg", class_names=CLASSES)
     with pytest.raises(DetfmError, match="particle ids"):
         render_particles(coord, np.full(6, 3), np.array([2]), np.zeros(6, np.int64), np.array([2]),
                          tmp_path / "q.png", class_names=CLASSES)

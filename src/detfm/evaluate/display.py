@@ -35,7 +35,8 @@ if TYPE_CHECKING:
     import plotly.graph_objects as go
     from matplotlib.figure import Figure, SubFigure
 
-__all__ = ["COLOR_SCHEMES", "HTML_MAX_POINTS", "ColorScheme", "read_predicted_classes", "render_event", "show_file"]
+__all__ = ["COLOR_SCHEMES", "HTML_MAX_POINTS", "SYNC_CAMERAS_JS", "ColorScheme", "marker_area", "marker_px",
+           "read_event", "read_predicted_classes", "render_event", "show_file"]
 
 ColorScheme = Literal["semantic", "energy", "pid", "instance"]
 COLOR_SCHEMES: tuple[str, ...] = get_args(ColorScheme)
@@ -144,14 +145,7 @@ def show_file(path: str | os.PathLike[str], event_index: int, out: str | os.Path
     """
     _output_kind(Path(out))  # fail before opening the file
     _check_color(color)
-    with EventFile(path) as f:
-        n = len(f)
-        if not -n <= event_index < n:
-            valid = f"0..{n - 1}" if n else "none, the file is empty"
-            raise DetfmError(f"{path}: event {event_index} out of range; the file has {n} "
-                             f"event(s) (valid indices: {valid})")
-        index = event_index % n
-        event = f[index]
+    event, index, n = read_event(path, event_index)
     title = f"{Path(path).name} - event {index}"
     predicted = None
     if predictions is not None:
@@ -163,6 +157,20 @@ def show_file(path: str | os.PathLike[str], event_index: int, out: str | os.Path
                              f"made for this file?")
         title += " - truth (left) and prediction (right)"
     return _render(event, Path(out), color, title, predicted, HTML_MAX_POINTS, source=(str(path), index))
+
+
+def read_event(path: str | os.PathLike[str], event_index: int) -> tuple[Event, int, int]:
+    """Event ``event_index`` of an event file (negative indices count from the end), its
+    index from 0 and the number of events in the file; an index out of range is an error
+    naming the valid ones."""
+    with EventFile(path) as f:
+        n = len(f)
+        if not -n <= event_index < n:
+            valid = f"0..{n - 1}" if n else "none, the file is empty"
+            raise DetfmError(f"{path}: event {event_index} out of range; the file has {n} "
+                             f"event(s) (valid indices: {valid})")
+        index = event_index % n
+        return f[index], index, n
 
 
 def read_predicted_classes(path: str | os.PathLike[str], index: int, expected_events: int | None = None
@@ -196,7 +204,7 @@ def _render(event: Event, path: Path, color: str, title: str | None, predicted: 
     if kind == "html":
         fig = _build_plotly(event, panels, heading, max_html_points)
         html = fig.to_html(include_plotlyjs=True, full_html=True, config={"displaylogo": False},
-                           post_script=_SYNC_CAMERAS_JS if len(panels) > 1 else None)
+                           post_script=SYNC_CAMERAS_JS if len(panels) > 1 else None)
         atomic_write_text(path, html)
     else:
         mfig = _build_matplotlib(event, panels, heading)
@@ -315,7 +323,7 @@ def _log_ticks(lo: float, hi: float) -> list[float]:
     return inside or [lo, hi]
 
 
-def _marker_px(n: int) -> float:
+def marker_px(n: int) -> float:
     """plotly marker diameter (px): small for big events so tracks stay readable."""
     return float(np.clip(4.5 - 0.6 * math.log10(max(n, 1)), 1.5, 4.0))
 
@@ -326,9 +334,10 @@ def marker_area(n: int) -> float:
 
 
 # ----------------------------------------------------------------------------- HTML (plotly)
-# Rotating one 3D panel rotates the other, so truth and prediction are always seen from the
-# same side. The flag stops the second relayout from echoing back.
-_SYNC_CAMERAS_JS = """
+#: Rotating one 3D panel rotates the other, so truth and prediction are always seen from the
+#: same side (plotly ``post_script`` of a two-scene figure). The flag stops the second
+#: relayout from echoing back.
+SYNC_CAMERAS_JS = """
 var gd = document.getElementById('{plot_id}');
 var syncing = false;
 gd.on('plotly_relayout', function (ev) {
@@ -357,7 +366,7 @@ def _build_plotly(event: Event, panels: list[_Panel], heading: str, max_points: 
     # Voxel indices are integers 0..767: int16 halves the embedded data against float32.
     xyz = np.rint(event.coords[keep]).astype(np.int16) if _integral(event.coords) else event.coords[keep]
     energy = np.asarray(event.energy[keep], np.float32)
-    size = _marker_px(len(keep))
+    size = marker_px(len(keep))
 
     fig = make_subplots(rows=1, cols=len(panels), specs=[[{"type": "scene"}] * len(panels)],
                         subplot_titles=[p.heading for p in panels] if len(panels) > 1 else None,
