@@ -92,6 +92,8 @@ def _finetune(args: argparse.Namespace) -> int:
         n = len(spec.class_names)
         print(f"test ({ev['events']} events, {ev['points']} points): macro-F1 {_fmt(ev[f'macro_f1_{n}'])} "
               f"({n} classes), {_fmt(ev[spec.headline])} (without {spec.class_names[spec.excluded_class]})")
+    if isinstance(ev.get("f1"), dict):
+        print("F1 per class: " + ", ".join(f"{k} {_fmt(v)}" for k, v in ev["f1"].items()))
     print(f"run directory: {args.out} (scores in eval.json)")
     log_tracking(args, args.out)
     return 0
