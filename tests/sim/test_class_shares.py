@@ -3,10 +3,10 @@
 PILArNet-M's published point counts (shower 1.93e9, track 2.04e9, Michel 3.41e7, delta
 9.20e7, low-energy 1.15e9) give shares 0.368, 0.389, 0.0065, 0.0175, 0.219. We count voxels
 at the 0.13 MeV loader threshold, as ``detfm info`` does, in 200 default-mix events (about
-1.1 million voxels; ~1 s). Tolerance: the factor 1.3 of the issue, widened by three standard
-deviations of the share over 200 events (events, not voxels, are the independent draws:
-estimated from the per-event spread of a 1 000-event run, e.g. +-8 % relative for Michel, whose
-share rests on ~60 Michel electrons).
+1.1 million voxels; ~2 s). Tolerance: the factor 1.3 of the issue, widened by a rough
+allowance of three standard deviations of the share over 200 events (events and objects, not
+voxels, are the independent draws: the Michel share rests on ~60 Michel electrons, 13 %
+relative each sigma; shower and track shares move with the 0-4 showers and muons of each event).
 
 Michel, delta and low-energy are not yet within the window (docs/results/simulator.md says
 by how much and what was tried); their checks are strict expected failures, so the suite
@@ -26,7 +26,7 @@ THRESHOLD_MEV = 0.13
 FACTOR = 1.3
 PILARNET_M_POINTS = {"shower": 1.93e9, "track": 2.04e9, "michel": 3.41e7, "delta": 9.20e7, "low_energy": 1.15e9}
 # three standard deviations of the share over 200 events, relative (see the module docstring)
-STATISTICAL = {"shower": 0.04, "track": 0.04, "michel": 0.25, "delta": 0.12, "low_energy": 0.06}
+STATISTICAL = {"shower": 0.10, "track": 0.10, "michel": 0.40, "delta": 0.15, "low_energy": 0.10}
 NOT_YET = "outside a factor 1.3 of PILArNet-M (docs/results/simulator.md, class shares)"
 
 
