@@ -305,3 +305,35 @@ def test_pid_head_overfits_the_particles_of_two_events(events: EventDataset) -> 
     majority = float(torch.bincount(labels).max()) / len(labels)
     acc = float((logits[scored].argmax(dim=1) == labels).float().mean())
     assert acc >= 0.9 and acc > majority + 0.2, (acc, majority, len(labels))
+
+
+def test_pid_mean_max_pooling_concatenates_the_mean_and_the_channel_maximum(events: EventDataset) -> None:
+    batch = batch_of(events, [0, 1])
+    task = ParticleID(tiny_backbone(), PIDConfig(freeze_backbone=True, pooling="mean_max")).eval()
+    captured: list[torch.Tensor] = []
+    task.classifier.register_forward_hook(lambda _m, args, _out: captured.append(args[0]))
+    with torch.no_grad():
+        logits, inst = task.forward_instances(batch)
+        per_point = task.point_outputs(batch)
+    pooled = captured[-1]
+    assert logits.shape == (len(inst), 5) and pooled.shape == (len(inst), 2 * task.config.hidden)
+    for m in (0, len(inst) - 1):
+        mine = per_point[inst.point_instance == m]
+        torch.testing.assert_close(pooled[m, :task.config.hidden], mine.mean(dim=0), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(pooled[m, task.config.hidden:], mine.max(dim=0).values)
+    with pytest.raises(ConfigError, match="linear probe pools by the mean"):
+        PIDConfig(head="linear", pooling="mean_max")
+    with pytest.raises(ConfigError, match="pooling must be one of mean, mean_max"):
+        PIDConfig(pooling="median")
+
+
+def test_finetune_config_takes_pooling_only_where_points_are_pooled() -> None:
+    from detfm.recipes.adapt import FinetuneConfig, build_task
+
+    cfg = FinetuneConfig(task="pid", pooling="mean_max")
+    task = build_task(cfg, tiny_backbone())
+    assert isinstance(task, ParticleID) and task.config.pooling == "mean_max"
+    with pytest.raises(ConfigError, match="pooling applies to tasks that pool points"):
+        FinetuneConfig(task="semseg", pooling="mean_max")
+    with pytest.raises(ConfigError, match="linear probe pools by the mean"):
+        FinetuneConfig(task="pid", mode="probe", pooling="mean_max")

@@ -123,6 +123,8 @@ class FinetuneConfig:
             all weights 1.
         focal_gamma: focal-loss exponent (0: cross-entropy).
         head_hidden, point_dim: widths of the MLP head and the per-point embedding.
+        pooling: pid and event: how a particle's (event's) point features are pooled,
+            ``mean`` or ``mean_max`` (see :class:`~detfm.tasks.pid.PIDConfig`).
         head_features: ``point`` (the backbone's per-point output) or ``multilevel`` (its
             levels concatenated at the points: Panda's linear-probe protocol, and what a
             self-distilled backbone was trained on).
@@ -149,6 +151,7 @@ class FinetuneConfig:
     head_hidden: int = 128
     point_dim: int = 32
     head_features: str = "point"
+    pooling: str = "mean"
     layer_decay: float = DEFAULT_LAYER_DECAY
     lora_rank: int = DEFAULT_LORA_RANK
     lora_alpha: float = DEFAULT_LORA_ALPHA
@@ -187,6 +190,11 @@ class FinetuneConfig:
             raise ConfigError(f"focal_gamma must be >= 0, got {self.focal_gamma}")
         if self.head_features not in ("point", "multilevel"):
             raise ConfigError(f"head_features must be 'point' or 'multilevel', got {self.head_features!r}")
+        if self.pooling != "mean" and "pooling" not in {f.name for f in dataclasses.fields(spec.config_cls)}:
+            raise ConfigError(f"pooling applies to tasks that pool points (pid, event), not to '{self.task}'")
+        if self.pooling != "mean" and self.mode == "probe":
+            raise ConfigError("a linear probe pools by the mean; pooling='mean_max' needs mode head, "
+                              "finetune or lora")
         if self.exclude_low_energy and spec.excluded_class is None:
             raise ConfigError(f"exclude_low_energy applies to tasks with an excluded class (semseg), "
                               f"not to '{self.task}'")
@@ -291,6 +299,8 @@ def build_task(cfg: FinetuneConfig, backbone: nn.Module,
         "features": cfg.head_features}
     if cfg.exclude_low_energy:
         settings["exclude_low_energy"] = True
+    if cfg.pooling != "mean":
+        settings["pooling"] = cfg.pooling
     return spec.build(backbone, spec.config_cls(**settings))
 
 

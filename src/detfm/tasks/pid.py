@@ -36,20 +36,33 @@ from detfm.tasks.segmentation import event_mean_focal_loss
 __all__ = ["Instances", "PIDConfig", "ParticleID", "PooledClassifier", "find_instances"]
 
 NUM_PID = len(get_dataset(DEFAULT_DATASET).pid_classes)  # photon, electron, muon, pion, proton
+POOLINGS = ("mean", "mean_max")
 
 
 @dataclass(frozen=True)
 class PIDConfig(HeadConfig):
     """Settings of :class:`ParticleID`: the head settings of :class:`~detfm.tasks.heads.HeadConfig`
-    with the 5 particle classes."""
+    with the 5 particle classes.
+
+    ``pooling`` says how the per-point head outputs of a particle become one feature:
+    ``mean``, or ``mean_max`` (the mean and the per-channel maximum side by side, so that a
+    feature only a few points carry, such as the dE/dx of a shower's first centimetres that
+    tells an electron from a photon, is not averaged away). A linear probe keeps ``mean``.
+    """
 
     num_classes: int = NUM_PID
+    pooling: str = "mean"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.num_classes != NUM_PID:
             raise ConfigError(f"the PID classifiers have {NUM_PID} classes (photon ... proton), "
                               f"got num_classes={self.num_classes}")
+        if self.pooling not in POOLINGS:
+            raise ConfigError(f"pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
+        if self.pooling != "mean" and self.head == "linear":
+            raise ConfigError("a linear probe pools by the mean (a linear map of the point features); "
+                              f"pooling={self.pooling!r} needs the MLP head (mode head, finetune or lora)")
 
 
 @dataclass(frozen=True)
@@ -108,20 +121,28 @@ class PooledClassifier(AdaptationTask):
     def __init__(self, backbone: nn.Module, cfg: PIDConfig) -> None:
         super().__init__(backbone, cfg, head_outputs=cfg.num_classes if cfg.head == "linear" else cfg.hidden)
         with seeded_init(cfg.seed + 1):
+            width = cfg.hidden * (2 if cfg.pooling == "mean_max" else 1)
             self.classifier: nn.Module = (nn.Identity() if cfg.head == "linear" else
-                                          nn.Sequential(nn.LayerNorm(cfg.hidden), nn.GELU(),
-                                                        nn.Linear(cfg.hidden, cfg.num_classes)))
+                                          nn.Sequential(nn.LayerNorm(width), nn.GELU(),
+                                                        nn.Linear(width, cfg.num_classes)))
             self.classifier.apply(init_weights)
 
     def pooled_logits(self, batch: PackedBatch, group: torch.Tensor, num_groups: int,
                       generator: torch.Generator | None = None) -> torch.Tensor:
-        """(num_groups, num_classes) logits of the mean point feature of each group; ``group``
-        gives each point's group (-1: in none)."""
+        """(num_groups, num_classes) logits of the pooled point features of each group
+        (``config.pooling``); ``group`` gives each point's group (-1: in none). A group without
+        points pools to zeros."""
         point = self.point_outputs(batch, generator)
         inside = group >= 0
-        pooled = point.new_zeros(num_groups, point.shape[1]).index_add(0, group[inside], point[inside])
-        size = torch.bincount(group[inside], minlength=num_groups).clamp(min=1)
-        return self.classifier(pooled / size[:, None].to(pooled.dtype))
+        index, values = group[inside], point[inside]
+        pooled = point.new_zeros(num_groups, point.shape[1]).index_add(0, index, values)
+        size = torch.bincount(index, minlength=num_groups).clamp(min=1)
+        pooled = pooled / size[:, None].to(pooled.dtype)
+        if self.config.pooling == "mean_max":
+            peak = point.new_zeros(num_groups, point.shape[1]).scatter_reduce(
+                0, index[:, None].expand_as(values), values, reduce="amax", include_self=False)
+            pooled = torch.cat([pooled, peak], dim=1)
+        return self.classifier(pooled)
 
 
 class ParticleID(PooledClassifier):
