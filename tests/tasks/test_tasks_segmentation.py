@@ -337,3 +337,19 @@ def test_finetune_config_takes_pooling_only_where_points_are_pooled() -> None:
         FinetuneConfig(task="semseg", pooling="mean_max")
     with pytest.raises(ConfigError, match="linear probe pools by the mean"):
         FinetuneConfig(task="pid", mode="probe", pooling="mean_max")
+
+
+def test_finetune_task_settings_reach_the_task_config_and_typos_are_named() -> None:
+    from detfm.recipes.adapt import FinetuneConfig, build_task
+    from detfm.tasks.particles import Particles
+
+    cfg = FinetuneConfig(task="particles", task_settings={"num_queries": 7, "decoder_blocks": 1})
+    task = build_task(cfg, tiny_backbone())
+    assert isinstance(task, Particles)
+    assert task.config.num_queries == 7 and task.config.decoder_blocks == 1
+    with pytest.raises(ConfigError, match=r"unknown key task_settings.num_querys .*did you mean 'num_queries'"):
+        FinetuneConfig(task="particles", task_settings={"num_querys": 7})
+    with pytest.raises(ConfigError, match=r"task_settings.hidden is set by the finetune config itself \(head_hidden\)"):
+        FinetuneConfig(task="particles", task_settings={"hidden": 64})
+    with pytest.raises(ConfigError, match="unknown key task_settings.num_queries for task 'semseg'"):
+        FinetuneConfig(task="semseg", task_settings={"num_queries": 7})

@@ -40,6 +40,7 @@ run reloads without the pretraining run), ``split.json`` (event ids of every par
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import os
 import re
@@ -103,6 +104,14 @@ def _finetune_train_defaults() -> TrainConfig:
     return TrainConfig(steps=500, batch_size=8, lr=1e-3, warmup_steps=20, checkpoint_every=0)
 
 
+# Task-config fields that FinetuneConfig sets from its own keys (see build_task).
+MANAGED_TASK_SETTINGS = {
+    "head": "mode", "hidden": "head_hidden", "point_dim": "point_dim", "focal_gamma": "focal_gamma",
+    "class_weights": "class_balance", "freeze_backbone": "mode", "layer_decay": "layer_decay",
+    "seed": "train.seed", "features": "head_features", "exclude_low_energy": "exclude_low_energy",
+    "pooling": "pooling"}
+
+
 @dataclass(frozen=True)
 class FinetuneConfig:
     """Everything that defines an adaptation run (saved as ``config.yaml`` in the run).
@@ -123,6 +132,9 @@ class FinetuneConfig:
             all weights 1.
         focal_gamma: focal-loss exponent (0: cross-entropy).
         head_hidden, point_dim: widths of the MLP head and the per-point embedding.
+        task_settings: further fields of the task's own config class, e.g. for ``particles``
+            ``{num_queries: 16, decoder_blocks: 2}`` (see ``detfm.tasks``); the head settings
+            above are set by their own keys, not here.
         pooling: pid and event: how a particle's (event's) point features are pooled,
             ``mean`` or ``mean_max`` (see :class:`~detfm.tasks.pid.PIDConfig`).
         head_features: ``point`` (the backbone's per-point output) or ``multilevel`` (its
@@ -152,6 +164,7 @@ class FinetuneConfig:
     point_dim: int = 32
     head_features: str = "point"
     pooling: str = "mean"
+    task_settings: dict[str, Any] = field(default_factory=dict)
     layer_decay: float = DEFAULT_LAYER_DECAY
     lora_rank: int = DEFAULT_LORA_RANK
     lora_alpha: float = DEFAULT_LORA_ALPHA
@@ -195,6 +208,16 @@ class FinetuneConfig:
         if self.pooling != "mean" and self.mode == "probe":
             raise ConfigError("a linear probe pools by the mean; pooling='mean_max' needs mode head, "
                               "finetune or lora")
+        own = {f.name for f in dataclasses.fields(spec.config_cls)} - set(MANAGED_TASK_SETTINGS)
+        for key in self.task_settings:
+            if key in MANAGED_TASK_SETTINGS:
+                raise ConfigError(f"task_settings.{key} is set by the finetune config itself "
+                                  f"({MANAGED_TASK_SETTINGS[key]}); remove it from task_settings")
+            if key not in own:
+                close = difflib.get_close_matches(str(key), sorted(own), n=1)
+                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                raise ConfigError(f"unknown key task_settings.{key} for task '{self.task}'{hint}; its "
+                                  f"settings are: {', '.join(sorted(own))}")
         if self.exclude_low_energy and spec.excluded_class is None:
             raise ConfigError(f"exclude_low_energy applies to tasks with an excluded class (semseg), "
                               f"not to '{self.task}'")
@@ -301,6 +324,7 @@ def build_task(cfg: FinetuneConfig, backbone: nn.Module,
         settings["exclude_low_energy"] = True
     if cfg.pooling != "mean":
         settings["pooling"] = cfg.pooling
+    settings.update(cfg.task_settings)
     return spec.build(backbone, spec.config_cls(**settings))
 
 
