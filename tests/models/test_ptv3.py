@@ -14,6 +14,7 @@ from detfm.errors import ConfigError, DataFormatError
 from detfm.models.contract import Backbone, layer_ids
 from detfm.models.ptv3 import PTV3_SIZES, PTv3, PTv3Config
 from detfm.models.sparse.geometry import build_geometry
+from detfm.models.sparse.serialization import encode
 
 TINY = PTv3Config(name="ptv3_tiny_test", enc_depths=(1, 1, 2), enc_channels=(8, 16, 32),
                   enc_num_head=(1, 2, 4), enc_patch_size=(16, 16, 8), dec_depths=(1, 1),
@@ -279,6 +280,25 @@ def test_reference_grid_and_per_event_depth_keep_events_independent() -> None:
     with torch.no_grad():
         torch.testing.assert_close(model.forward_features(_sub(batch, perm, batch.offsets)).point,
                                    model.forward_features(batch).point[perm], atol=1e-5, rtol=1e-5)
+
+
+def test_per_event_depth_is_picked_anew_at_every_level() -> None:
+    """As in the reference, level s is serialized at ``bit_length(max cell + 1)`` of its own
+    cells: for an event whose largest cell is 508 (depth 9) that is 8 at level 2, not 9 - 2."""
+    g = torch.Generator().manual_seed(5)
+    edge = torch.cat([torch.randint(0, 509, (3000, 3), generator=g), torch.tensor([[508, 0, 0]])])
+    small = torch.randint(0, 90, (500, 3), generator=g)
+    events = [torch.unique(e, dim=0).float() for e in (edge, small)]
+    orders = ("hilbert", "hilbert-trans", "z", "z-trans")
+    geo = build_geometry(_batch(events), orders, 4, depth=None)
+    for s, level in enumerate(geo.levels):
+        for b in range(len(events)):
+            grid = level.grid[level.batch == b]
+            depth = (int(grid.max()) + 1).bit_length()
+            for o, order in enumerate(orders):
+                perm = level.order(o)[0]
+                ours = level.grid[perm[level.batch[perm] == b]]
+                assert torch.equal(ours, grid[torch.argsort(encode(grid, order, depth=depth))]), (s, b, order)
 
 
 def test_mixed_precision_forward_and_backward() -> None:

@@ -98,9 +98,10 @@ def _windows(order: torch.Tensor, inverse: torch.Tensor, counts: torch.Tensor, k
 class Level:
     """The voxels of one level: coordinates, events, and cached orders, neighbours, windows.
 
-    Serialization codes of an order are computed on first use (at depth 10 - level, which
-    equals the level-0 codes shifted right by 3 bits per level), so orders no block uses
-    cost nothing.
+    Serialization codes of an order are computed on first use (with a fixed depth D at
+    D - level, which equals the level-0 codes shifted right by 3 bits per level; with
+    per-event depths at the depth the reference picks for the level's own cells), so orders
+    no block uses cost nothing.
     """
 
     grid: torch.Tensor  # (N, 3) int64
@@ -244,6 +245,7 @@ def build_geometry(batch: PackedBatch, orders: tuple[str, ...], num_levels: int,
     the depth the reference would pick for it alone, ``bit_length(max cell index + 1)``
     (the reference takes the batch's maximum, which makes its Hilbert orders depend on the
     batch; per event, results match it for one event per batch and never depend on the batch).
+    Like the reference, every coarser level picks its depth anew from its own cells.
     """
     if not 0 < box_size <= MAX_BOX:
         raise ConfigError(f"the voxel hierarchy handles boxes of up to {MAX_BOX} voxels per axis, "
@@ -265,32 +267,46 @@ def build_geometry(batch: PackedBatch, orders: tuple[str, ...], num_levels: int,
         if unique.numel() != keys.numel():
             point_to_voxel = inverse
             grid, events = decode_keys(unique)
-        shallower: torch.Tensor | None = None
+        top: torch.Tensor | None = None  # (B,) largest cell index of each event (per-event depths)
         if depth is None:
             top = torch.zeros(len(batch), dtype=torch.long, device=grid.device)
             top = top.scatter_reduce(0, events, grid.max(dim=1).values, reduce="amax")
-            event_depth = bit_length(top + 1)
-            depth = int(event_depth.max())
-            shallower = depth - event_depth  # (B,)
+            depth = int(bit_length(top + 1).max())
         elif int(grid.max()) >= (1 << depth):
             raise ConfigError(f"serialization depth {depth} covers cells 0..{(1 << depth) - 1}, but the "
                               f"batch has cell {int(grid.max())}")
         if num_levels > depth + 1:
             raise ConfigError(f"{num_levels} levels need a serialization depth of at least {num_levels - 1}")
 
-        def per_voxel(level_batch: torch.Tensor) -> torch.Tensor | None:
-            return None if shallower is None else shallower.index_select(0, level_batch)
+        def level_depth(s: int, level_batch: torch.Tensor) -> tuple[int, torch.Tensor | None]:
+            """Code depth of level ``s`` and each voxel's depth reduction below it (None: none).
 
-        code0 = encode(grid, orders[0], events, depth, per_voxel(events))
-        levels = [Level(grid=grid, batch=events, code0=code0, orders=tuple(orders), depth=depth,
-                        num_events=len(batch), shallower=per_voxel(events))]
+            A fixed depth gives depth - s (the level-0 curve coarsened). Per-event depths are
+            the reference's choice for the level's own cells, ``bit_length(max cell + 1)``: the
+            level's largest cell is ``top >> s``, and ``bit_length((top >> s) + 1)`` is one
+            more than the level-0 depth minus s when ``top`` lies in ``[2^D - 2^s, 2^D - 2]``
+            (a different Hilbert curve, not the level-0 one coarsened)."""
+            if top is None:
+                return max(depth - s, 1), None
+            event_depth = bit_length((top >> s) + 1)
+            at = int(event_depth.max())
+            return at, (at - event_depth).index_select(0, level_batch)
+
+        depth0, shallower0 = level_depth(0, events)
+        code0 = encode(grid, orders[0], events, depth0, shallower0)
+        levels = [Level(grid=grid, batch=events, code0=code0, orders=tuple(orders), depth=depth0,
+                        num_events=len(batch), shallower=shallower0)]
         pools: list[PoolMap] = []
         for s in range(1, num_levels):
             prev = levels[-1]
             pool = grid_pool_map(prev.code0[None])
             pools.append(pool)
             level_batch = prev.batch[pool.head]
-            levels.append(Level(grid=prev.grid[pool.head] >> 1, batch=level_batch, code0=pool.code[0],
-                                orders=tuple(orders), depth=max(depth - s, 1), num_events=len(batch),
-                                shallower=per_voxel(level_batch)))
+            level_grid = prev.grid[pool.head] >> 1
+            depth_s, shallower_s = level_depth(s, level_batch)
+            # a fixed depth's codes are the finer level's shifted by 3 bits; per-event depths
+            # are encoded anew (an event's depth may drop by less than one per level)
+            code_s = pool.code[0] if top is None else encode(level_grid, orders[0], level_batch, depth_s, shallower_s)
+            levels.append(Level(grid=level_grid, batch=level_batch, code0=code_s, orders=tuple(orders),
+                                depth=depth_s, num_events=len(batch), shallower=shallower_s))
     return Geometry(point_to_voxel=point_to_voxel, levels=levels, pools=pools)
