@@ -9,8 +9,10 @@ voxels, are the independent draws: the Michel share rests on ~60 Michel electron
 relative each sigma; shower and track shares move with the 0-4 showers and muons of each event).
 
 Michel, delta and low-energy are not yet within the window (docs/results/simulator.md says
-by how much and what was tried); their checks are strict expected failures, so the suite
-reports when one of them comes in.
+by how much and what was tried). Michel and low-energy are far outside: strict expected
+failures, so the suite reports when one of them comes in. Delta sits on the window's edge
+(1.31x PILArNet-M's in 1 000 events, the window ends at 1.3x) and inside this test's
+statistical allowance on 200 events, so its expected failure is not strict.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ PILARNET_M_POINTS = {"shower": 1.93e9, "track": 2.04e9, "michel": 3.41e7, "delta
 # three standard deviations of the share over 200 events, relative (see the module docstring)
 STATISTICAL = {"shower": 0.10, "track": 0.10, "michel": 0.40, "delta": 0.15, "low_energy": 0.10}
 NOT_YET = "outside a factor 1.3 of PILArNet-M (docs/results/simulator.md, class shares)"
+ON_THE_EDGE = ("1.31x PILArNet-M in 1 000 events, just outside the factor 1.3; inside the statistical "
+               "allowance on 200 events (docs/results/simulator.md, class shares)")
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +48,7 @@ def shares() -> dict[str, float]:
 @pytest.mark.parametrize("name", [
     "shower", "track",
     pytest.param("michel", marks=pytest.mark.xfail(strict=True, reason=NOT_YET)),
-    pytest.param("delta", marks=pytest.mark.xfail(strict=True, reason=NOT_YET)),
+    pytest.param("delta", marks=pytest.mark.xfail(strict=False, reason=ON_THE_EDGE)),
     pytest.param("low_energy", marks=pytest.mark.xfail(strict=True, reason=NOT_YET)),
 ])
 def test_class_share_within_a_factor_1_3_of_pilarnet_m(shares: dict[str, float], name: str) -> None:

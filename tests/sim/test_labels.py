@@ -13,7 +13,7 @@ from detfm.io import layout
 from detfm.sim.detector import NOMINAL
 from detfm.sim.labels import (COMPTON_MAX_LOW_VOXELS, DELTA_MIN_VOXELS, LOW_ENERGY_MAX_MEV, PRIORITY_OF_ROLE,
                               SEMANTIC_OF_ROLE, SMALL_FRAGMENT_VOXELS,
-                              apply_size_cuts, semantic_of, voxel_owner)
+                              apply_size_cuts, semantic_of, touching_merges, voxel_owner)
 from detfm.sim.response import render
 from detfm.sim.truth import Deposits, Fragments, Role, TruthEvent
 
@@ -221,3 +221,36 @@ def test_a_compton_electron_under_4_mev_is_low_energy_and_yields_shared_voxels()
     ev = _run((Role.COMPTON, layout.PID_ELECTRON, row((60, 60, 60), 12), 0.5), delta)
     assert ev.clusters[:, layout.C_SEMANTIC].tolist() == [layout.LOW_ENERGY, layout.SHOWER, layout.DELTA]
     assert ev.clusters[:, layout.C_NPOINTS].tolist() == [0, 12, 10]
+
+
+def test_children_merge_into_an_ancestor_they_touch_and_stay_apart_where_they_do_not() -> None:
+    # Supera: MergeShowerTouchingLEScatter (a Compton or photo-electron touching any ancestor
+    # joins it) and MergeShowerFamilyTouching (a brem photon's conversion pair touching the
+    # radiating electron's shower joins it). Fragments: 0 shower (40 voxels along z);
+    # 1 Compton electron of 0, 3 voxels touching 0 diagonally (corner) -> merges, shower;
+    # 2 Compton electron of 0, 3 voxels two voxels away -> low-energy;
+    # 3 conversion pair of a brem photon of 0, 6 voxels touching 0 -> shower, part of 0;
+    # 4 conversion pair of a brem photon of 0, 12 voxels of 0.5 MeV far away -> a shower of its own;
+    # 5 conversion pair of a brem photon of 0, 5 voxels far away -> low-energy;
+    # 6 Compton electron of 4, touching 4 -> joins 4; 7 Compton electron of a muon touching it -> track.
+    shower = (Role.SHOWER, layout.PID_ELECTRON, row((50, 50, 50), 40), 0.6)
+    truth = _truth([shower,
+                    (Role.COMPTON, layout.PID_ELECTRON, row((51, 51, 90), 3), 0.5),
+                    (Role.COMPTON, layout.PID_ELECTRON, row((50, 52, 60), 3), 0.5),
+                    (Role.SHOWER, layout.PID_PHOTON, row((51, 50, 70), 6), 0.5),
+                    (Role.SHOWER, layout.PID_PHOTON, row((150, 50, 50), 12), 0.5),
+                    (Role.SHOWER, layout.PID_PHOTON, row((200, 50, 50), 5), 0.5),
+                    (Role.COMPTON, layout.PID_ELECTRON, row((151, 50, 62), 2), 0.5),
+                    (Role.COMPTON, layout.PID_ELECTRON, row((300, 11, 10), 2), 0.5),
+                    (Role.TRACK, layout.PID_MUON, row((300, 10, 10), 30), 0.63)])
+    truth.fragments.parent[:] = [-1, 0, 0, 0, 0, 0, 4, 8, -1]
+    ev = render(truth, SHARP, np.random.default_rng(0))
+    c = ev.clusters
+    assert c[:, layout.C_FRAGMENT].tolist() == [-1, 0, 4, 8]
+    assert c[:, layout.C_SEMANTIC].tolist() == [layout.LOW_ENERGY, layout.SHOWER, layout.SHOWER, layout.TRACK]
+    assert c[:, layout.C_NPOINTS].tolist() == [3 + 5, 40 + 3 + 6, 12 + 2, 30 + 2]
+    # the bare rule: 26-neighbour touching (a shared corner counts), nothing more
+    assert (touching_merges(np.array([0, 1]), np.array([[0, 0, 0], [1, 1, 1]]), np.array([Role.SHOWER] * 2),
+                            np.array([-1, 0])).tolist() == [0, 0])
+    assert (touching_merges(np.array([0, 1]), np.array([[0, 0, 0], [2, 1, 1]]), np.array([Role.SHOWER] * 2),
+                            np.array([-1, 0])).tolist() == [0, 1])

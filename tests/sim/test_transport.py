@@ -168,23 +168,33 @@ def test_pi_plus_at_rest_decays_to_a_4_mev_muon_then_a_michel() -> None:
 def test_pi0_decays_into_two_photon_showers_carrying_its_energy() -> None:
     ev = one(111, 500.0, seed=4)
     f = ev.fragments
-    photons = np.flatnonzero((f.role == Role.SHOWER) & (f.pdg == 22))
+    # the two photons; SHOWER fragments with a parent are conversion pairs of brem photons
+    photons = np.flatnonzero((f.role == Role.SHOWER) & (f.pdg == 22) & (f.parent == -1))
     assert len(photons) == 2 and (f.group[photons] == 0).all()
     assert f.energy_mev[photons].sum() == pytest.approx(500.0 + PI0_MASS_MEV, rel=1e-6)
     assert ev.meta["released_mev"] >= PI0_MASS_MEV - 50  # pi0 mass released, minus pairs made
 
 
 def test_photons_leave_detached_compton_fragments() -> None:
-    # A 1 GeV photon shower is one SHOWER fragment; Compton electrons from photons that flew
-    # more than 1 cm are separate COMPTON fragments of the same group, some tens of cm away.
+    # A 1 GeV photon shower: the photon's conversion pair is SHOWER fragment 0; the conversion
+    # pairs of brem photons are SHOWER fragments and the Compton and photo-electrons COMPTON
+    # fragments, each the child of the fragment whose electron or photon made it, all of the
+    # same group, some tens of cm away; every fragment descends from fragment 0.
     ev = one(22, 1000.0, seed=6, world=World.large())
     f = ev.fragments
     comptons = np.flatnonzero(f.role == Role.COMPTON)
-    assert f.role[0] == Role.SHOWER and len(comptons) > 10
+    pairs = np.flatnonzero((f.role == Role.SHOWER) & (f.parent >= 0))
+    assert f.role[0] == Role.SHOWER and f.parent[0] == -1 and len(comptons) > 10 and len(pairs) > 0
     assert (f.group == 0).all()
+    assert (f.parent[comptons] >= 0).all() and (f.parent[pairs] < pairs).all()
     dist = np.linalg.norm(f.vertex_cm[comptons] - CENTRE, axis=1)
     assert dist.max() > 30.0
-    shower = ev.deposits.de_mev[ev.deposits.frag == 0].sum()
+    # follow every fragment's parents up to its root (LOW_ENERGY buckets have none)
+    root = np.where(f.parent >= 0, f.parent, np.arange(len(f)))
+    for _ in range(64):
+        root = np.where(f.parent[root] >= 0, f.parent[root], root)
+    assert set(root[f.role != Role.LOW_ENERGY].tolist()) == {0}
+    shower = ev.deposits.de_mev[np.isin(ev.deposits.frag, np.flatnonzero(f.role == Role.SHOWER))].sum()
     assert shower > 0.5 * ev.deposits.de_mev.sum()
 
 

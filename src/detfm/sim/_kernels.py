@@ -111,8 +111,13 @@ PROTON_STUB_MEV = 10.0       # nuclear-breakup protons below this (range ~1 mm) 
 HSIP_STOP_BETA_GAMMA = 0.05
 
 # Buffer layouts.
-# stack rows: kind, T, x, y, z, ux, uy, uz, time, fragment, group, flags (spare, 0), cm to nuclear interaction
+# stack rows: kind, T, x, y, z, ux, uy, uz, time, fragment, group, flags, cm to nuclear interaction
 S_KIND, S_T, S_X, S_U, S_TIME, S_FRAG, S_GROUP, S_FLAGS, S_LAM = 0, 1, 2, 5, 8, 9, 10, 11, 12
+# flags of a photon: FLAG_PARENT_FRAGMENT says its ``fragment`` column is the fragment of the
+# electron that radiated it (bremsstrahlung), not a fragment of its own. Geant4 records a brem
+# photon as a particle of its own ("eBrem"); Supera merges its conversion pair into it
+# (kConversion) and merges that group into the radiating electron's only where they touch.
+FLAG_PARENT_FRAGMENT = 1
 S_COLS = 13
 D_COLS = 10                  # deposits: x, y, z, dE, dx, time, fragment, ux, uy, uz (step direction)
 F_COLS = 9                   # fragments: role, kind, group, interaction, T, vx, vy, vz, parent fragment (-1: none)
@@ -519,15 +524,17 @@ def _emit_photon(S, D, F, n, ledger, inter, lowe, energy, x, y, z, ux, uy, uz, t
 
 
 @njit(cache=True)
-def _emit_electron(S, F, n, inter, lowe, kind, kinetic, x, y, z, ux, uy, uz, t, frag, group):
+def _emit_electron(S, F, n, inter, lowe, kind, kinetic, x, y, z, ux, uy, uz, t, frag, group, parent):
     """Queue an e+- made by a photon; ``frag`` < 0 means it starts its own COMPTON fragment
-    (or, if too soft to travel, joins the group's LOW_ENERGY bucket). Particles below the
+    whose parent is ``parent`` (the photon's fragment, or the radiating electron's; -1: none),
+    or, if too soft to travel, joins the group's LOW_ENERGY bucket. Particles below the
     stopping energy are queued too: _track ends them at once."""
     if frag < 0:
         if kinetic <= ELECTRON_CUT_MEV:
             frag = _low_energy_fragment(F, n, inter, lowe, group, x, y, z)
         else:
             frag = _new_fragment(F, n, inter, ROLE_COMPTON, kind, group, kinetic, x, y, z)
+            F[frag, 8] = parent   # merges into it where they touch (labels.py)
     _push(S, n, kind, kinetic, x, y, z, ux, uy, uz, t, frag, group, 0, 0.0)
 
 
@@ -829,7 +836,7 @@ def _track(rs, S, D, F, n, ledger, inter, lowe, med, lo, hi, delta_on, cur):
                 avail -= k
                 a = step * uniform(rs)
                 _push(S, n, GAMMA, k, x + a * ux, y + a * uy, z + a * uz, ux, uy, uz,
-                      t + a / (beta * C_CM_NS), frag, group, 0, 0.0)
+                      t + a / (beta * C_CM_NS), frag, group, FLAG_PARENT_FRAGMENT, 0.0)
 
         dep = min(dep, avail)
         avail -= dep
@@ -888,14 +895,19 @@ def _photon(rs, S, D, F, n, ledger, inter, lowe, med, lo, hi, table, cur):
     # Every Compton and photo-electron starts its own fragment, however near its photon's
     # origin: Geant4 records each as a particle (process "compt" / "phot"), and Supera keeps
     # it apart (kCompton, kPhotoElectron; only kIonization and kConversion merge into their
-    # parent), low-energy unless it has > 10 voxels and > 4 MeV (labels.py). A conversion
-    # pair joins the photon's fragment (Supera: kConversion merges into its parent photon).
+    # parent at once). Its parent is the photon's fragment (a brem photon's: the radiating
+    # electron's), into which it merges where they touch (Supera's
+    # MergeShowerTouchingLEScatter, labels.py); else it is low-energy unless it has > 10
+    # voxels and > 4 MeV. A conversion pair joins the photon's fragment (Supera: kConversion
+    # merges into its parent photon); a brem photon has none yet, so its pair starts one,
+    # child of the radiating electron's (Supera's MergeShowerFamilyTouching, labels.py).
     near = -1
+    brem = (flags & FLAG_PARENT_FRAGMENT) != 0
     r = uniform(rs) * mu
     if r < mu_pe:
         # photo-absorption: the electron takes all (the 3 keV binding is deposited with it)
         _emit_electron(S, F, n, inter, lowe, ELECTRON, energy, x, y, z, ux, uy, uz, t,
-                       near, group)
+                       near, group, frag)
     elif r < mu_pe + mu_c:
         eps, cos_t = sample_compton(rs, energy)
         gx, gy, gz = deflect(ux, uy, uz, cos_t, TWO_PI * uniform(rs))
@@ -907,7 +919,7 @@ def _photon(rs, S, D, F, n, ledger, inter, lowe, med, lo, hi, table, cur):
         else:
             px, py, pz = ux, uy, uz
         _emit_electron(S, F, n, inter, lowe, ELECTRON, energy - e_out, x, y, z, px, py, pz, t,
-                       near, group)
+                       near, group, frag)
         _emit_photon(S, D, F, n, ledger, inter, lowe, e_out, x, y, z, gx, gy, gz, t, frag, group, flags)
     else:
         # conversion: e- and e+ share E - 2m, each at angle ~ m/E from the photon
@@ -917,12 +929,15 @@ def _photon(rs, S, D, F, n, ledger, inter, lowe, med, lo, hi, table, cur):
         t_plus = energy - 2.0 * ME - t_minus
         phi = TWO_PI * uniform(rs)
         pair = frag
+        if brem or frag < 0:
+            pair = _new_fragment(F, n, inter, ROLE_SHOWER, GAMMA, group, energy, x, y, z)
+            F[pair, 8] = frag
         vx, vy, vz = deflect(ux, uy, uz, math.cos(ME / (t_minus + ME)), phi)
         _emit_electron(S, F, n, inter, lowe, ELECTRON, t_minus, x, y, z, vx, vy, vz, t,
-                       pair, group)
+                       pair, group, frag)
         vx, vy, vz = deflect(ux, uy, uz, math.cos(ME / (t_plus + ME)), phi + math.pi)
         _emit_electron(S, F, n, inter, lowe, POSITRON, t_plus, x, y, z, vx, vy, vz, t,
-                       pair, group)
+                       pair, group, frag)
 
 
 @njit(cache=True)

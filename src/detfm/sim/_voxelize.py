@@ -1,4 +1,4 @@
-"""Numba kernel of the response stage: share each step's deposit among the voxels it crosses.
+"""Numba kernels of the response stage: share each step's deposit among the voxels it crosses.
 
 A charged particle's step is a segment; Geant4-voxelized data (PILArNet-M) light every
 voxel such a segment passes through. :func:`segment_pieces` walks each segment through
@@ -8,6 +8,10 @@ whichever face of the current voxel the segment reaches first, until the end poi
 voxel gets the fraction of the segment's length that lies inside it, so energy, charge and
 path length are shared in proportion to path length and add up exactly. Pieces outside
 the box are dropped (their charge is lost, as for deposits that leave the box).
+
+The same file holds the two grid kernels of the labels (:func:`touching_pairs`,
+:func:`touch_merge_targets`): which fragments have voxels within one voxel of each other,
+and Supera's touching merges that follow from it (:func:`detfm.sim.labels.touching_merges`).
 
 Kept apart from :mod:`detfm.sim._kernels` (transport) so that editing one does not
 invalidate the other's numba cache.
@@ -171,3 +175,102 @@ def diffused_endpoints(pos, dx, direction, shift, frag):
             for a in range(3):
                 end[i, a] = pos[i, a] + 0.5 * dx[i] * direction[i, a] + shift[i + 1, a]
     return start, end
+
+
+@njit(cache=True)
+def touching_pairs(keys, owner, candidate, n_box):
+    """(fragment, neighbouring fragment) pairs, repeated, for every voxel of a candidate fragment.
+
+    ``keys`` (V,) sorted voxel keys ``(x * n + y) * n + z`` with ``owner`` (V,) their owning
+    fragment (-1: none); ``candidate`` (F,) bool. For each voxel owned by a candidate, each
+    of its 26 neighbours (faces, edges, corners: Supera's ``IsTouching``) that is lit and
+    owned by another fragment gives one pair. The neighbours in column (x + dx, y + dy) from
+    z - 1 to z + 1 are consecutive keys, and where that run starts only grows as the voxels
+    are visited in key order: one pointer per column offset walks through the keys once.
+    """
+    n_keys = keys.shape[0]
+    count = 0
+    for i in range(n_keys):
+        if owner[i] >= 0 and candidate[owner[i]]:
+            count += 26
+    src = np.empty(count, np.int64)
+    dst = np.empty(count, np.int64)
+    pointer = np.zeros(9, np.int64)
+    m = 0
+    for i in range(n_keys):
+        f = owner[i]
+        if f < 0 or not candidate[f]:
+            continue
+        k = keys[i]
+        x = k // (n_box * n_box)
+        y = (k // n_box) % n_box
+        z = k % n_box
+        d = -1
+        for dx in range(-1, 2):
+            for dy in range(-1, 2):
+                d += 1
+                a, b = x + dx, y + dy
+                if a < 0 or b < 0 or a >= n_box or b >= n_box:
+                    continue
+                lo = (a * n_box + b) * n_box + max(z - 1, 0)
+                hi = (a * n_box + b) * n_box + min(z + 1, n_box - 1)
+                j = pointer[d]
+                while j < n_keys and keys[j] < lo:
+                    j += 1
+                pointer[d] = j
+                while j < n_keys and keys[j] <= hi:
+                    if owner[j] >= 0 and owner[j] != f:
+                        src[m] = f
+                        dst[m] = owner[j]
+                        m += 1
+                    j += 1
+    return src[:m], dst[:m]
+
+
+@njit(cache=True)
+def _root(target, f):
+    while target[f] != f:
+        f = target[f]
+    return f
+
+
+@njit(cache=True)
+def touch_merge_targets(src, dst, candidate, ancestors):
+    """The group root of every fragment after the touching merges of ``labels.touching_merges``.
+
+    ``src``/``dst``: fragment pairs with touching voxels; ``candidate`` (F,): may merge
+    into an ancestor; ``ancestors`` (D, F): parent, grandparent, ... (-1: none). In each
+    pass every candidate group root merges into the nearest ancestor's group it touches;
+    passes repeat until nothing merges (Supera repeats its merges the same way). A group
+    only ever joins an ancestor's, whose id is lower, so no cycle can form.
+    """
+    n_frag = candidate.shape[0]
+    depth = ancestors.shape[0]
+    target = np.arange(n_frag)
+    best_k = np.empty(n_frag, np.int64)
+    best_to = np.empty(n_frag, np.int64)
+    for _ in range(n_frag + 1):
+        best_k[:] = depth
+        for i in range(src.shape[0]):
+            g = _root(target, src[i])
+            h = _root(target, dst[i])
+            if g == h or not candidate[g]:
+                continue
+            for k in range(best_k[g]):
+                a = ancestors[k, g]
+                if a < 0:
+                    break
+                if _root(target, a) == h:
+                    best_k[g] = k
+                    best_to[g] = h
+                    break
+        changed = False
+        for g in range(n_frag):
+            if best_k[g] < depth:
+                target[g] = best_to[g]
+                changed = True
+        if not changed:
+            break
+    for f in range(n_frag):
+        target[f] = _root(target, f)
+    return target

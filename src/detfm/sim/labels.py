@@ -25,6 +25,18 @@ The rules (PHYSICS.md, "How PILArNet-M events are made and labeled"):
   We do the same: once the cuts are known, ownership is decided again with every fragment
   that became low-energy at low-energy priority, and every merged delta ray at its track's.
 
+* Before the cuts, a fragment that Supera keeps apart from its parent only while they do
+  not touch merges into it where any of its voxels touches (shares a face, edge or corner
+  with) a voxel of its parent's fragment, or of a further ancestor's: Compton and
+  photo-electrons (Supera's ``MergeShowerTouchingLEScatter``: a low-energy scatter touching
+  any ancestor joins it, a track included) and the conversion pair of a bremsstrahlung
+  photon (``MergeShowerConversion`` puts the pair into its photon,
+  ``MergeShowerFamilyTouching`` the photon into the radiating electron's shower, Michel or
+  delta ray where they touch). Pieces that fly away from their parent before they deposit
+  stay apart, and the cuts label the small ones low-energy. Before this rule every
+  bremsstrahlung photon's pair joined the radiating electron's fragment however far away,
+  and every Compton electron stayed apart from it however close.
+
 Low-energy deposits are marked with owner ``-1`` (the low-energy bucket, cluster row 0).
 
 Before this rule, delta rays with fewer than 3 voxels became low-energy (PHYSICS.md's
@@ -38,6 +50,7 @@ from __future__ import annotations
 import numpy as np
 
 from detfm.io import layout
+from detfm.sim import _voxelize
 from detfm.sim.truth import Role
 
 
@@ -119,8 +132,57 @@ def voxel_owner(voxel: np.ndarray, fragment: np.ndarray, energy: np.ndarray, rol
     return owner
 
 
+# Roles of the fragments that merge into their parent where they touch it (module docstring).
+TOUCH_MERGE_ROLES = (Role.COMPTON, Role.SHOWER)
+# Ancestors looked at for a touching merge (parent, grandparent, ...); Supera walks the whole
+# chain, ours rarely has more than a few links that own voxels.
+TOUCH_MERGE_DEPTH = 4
+
+
+def touching_merges(owner: np.ndarray, coords: np.ndarray, role: np.ndarray, parent: np.ndarray) -> np.ndarray:
+    """``target[f]``: the fragment whose voxels fragment ``f``'s join by touching (module docstring).
+
+    Args:
+        owner: (V,) owner fragment of each recorded voxel (-1: noise).
+        coords: (V, 3) integer voxel indices of the same voxels.
+        role: (F,) Role of every fragment.
+        parent: (F,) parent fragment (-1: none).
+
+    A candidate (role in :data:`TOUCH_MERGE_ROLES`, with a parent) merges into the first of
+    its ancestors whose current group (the ancestor with everything merged into it so far)
+    has a voxel within one voxel of one of the candidate's group, as Supera repeats its
+    merges until none is left.
+    """
+    role = np.asarray(role, np.int64)
+    parent = np.asarray(parent, np.int64)
+    n_frag = len(role)
+    target = np.arange(n_frag)
+    candidate = np.isin(role, TOUCH_MERGE_ROLES) & (parent >= 0)
+    owner = np.asarray(owner, np.int64)
+    on_candidate = (owner >= 0) & candidate[np.maximum(owner, 0)]
+    if not on_candidate.any():
+        return target
+    n = layout.BOX_VOXELS
+    coords = np.asarray(coords, np.int64)
+    keys = (coords[:, 0] * n + coords[:, 1]) * n + coords[:, 2]
+    order = np.argsort(keys, kind="stable")
+    src, dst = _voxelize.touching_pairs(keys[order], owner[order], candidate, n)
+    if len(src) == 0:
+        return target
+    # ancestors of every fragment, nearest first
+    ancestors = np.empty((TOUCH_MERGE_DEPTH, n_frag), np.int64)
+    a = parent
+    for k in range(TOUCH_MERGE_DEPTH):
+        ancestors[k] = a
+        a = np.where(a >= 0, parent[np.maximum(a, 0)], -1)
+    width = n_frag + 1
+    pair = np.unique(src * width + dst)
+    return _voxelize.touch_merge_targets(pair // width, pair % width, candidate, ancestors)
+
+
 def size_cuts(owner: np.ndarray, role: np.ndarray, parent: np.ndarray | None = None,
-              fragment_energy: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+              fragment_energy: np.ndarray | None = None, touch_target: np.ndarray | None = None
+              ) -> tuple[np.ndarray, np.ndarray]:
     """The PILArNet cuts (module docstring) as two per-fragment arrays ``(target, low)``.
 
     ``target[f]`` is the fragment whose voxels fragment ``f``'s become (itself, or the track a
@@ -129,15 +191,17 @@ def size_cuts(owner: np.ndarray, role: np.ndarray, parent: np.ndarray | None = N
     since the voxel cuts count the voxels a fragment actually leaves; ``parent[f]`` is the
     fragment delta ray ``f`` came from (-1: unknown; ``None``: all unknown);
     ``fragment_energy[f]`` the true energy (MeV) fragment ``f`` left in recorded voxels
-    (``None``: the 4 MeV rule is not applied).
+    (``None``: the 4 MeV rule is not applied); ``touch_target`` the merges of
+    :func:`touching_merges` (``None``: none), applied first.
     """
     role = np.asarray(role, np.int64)
     owner = np.asarray(owner, np.int64)
     parent = np.full(len(role), -1, np.int64) if parent is None else np.asarray(parent, np.int64)
-    counts = np.bincount(owner[owner >= 0], minlength=len(role))
-    small_delta = (role == Role.DELTA) & (counts < DELTA_MIN_VOXELS)
+    touched = np.arange(len(role)) if touch_target is None else np.asarray(touch_target, np.int64)
+    counts = np.bincount(touched[owner[owner >= 0]], minlength=len(role))
+    small_delta = (role == Role.DELTA) & (counts < DELTA_MIN_VOXELS) & (touched == np.arange(len(role)))
     merge = small_delta & (parent >= 0)
-    target = np.where(merge, parent, np.arange(len(role)))
+    target = np.where(merge, parent, touched)
     # a parent may itself be a merged delta (a delta of a delta): follow the chain
     for _ in range(8):
         nxt = target[target]
@@ -171,11 +235,14 @@ def apply_size_cuts(owner: np.ndarray, role: np.ndarray, parent: np.ndarray | No
 
 
 def label_owner(voxel: np.ndarray, fragment: np.ndarray, energy: np.ndarray, role: np.ndarray,
-                n_voxels: int, recorded: np.ndarray, parent: np.ndarray | None = None) -> np.ndarray:
+                n_voxels: int, recorded: np.ndarray, parent: np.ndarray | None = None,
+                coords: np.ndarray | None = None) -> np.ndarray:
     """The labeled owner of every recorded voxel (-1: low-energy), Supera's way.
 
     Args as in :func:`voxel_owner`; ``recorded`` (n_voxels,) bool marks the voxels that are
-    written (threshold, dead regions). First the owners and the cuts of :func:`size_cuts`
+    written (threshold, dead regions); ``coords`` (n_voxels, 3) the voxel indices, for the
+    touching merges of :func:`touching_merges` (``None``: no touching merges). First the
+    owners, the touching merges and the cuts of :func:`size_cuts`
     (voxel counts of owned recorded voxels, each fragment's true energy in all the recorded
     voxels it touches, as Supera's ``vs.sum()``); then, as Supera writes low-energy labels
     first and lets any other label overwrite them, ownership is decided again with every
@@ -188,7 +255,10 @@ def label_owner(voxel: np.ndarray, fragment: np.ndarray, energy: np.ndarray, rol
     ok = (fragment >= 0) & recorded[voxel]
     fragment_energy = np.bincount(fragment[ok], weights=np.asarray(energy, np.float64)[ok],
                                   minlength=len(role))
-    target, low = size_cuts(owner[recorded], role, parent, fragment_energy)
+    touch_target = None
+    if coords is not None and parent is not None:
+        touch_target = touching_merges(owner[recorded], np.asarray(coords)[recorded], role, parent)
+    target, low = size_cuts(owner[recorded], role, parent, fragment_energy, touch_target)
     if low.any():
         rank = np.where(low, LOW_ENERGY_PRIORITY, PRIORITY_OF_ROLE[role[target]])
         owner = voxel_owner(voxel, fragment, energy, role, n_voxels, rank)

@@ -124,7 +124,8 @@ def render(truth: TruthEvent, detector: DetectorModel, rng: np.random.Generator)
     # 4. Labels: owner fragment per voxel, the voxel-count and energy cuts on recorded voxels,
     # then ownership again with the fragments that became low-energy ranked last (Supera).
     role = frags.role.astype(np.int64)
-    owner = label_owner(np.cumsum(new_voxel) - 1, frag, de, role, len(starts), keep, frags.parent)
+    owner = label_owner(np.cumsum(new_voxel) - 1, frag, de, role, len(starts), keep, frags.parent,
+                        np.stack([vx, vy, vz], axis=1))
 
     # 5. The event: cluster row 0 = low-energy bucket, then surviving fragments by id.
     survivors = np.flatnonzero(np.bincount(owner + 1, minlength=len(frags) + 1)[1:])

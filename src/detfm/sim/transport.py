@@ -16,11 +16,13 @@ its formulas and constants in :mod:`detfm.sim.physics`. In short:
   Compton scattering, photo-absorption with XCOM cross sections), so showers branch and
   low-energy photons leave detached blips.
 
-Fragments (see :class:`~detfm.sim.truth.Fragments`): each mu/pi/p is a TRACK; the whole
-cascade of a primary e or gamma is one SHOWER (each photon of a pi0 its own SHOWER); a
-Michel electron and its cascade is a MICHEL; each delta ray of a mu/pi/p is a DELTA;
-every Compton or photo-electron starts its own COMPTON fragment (as Geant4 records it and
-Supera labels it); deposits too small to travel (electrons below 0.25 MeV made by such
+Fragments (see :class:`~detfm.sim.truth.Fragments`): each mu/pi/p is a TRACK; a primary e
+or gamma is a SHOWER (each photon of a pi0 its own SHOWER); a Michel electron is a MICHEL;
+each delta ray of a mu/pi/p is a DELTA; the ionisation electrons of an e+- stay in its
+fragment; the conversion pair of a bremsstrahlung photon starts a SHOWER fragment and
+every Compton or photo-electron a COMPTON fragment, each a child of the fragment it came
+from, into which the labels merge it where they touch (as Geant4 records them and Supera
+merges them); deposits too small to travel (electrons below 0.25 MeV made by such
 photons, neutron blips, short proton stubs) go to one LOW_ENERGY fragment per group.
 
 Energy bookkeeping is exact and returned in ``meta``: ``deposited + escaped + invisible

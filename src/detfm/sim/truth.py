@@ -23,9 +23,10 @@ class Role(IntEnum):
 
     The response stage maps roles to semantic classes (DESIGN.md / PHYSICS.md labeling):
     TRACK -> track; SHOWER -> shower; MICHEL -> Michel; DELTA -> delta, or merged into its
-    parent track if it owns fewer than 10 voxels; COMPTON (electron from a photon's Compton scatter,
-    photo-absorption or a low-energy conversion) -> shower, or low-energy if it makes 10
-    voxels or fewer; LOW_ENERGY -> low-energy always.
+    parent track if it owns fewer than 10 voxels; COMPTON (electron from a photon's Compton scatter
+    or photo-absorption) -> shower, or low-energy if it makes 10 voxels or fewer; LOW_ENERGY ->
+    low-energy always. A COMPTON fragment, and the SHOWER fragment of a bremsstrahlung photon's
+    conversion pair, merge into their parent fragment where they touch it (labels.py).
     """
 
     TRACK = 0
@@ -75,7 +76,9 @@ class Fragments:
     momentum_gev: np.ndarray  # (F,) float32 momentum magnitude at creation
     vertex_cm: np.ndarray     # (F, 3) float32 creation point
     energy_mev: np.ndarray    # (F,) float32 kinetic energy at creation
-    parent: np.ndarray | None = None  # (F,) int32 fragment a delta ray came from, else -1 (None: all -1)
+    # (F,) int32 fragment a delta ray, Compton/photo-electron or brem photon's conversion pair came
+    # from, else -1 (None: all -1)
+    parent: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.parent is None:
