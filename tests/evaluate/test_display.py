@@ -7,7 +7,6 @@ import json
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -150,19 +149,15 @@ def test_html_subsamples_above_cap_with_fixed_seed_and_says_so(tmp_path: Path) -
     assert [values(t["x"]).tolist() for t in data] == [values(t["x"]).tolist() for t in plotly_data(b)[0]]
 
 
-def test_large_event_renders_quickly_with_default_cap(tmp_path: Path) -> None:
+def test_large_event_renders_with_default_cap(tmp_path: Path) -> None:
     ev = make_event(scale=530)  # 100,170 points
     assert ev.n_points > 100_000
-    t0 = time.perf_counter()
     html = render_event(ev, tmp_path / "big.html").read_text()
     png = render_event(ev, tmp_path / "big.png")
-    elapsed = time.perf_counter() - t0
     data, lay = plotly_data(html)
     assert sum(len(values(t["x"])) for t in data) == HTML_MAX_POINTS
     assert f"{HTML_MAX_POINTS:,} of {ev.n_points:,}" in lay["title"]["text"]
     assert png_size(png) == (1050, 950)
-    # ~2.5 s on one free core here; the bound leaves room for a busy shared machine
-    assert elapsed < 20.0, f"rendering 1e5 points took {elapsed:.1f} s"
 
 
 def test_html_truth_and_prediction_side_by_side(tmp_path: Path) -> None:

@@ -7,7 +7,6 @@ expectation can be computed exactly; transport is not involved.
 from __future__ import annotations
 
 import dataclasses
-import time
 
 import numpy as np
 import pytest
@@ -329,22 +328,3 @@ def test_bad_role_and_bad_rng_are_rejected() -> None:
         render(truth, NOMINAL, np.random.default_rng(0))
     with pytest.raises(DetfmError, match="numpy.random.Generator"):
         render(truth_of(line((10, 10, 10), 0, 5)), NOMINAL, 42)  # type: ignore[arg-type]
-
-
-def test_render_is_fast_for_ten_thousand_deposits() -> None:
-    rng = np.random.default_rng(0)
-    pieces = []
-    for k in range(40):
-        start = rng.integers(50, 700, 3)
-        pieces.append({**line(tuple(start), k % 3, 250, step=1 if k % 2 else -1), "group": k})
-    truth = truth_of(*pieces)
-    det: DetectorModel = get_detector("data_like")
-    render(truth, det, np.random.default_rng(0))
-    times = []
-    for seed in range(15):
-        t0 = time.perf_counter()
-        render(truth, det, np.random.default_rng(seed))
-        times.append(time.perf_counter() - t0)
-    # ~1-3 ms on a shared 2-core VM; 25 ms only catches an accidental quadratic step.
-    assert len(truth.deposits) == 10_000
-    assert np.median(times) < 0.025

