@@ -385,3 +385,23 @@ def test_same_seed_same_config_same_data_same_numbers(events: Path, pretrained: 
     assert not all(torch.equal(weights["a"][k], weights["c"][k]) for k in weights["a"])
     scores = {k: json.loads((p / "eval.json").read_text()) for k, p in runs.items()}
     assert scores["a"] == scores["b"]
+
+
+def test_class_balance_weights_follow_the_class_fractions(events: Path) -> None:
+    from detfm.recipes.adapt import class_balance_weights
+
+    ds = EventDataset(events, labels=True)
+    counts = np.zeros(5, dtype=np.int64)
+    for i in range(len(ds)):
+        counts += np.bincount(ds[i].semantic, minlength=5)[:5]
+    fraction = counts / counts.sum()
+    default = np.array(class_balance_weights(ds))
+    expected = np.where(counts > 0, 1 / np.sqrt(np.maximum(fraction, 0.01)), 1.0)
+    np.testing.assert_allclose(default, expected, rtol=1e-12)
+    assert default.max() <= 10.0 + 1e-9  # the floor caps the inverse square root at 10
+    inverse = np.array(class_balance_weights(ds, min_fraction=0.002, power=1.0))
+    np.testing.assert_allclose(inverse, np.where(counts > 0, 1 / np.maximum(fraction, 0.002), 1.0), rtol=1e-12)
+    rare, common = int(np.argmin(np.where(counts > 0, counts, counts.max()))), int(np.argmax(counts))
+    assert inverse[rare] / inverse[common] > default[rare] / default[common]
+    with pytest.raises(ConfigError, match="class_weight_power must lie in"):
+        FinetuneConfig(class_weight_power=-1.0)

@@ -95,9 +95,11 @@ DEFAULT_LAYER_DECAY = 0.75
 DEFAULT_LORA_RANK = 8
 DEFAULT_LORA_ALPHA = 16.0
 
-# Class weights: alpha_c = 1 / sqrt(max(f_c, MIN_CLASS_FRACTION)) with f_c the fraction of
-# labeled points (semseg) or particles (pid) in class c; the floor caps a weight at 10.
+# Class weights: alpha_c = max(f_c, MIN_CLASS_FRACTION) ** -CLASS_WEIGHT_POWER with f_c the
+# fraction of labeled points (semseg) or particles (pid) in class c; by default the inverse
+# square root, with the floor capping a weight at 10.
 MIN_CLASS_FRACTION = 0.01
+CLASS_WEIGHT_POWER = 0.5
 
 
 def _finetune_train_defaults() -> TrainConfig:
@@ -127,9 +129,13 @@ class FinetuneConfig:
         label_seed: seed of the label draw (None: ``train.seed``).
         split, split_seed: train/val/test fractions and the seed of the fixed split.
         exclude_low_energy: semseg: ignore class 4 in the training loss.
-        class_balance: weight the loss by inverse square-root class frequency of the
-            labeled points (semseg) or particles (pid), see ``MIN_CLASS_FRACTION``; False:
+        class_balance: weight the loss by the inverse class frequency, to the power
+            ``class_weight_power``, of the labeled points (semseg) or particles (pid); False:
             all weights 1.
+        class_weight_power, min_class_fraction: class weights ``max(f_c, min_class_fraction)
+            ** -class_weight_power`` (0.5 and 0.01: inverse square root, at most 10; 1 and
+            0.002 weigh a class of 0.3 % of the points, such as Michel electrons, 333 times
+            a class of 100 %).
         focal_gamma: focal-loss exponent (0: cross-entropy).
         head_hidden, point_dim: widths of the MLP head and the per-point embedding.
         task_settings: further fields of the task's own config class, e.g. for ``particles``
@@ -159,6 +165,8 @@ class FinetuneConfig:
     split_seed: int = 0
     exclude_low_energy: bool = False
     class_balance: bool = True
+    class_weight_power: float = CLASS_WEIGHT_POWER
+    min_class_fraction: float = MIN_CLASS_FRACTION
     focal_gamma: float = 2.0
     head_hidden: int = 128
     point_dim: int = 32
@@ -188,6 +196,9 @@ class FinetuneConfig:
                               f"got {list(self.split)}")
         if self.split[0] <= 0 or self.split[2] <= 0:
             raise ConfigError(f"split needs train and test fractions > 0, got {list(self.split)}")
+        if not 0 <= self.class_weight_power <= 2 or not 0 < self.min_class_fraction <= 1:
+            raise ConfigError(f"class_weight_power must lie in [0, 2] and min_class_fraction in (0, 1], got "
+                              f"{self.class_weight_power} and {self.min_class_fraction}")
         if self.eval_batch_size < 1:
             raise ConfigError(f"eval_batch_size must be >= 1, got {self.eval_batch_size}")
         if self.max_eval_events is not None and self.max_eval_events < 1:
@@ -265,8 +276,9 @@ def split_events(num_events: int, cfg: FinetuneConfig) -> EventSplit:
 
 
 def class_balance_weights(dataset: EventDataset, task: TaskName = "semseg", exclude_low_energy: bool = False,
-                          min_fraction: float = MIN_CLASS_FRACTION) -> tuple[float, ...]:
-    """Loss weights ``1 / sqrt(max(f_c, min_fraction))`` from the class fractions ``f_c`` of
+                          min_fraction: float = MIN_CLASS_FRACTION,
+                          power: float = CLASS_WEIGHT_POWER) -> tuple[float, ...]:
+    """Loss weights ``max(f_c, min_fraction) ** -power`` from the class fractions ``f_c`` of
     the task's scored items in the dataset (points for semseg, with the excluded class left
     out when asked; particle instances for pid; events for event). Absent classes get weight 1."""
     spec = get_task(task)
@@ -284,7 +296,7 @@ def class_balance_weights(dataset: EventDataset, task: TaskName = "semseg", excl
     if total == 0:
         raise DetfmError(f"the labeled events have nothing to score for {task} (no labeled points or particles)")
     fraction = counts / total
-    weights = np.where(counts > 0, 1.0 / np.sqrt(np.maximum(fraction, min_fraction)), 1.0)
+    weights = np.where(counts > 0, np.maximum(fraction, min_fraction) ** -power, 1.0)
     return tuple(float(w) for w in weights)
 
 
@@ -367,7 +379,8 @@ def run_finetune(cfg: FinetuneConfig, out_dir: str | os.PathLike[str], resume: b
     if cfg.train.batch_size > cfg.labels:
         raise DetfmError(f"batch size {cfg.train.batch_size} is larger than the {cfg.labels} labeled "
                          f"events: lower --batch-size")
-    weights = (class_balance_weights(events.subset(split.labeled), cfg.task, cfg.exclude_low_energy)
+    weights = (class_balance_weights(events.subset(split.labeled), cfg.task, cfg.exclude_low_energy,
+                                     cfg.min_class_fraction, cfg.class_weight_power)
                if cfg.class_balance else None)
     task = build_task(cfg, backbone, weights)
     train_set = build_dataset(cfg.data, cfg.train.seed, labels=True).subset(split.labeled)
