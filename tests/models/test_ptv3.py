@@ -312,3 +312,18 @@ def test_mixed_precision_forward_and_backward() -> None:
     grads = {n: p.grad for n, p in model.named_parameters() if n != "embedding.mask_token"}
     assert all(g is not None and g.dtype == torch.float32 and bool(torch.isfinite(g).all())
                for g in grads.values())
+
+
+def test_per_event_depth_handles_a_one_voxel_batch() -> None:
+    # Panda's per-event serialization depth: a batch whose only event is one voxel near the
+    # origin has cells 0..1, yet every level must still be built (each level picks its own
+    # depth, at least 1), as for any other event.
+    model = PTv3(TINY.replace(serialization_depth=None)).eval()
+    one = _batch([torch.tensor([[1.0, 0.0, 0.0]])])
+    with torch.no_grad():
+        out = model.forward_features(one)
+    assert out.point.shape == (1, model.num_features) and bool(torch.isfinite(out.point).all())
+    geo = build_geometry(one, ("z", "hilbert"), 5, depth=None)  # Panda-Base's 5 levels
+    assert [lv.grid.shape[0] for lv in geo.levels] == [1] * 5 and all(lv.depth >= 1 for lv in geo.levels)
+    with pytest.raises(ConfigError, match="levels need a serialization depth of at least"):
+        build_geometry(one, ("z",), 5, depth=2)

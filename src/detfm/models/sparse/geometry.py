@@ -272,11 +272,14 @@ def build_geometry(batch: PackedBatch, orders: tuple[str, ...], num_levels: int,
             top = torch.zeros(len(batch), dtype=torch.long, device=grid.device)
             top = top.scatter_reduce(0, events, grid.max(dim=1).values, reduce="amax")
             depth = int(bit_length(top + 1).max())
-        elif int(grid.max()) >= (1 << depth):
-            raise ConfigError(f"serialization depth {depth} covers cells 0..{(1 << depth) - 1}, but the "
-                              f"batch has cell {int(grid.max())}")
-        if num_levels > depth + 1:
-            raise ConfigError(f"{num_levels} levels need a serialization depth of at least {num_levels - 1}")
+        else:
+            if int(grid.max()) >= (1 << depth):
+                raise ConfigError(f"serialization depth {depth} covers cells 0..{(1 << depth) - 1}, but the "
+                                  f"batch has cell {int(grid.max())}")
+            # a fixed depth is coarsened by one bit per level; per-event depths are picked anew
+            # at every level (at least 1), so any event, one voxel included, has every level
+            if num_levels > depth + 1:
+                raise ConfigError(f"{num_levels} levels need a serialization depth of at least {num_levels - 1}")
 
         def level_depth(s: int, level_batch: torch.Tensor) -> tuple[int, torch.Tensor | None]:
             """Code depth of level ``s`` and each voxel's depth reduction below it (None: none).
