@@ -214,12 +214,13 @@ class FinetuneConfig:
             raise ConfigError(f"focal_gamma must be >= 0, got {self.focal_gamma}")
         if self.head_features not in ("point", "multilevel"):
             raise ConfigError(f"head_features must be 'point' or 'multilevel', got {self.head_features!r}")
-        if self.pooling != "mean" and "pooling" not in {f.name for f in dataclasses.fields(spec.config_cls)}:
+        task_fields = {f.name for f in dataclasses.fields(spec.config_cls)}
+        if self.pooling != "mean" and "pooling" not in task_fields:
             raise ConfigError(f"pooling applies to tasks that pool points (pid, event), not to '{self.task}'")
         if self.pooling != "mean" and self.mode == "probe":
             raise ConfigError("a linear probe pools by the mean; pooling='mean_max' needs mode head, "
                               "finetune or lora")
-        own = {f.name for f in dataclasses.fields(spec.config_cls)} - set(MANAGED_TASK_SETTINGS)
+        own = task_fields - set(MANAGED_TASK_SETTINGS)
         for key in self.task_settings:
             if key in MANAGED_TASK_SETTINGS:
                 raise ConfigError(f"task_settings.{key} is set by the finetune config itself "
