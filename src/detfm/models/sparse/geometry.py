@@ -271,7 +271,6 @@ def build_geometry(batch: PackedBatch, orders: tuple[str, ...], num_levels: int,
         if depth is None:
             top = torch.zeros(len(batch), dtype=torch.long, device=grid.device)
             top = top.scatter_reduce(0, events, grid.max(dim=1).values, reduce="amax")
-            depth = int(bit_length(top + 1).max())
         else:
             if int(grid.max()) >= (1 << depth):
                 raise ConfigError(f"serialization depth {depth} covers cells 0..{(1 << depth) - 1}, but the "
