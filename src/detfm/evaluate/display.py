@@ -35,8 +35,9 @@ if TYPE_CHECKING:
     import plotly.graph_objects as go
     from matplotlib.figure import Figure, SubFigure
 
-__all__ = ["COLOR_SCHEMES", "HTML_MAX_POINTS", "SYNC_CAMERAS_JS", "ColorScheme", "marker_area", "marker_px",
-           "read_event", "read_predicted_classes", "render_event", "show_file"]
+__all__ = ["COLOR_SCHEMES", "HTML_MAX_POINTS", "OUTPUT_KINDS", "SYNC_CAMERAS_JS", "ColorScheme", "html_subsample",
+           "layout_scenes", "marker_area", "marker_px", "read_event", "read_predicted_classes", "render_event",
+           "show_file"]
 
 ColorScheme = Literal["semantic", "energy", "pid", "instance"]
 COLOR_SCHEMES: tuple[str, ...] = get_args(ColorScheme)
@@ -51,7 +52,8 @@ HTML_SUBSAMPLE_SEED = 0
 # 0.05 MeV deposit threshold, but possible in foreign files) are clipped to this floor.
 _ENERGY_FLOOR_MEV = 1e-3
 
-_SUFFIXES = {".html": "html", ".htm": "html", ".png": "png"}
+#: Output kind of each file suffix a display can be written to.
+OUTPUT_KINDS = {".html": "html", ".htm": "html", ".png": "png"}
 
 # Display names: layout's identifiers, made readable ("low_energy" -> "low-energy").
 _PRETTY = {"michel": "Michel", "low_energy": "low-energy"}
@@ -216,7 +218,7 @@ def _render(event: Event, path: Path, color: str, title: str | None, predicted: 
 
 # ----------------------------------------------------------------------------- checks
 def _output_kind(path: Path) -> str:
-    kind = _SUFFIXES.get(path.suffix.lower())
+    kind = OUTPUT_KINDS.get(path.suffix.lower())
     if kind is None:
         raise DetfmError(f"cannot draw to '{path}': unknown extension '{path.suffix}'; "
                          "use .html (interactive 3D) or .png (static projections)")
@@ -357,12 +359,7 @@ def _build_plotly(event: Event, panels: list[_Panel], heading: str, max_points: 
     import plotly.graph_objects as go  # noqa: PLC0415 - heavy, only needed for HTML
     from plotly.subplots import make_subplots  # noqa: PLC0415
 
-    n = event.n_points
-    keep = np.arange(n)
-    if n > max_points:
-        rng = np.random.default_rng(HTML_SUBSAMPLE_SEED)
-        keep = np.sort(rng.choice(n, size=max_points, replace=False))
-        heading += f" - showing a random {max_points:,} of {n:,} points (seed {HTML_SUBSAMPLE_SEED})"
+    keep, heading = html_subsample(event.n_points, heading, max_points)
     # Voxel indices are integers 0..767: int16 halves the embedded data against float32.
     xyz = np.rint(event.coords[keep]).astype(np.int16) if _integral(event.coords) else event.coords[keep]
     energy = np.asarray(event.energy[keep], np.float32)
@@ -397,18 +394,31 @@ def _build_plotly(event: Event, panels: list[_Panel], heading: str, max_points: 
                 marker={"size": size, "color": layer.color, "line": {"width": 0}}), row=1, col=col)
             shown.add(layer.label)
 
-    axis = {"title": None, "showbackground": False}
-    for k in range(len(panels)):
-        scene = "scene" if k == 0 else f"scene{k + 1}"
-        fig.layout[scene].update(
+    layout_scenes(fig, len(panels), heading, next((p.scheme for p in panels if p.scheme != "energy"), ""))
+    return fig
+
+
+def html_subsample(n: int, heading: str, max_points: int = HTML_MAX_POINTS) -> tuple[np.ndarray, str]:
+    """Indices of the points an HTML display draws (all, or a sorted seeded random
+    ``max_points`` of them) and ``heading``, which then says so."""
+    if n <= max_points:
+        return np.arange(n), heading
+    keep = np.sort(np.random.default_rng(HTML_SUBSAMPLE_SEED).choice(n, size=max_points, replace=False))
+    return keep, heading + f" - showing a random {max_points:,} of {n:,} points (seed {HTML_SUBSAMPLE_SEED})"
+
+
+def layout_scenes(fig: go.Figure, scenes: int, heading: str, legend_title: str = "") -> None:
+    """Axes in voxels at true proportions for each of ``scenes`` 3D scenes, and the page's
+    heading, legend and size."""
+    axis = {"showbackground": False}
+    for k in range(scenes):
+        fig.layout["scene" if k == 0 else f"scene{k + 1}"].update(
             aspectmode="data",  # true proportions: angles and lengths look as in the detector
             xaxis={**axis, "title": {"text": "x [voxel]"}}, yaxis={**axis, "title": {"text": "y [voxel]"}},
             zaxis={**axis, "title": {"text": "z [voxel]"}})
-    legend_title = next((p.scheme for p in panels if p.scheme != "energy"), "")
     fig.update_layout(title={"text": heading}, template="plotly_white",
                       legend={"itemsizing": "constant", "title": {"text": legend_title}},
                       margin={"l": 0, "r": 0, "t": 60, "b": 0}, height=750)
-    return fig
 
 
 def _integral(a: np.ndarray) -> bool:

@@ -28,9 +28,10 @@ import torch
 from detfm.data import EventDataset, Sample, collate
 from detfm.errors import DetfmError
 from detfm.evaluate.display import (
-    HTML_MAX_POINTS,
-    HTML_SUBSAMPLE_SEED,
+    OUTPUT_KINDS,
     SYNC_CAMERAS_JS,
+    html_subsample,
+    layout_scenes,
     marker_area,
     marker_px,
     read_event,
@@ -47,7 +48,6 @@ _PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#
 _GREY = "#bdbdbd"
 _VIEWS = ((0, 1, "x", "y"), (0, 2, "x", "z"), (1, 2, "y", "z"))
 _MAX_LEGEND = 12
-_SUFFIXES = {".png": "png", ".html": "html", ".htm": "html"}
 NONE_LABEL = "stuff / none"
 
 
@@ -92,7 +92,7 @@ def render_particles(coord: np.ndarray, truth_point: np.ndarray, truth_labels: n
     ``*_labels`` the class of each particle; optional energies (MeV) and (K, 3) start points.
     """
     path = Path(out)
-    kind = _SUFFIXES.get(path.suffix.lower())
+    kind = OUTPUT_KINDS.get(path.suffix.lower())
     if kind is None:
         raise DetfmError(f"cannot draw particles to '{path}': use a .png or .html file")
     coord = np.asarray(coord, np.float64)
@@ -159,11 +159,7 @@ def _write_html(coord: np.ndarray, sides: list[_Side], heading: str, path: Path)
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    n = len(coord)
-    keep = np.arange(n)
-    if n > HTML_MAX_POINTS:
-        keep = np.sort(np.random.default_rng(HTML_SUBSAMPLE_SEED).choice(n, size=HTML_MAX_POINTS, replace=False))
-        heading += f" - showing a random {HTML_MAX_POINTS:,} of {n:,} points (seed {HTML_SUBSAMPLE_SEED})"
+    keep, heading = html_subsample(len(coord), heading)
     xyz = coord[keep]
     size = marker_px(len(keep))
     fig = make_subplots(rows=1, cols=len(sides), specs=[[{"type": "scene"}] * len(sides)],
@@ -185,13 +181,7 @@ def _write_html(coord: np.ndarray, sides: list[_Side], heading: str, path: Path)
                                            legendgroup=group, showlegend=False,
                                            marker={"size": 6, "symbol": "diamond", "color": color,
                                                    "line": {"width": 1, "color": "black"}}), row=1, col=col)
-    axis = {"showbackground": False}
-    for k in range(len(sides)):
-        fig.layout["scene" if k == 0 else f"scene{k + 1}"].update(
-            aspectmode="data", xaxis={**axis, "title": {"text": "x [voxel]"}},
-            yaxis={**axis, "title": {"text": "y [voxel]"}}, zaxis={**axis, "title": {"text": "z [voxel]"}})
-    fig.update_layout(title={"text": heading}, template="plotly_white", legend={"itemsizing": "constant"},
-                      margin={"l": 0, "r": 0, "t": 60, "b": 0}, height=750)
+    layout_scenes(fig, len(sides), heading)
     atomic_write_text(path, fig.to_html(include_plotlyjs=True, full_html=True, config={"displaylogo": False},
                                         post_script=SYNC_CAMERAS_JS))
 
@@ -313,7 +303,7 @@ def show_particles_file(path: str | os.PathLike[str], event_index: int, out: str
     those the ``particles`` task learns (:func:`~detfm.tasks.particles.particle_targets`).
     """
     target = Path(out)
-    if target.suffix.lower() not in _SUFFIXES:
+    if target.suffix.lower() not in OUTPUT_KINDS:
         raise DetfmError(f"cannot draw particles to '{target}': use a .png or .html file")
     _, index, _ = read_event(path, event_index)
     rows = read_particle_predictions(predictions, index)
