@@ -88,3 +88,25 @@ def test_pretraining_killed_before_its_first_checkpoint_restarts_in_place(
     assert not stale.exists()
     lines = (run / "metrics.jsonl").read_text().strip().splitlines()
     assert lines and '"step": 2' in lines[-1]  # the restarted run's log, not the killed one's
+
+
+def test_pretraining_stopped_by_its_time_limit_resumes_to_the_end(
+        tiny_events: Path, tiny_pretrained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # --time-limit far below one step: the run stops after step 1 with a checkpoint and weights,
+    # and the message says how to go on; a resume with no budget (0) finishes the run.
+    config = tmp_path / "pretrain.yaml"
+    config.write_text((tiny_pretrained / "config.yaml").read_text())
+    run = tmp_path / "run"
+    with one_torch_thread():
+        assert main(["pretrain", "--config", str(config), "--data", str(tiny_events), "--steps", "3",
+                     "--time-limit", "1e-9", "--out", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "stopped by the time limit at step 1 of 3" in out and "--resume" in out
+    assert (run / "model.safetensors").is_file() and (run / "checkpoints" / "step_00000001").is_dir()
+    assert main(["pretrain", "--out", str(run), "--resume", "--time-limit", "-1"]) == 2
+    assert "--time-limit must be a number of minutes >= 0" in capsys.readouterr().err
+    with one_torch_thread():
+        assert main(["pretrain", "--out", str(run), "--resume", "--time-limit", "0"]) == 0
+    assert "stopped by the time limit" not in capsys.readouterr().out
+    lines = (run / "metrics.jsonl").read_text().strip().splitlines()
+    assert '"step": 3' in lines[-1]

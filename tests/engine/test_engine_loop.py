@@ -178,6 +178,29 @@ def test_resuming_a_finished_run_does_nothing(tmp_path: Path) -> None:
     assert all(torch.equal(saved[k], v) for k, v in weights(again.model_path).items())
 
 
+def test_time_limit_stops_with_a_checkpoint_and_resume_finishes_bitwise(tmp_path: Path) -> None:
+    # A budget far below one step's time: the run stops after its first step, saves a
+    # checkpoint and the weights of that step, and says so in its manifest.
+    straight = train(ToyTask(), ToyEvents(20), toy_collate, small(steps=6), tmp_path / "straight")
+    cut = train(ToyTask(), ToyEvents(20), toy_collate, small(steps=6, time_limit_s=1e-9), tmp_path / "cut")
+    assert cut.stopped_early and cut.steps == 1 and not straight.stopped_early
+    state = json.loads((tmp_path / "cut" / "checkpoints" / "last" / "state.json").read_text())
+    assert state["step"] == 1
+    manifest = json.loads((tmp_path / "cut" / "manifest.json").read_text())
+    assert "time limit" in json.dumps(manifest) and "step 1 of 6" in json.dumps(manifest)
+    with open(cut.model_path, "rb") as f:  # the weights differ from the untrained ones and the finished run
+        assert f.read() != straight.model_path.read_bytes()
+    # the budget is free to change on resume; without one the run finishes exactly as if never cut
+    resumed = train(ToyTask(), ToyEvents(20), toy_collate, small(steps=6), tmp_path / "cut", resume=True)
+    assert resumed.start_step == 1 and resumed.steps == 6 and not resumed.stopped_early
+    assert_bitwise_equal(straight.model_path, resumed.model_path)
+
+
+def test_time_limit_must_not_be_negative() -> None:
+    with pytest.raises(Exception, match="time_limit_s must be >= 0"):
+        small(time_limit_s=-1.0)
+
+
 class BadTask(nn.Module):
     def __init__(self, result: Any) -> None:
         super().__init__()

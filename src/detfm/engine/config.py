@@ -32,7 +32,8 @@ Precision = Literal["auto", "fp32", "bf16"]
 
 # Fields that do not change the trained weights: a run may be resumed with other values.
 RESUME_FREE_FIELDS: frozenset[str] = frozenset(
-    {"checkpoint_every", "keep_checkpoints", "log_every", "num_workers", "progress", "device"})
+    {"checkpoint_every", "keep_checkpoints", "log_every", "num_workers", "progress", "device",
+     "time_limit_s"})
 
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
@@ -67,6 +68,10 @@ class TrainConfig:
     device: str = "auto"            # auto | cpu | cuda | cuda:N
     find_unused_parameters: bool = False  # DDP: set when some parameters get no gradient
     progress: bool = True           # tqdm bar on rank 0
+    # Wall-clock budget of one call in seconds (0: none). When it is spent the run stops after
+    # the current step, saves a checkpoint and the weights reached, and can be resumed later
+    # with --resume (and a new budget); the schedules keep counting in steps.
+    time_limit_s: float = 0.0
 
     def __post_init__(self) -> None:
         positive = ("steps", "batch_size", "accum_steps", "log_every")
@@ -74,7 +79,7 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         non_negative = ("weight_decay", "warmup_steps", "min_lr", "grad_clip", "seed",
-                        "checkpoint_every", "keep_checkpoints", "num_workers", "eps")
+                        "checkpoint_every", "keep_checkpoints", "num_workers", "eps", "time_limit_s")
         for name in non_negative:
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")

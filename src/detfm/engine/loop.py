@@ -21,7 +21,8 @@ The run directory::
       checkpoints/
         step_00000500/           model.safetensors, state.safetensors, state.json
         last -> step_00000500    the newest checkpoint (relative symlink)
-      model.safetensors          final weights, written when the run finishes
+      model.safetensors          final weights, written when the run finishes (or stops at
+                                 ``time_limit_s``: then the weights of the last step done)
       manifest.json              inputs by SHA-256, code version, environment, seeds, times
                                  (see :mod:`detfm.engine.manifest`; rewritten at the end)
 
@@ -91,6 +92,7 @@ class TrainResult:
     checkpoint: Path            # the final checkpoint folder
     start_step: int             # 0, or the step a resume started from
     steps: int                  # optimiser steps completed in total
+    stopped_early: bool         # True if time_limit_s ended the call before cfg.steps
     final_loss: float | None    # loss of the last metrics line
     metrics: dict[str, Any]     # the last metrics line
     seconds: float              # wall time of this call
@@ -198,7 +200,9 @@ def _train(task: nn.Module, dataset: MapDataset, collate: Callable[[list[Any]], 
         done, steps_logged = step + 1, steps_logged + 1
         if after_step is not None:  # e.g. an EMA teacher following the student
             after_step(done)
-        save_now = (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or done == cfg.steps
+        out_of_time = _out_of_time(cfg, started, device, dist) and done < cfg.steps
+        save_now = ((cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or done == cfg.steps
+                    or out_of_time)
 
         if done % cfg.log_every == 0 or save_now:  # log at checkpoints too: a resume starts a fresh line
             now = time.perf_counter()
@@ -218,18 +222,25 @@ def _train(task: nn.Module, dataset: MapDataset, collate: Callable[[list[Any]], 
 
         if save_now:
             checkpoint_path = _save(out, done, task, optimizer, plan, cfg, identity, record, dist)
+        if out_of_time:
+            break
 
-    # --- finish
+    # --- finish (at cfg.steps, or earlier when the time budget ran out)
     bar.close()
+    final_step = done if cfg.steps > start else start
+    stopped_early = final_step < cfg.steps
     if dist.is_main:
-        save_weights(task, out / MODEL_FILE, metadata={"step": str(cfg.steps)})
-        manifest.write(ended=time.time(), final_step=cfg.steps, final_loss=record.get("loss"))
+        save_weights(task, out / MODEL_FILE, metadata={"step": str(final_step)})
+        extra = ({"stopped": f"time limit of {cfg.time_limit_s:g} s reached at step {final_step} of "
+                             f"{cfg.steps}; continue with --resume"} if stopped_early else {})
+        manifest.write(ended=time.time(), final_step=final_step, final_loss=record.get("loss"), **extra)
     barrier(dist)
     seconds = time.perf_counter() - t_begin
-    rate = cfg.batch_size * (cfg.steps - start) / max(seconds, 1e-9)
+    rate = cfg.batch_size * (final_step - start) / max(seconds, 1e-9)
     return TrainResult(out_dir=out, model_path=out / MODEL_FILE, checkpoint=checkpoint_path,
-                       start_step=start, steps=cfg.steps, final_loss=record.get("loss"), metrics=record,
-                       seconds=seconds, events_per_second=rate)
+                       start_step=start, steps=final_step, stopped_early=stopped_early,
+                       final_loss=record.get("loss"), metrics=record, seconds=seconds,
+                       events_per_second=rate)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -334,6 +345,17 @@ def _to_device(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, (list, tuple)):
         return type(batch)(_to_device(v, device) for v in batch)
     return batch
+
+
+def _out_of_time(cfg: TrainConfig, started: float, device: torch.device, dist: DistInfo) -> bool:
+    """True once ``cfg.time_limit_s`` has passed since ``started``; rank 0's clock decides for all
+    ranks, so that every rank stops after the same step."""
+    if not cfg.time_limit_s:
+        return False
+    flag = torch.tensor([float(time.time() - started >= cfg.time_limit_s)], device=device)
+    if dist.distributed:
+        flag = all_reduce_mean(flag * float(dist.is_main) * dist.world_size, dist)
+    return bool(flag.item() > 0.5)
 
 
 def _autocast(precision: str, device: torch.device) -> torch.autocast:
