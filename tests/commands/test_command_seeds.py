@@ -24,7 +24,7 @@ def test_counts_and_lists(tokens: list[str], seeds: list[int]) -> None:
 
 
 @pytest.mark.parametrize(("tokens", "message"), [
-    (["0"], "count of seeds must be >= 1"),
+    (["0"], "a count of seeds and must be >= 1; for the single seed 0, write --seeds 0,"),
     (["x"], "expected integers"),
     (["1", "2.5"], "expected integers"),
     ([","], "no seed given"),

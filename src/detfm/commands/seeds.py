@@ -40,6 +40,7 @@ def parse_seeds(tokens: Sequence[str]) -> list[int]:
         raise DetfmError("--seeds: no seed given")
     if len(values) == 1 and len(parts) == 1:  # a count
         if values[0] < 1:
-            raise DetfmError(f"--seeds {values[0]}: a count of seeds must be >= 1")
+            raise DetfmError(f"--seeds {values[0]}: one number is a count of seeds and must be >= 1; "
+                             f"for the single seed {values[0]}, write --seeds {values[0]},")
         return list(range(values[0]))
     return values
