@@ -348,14 +348,17 @@ def _to_device(batch: Any, device: torch.device) -> Any:
 
 
 def _out_of_time(cfg: TrainConfig, started: float, device: torch.device, dist: DistInfo) -> bool:
-    """True once ``cfg.time_limit_s`` has passed since ``started``; rank 0's clock decides for all
-    ranks, so that every rank stops after the same step."""
+    """True once ``cfg.time_limit_s`` has passed since ``started``. One process reads its own
+    clock (no device tensor, so no GPU sync per step); under DDP rank 0's clock decides for
+    all ranks, through one small all-reduce per step, so that every rank stops after the same
+    step."""
     if not cfg.time_limit_s:
         return False
-    flag = torch.tensor([float(time.time() - started >= cfg.time_limit_s)], device=device)
-    if dist.distributed:
-        flag = all_reduce_mean(flag * float(dist.is_main) * dist.world_size, dist)
-    return bool(flag.item() > 0.5)
+    spent = time.time() - started >= cfg.time_limit_s
+    if not dist.distributed:
+        return spent
+    flag = torch.tensor([float(spent and dist.is_main) * dist.world_size], device=device)
+    return bool(all_reduce_mean(flag, dist).item() > 0.5)
 
 
 def _autocast(precision: str, device: torch.device) -> torch.autocast:
