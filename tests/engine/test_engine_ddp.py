@@ -25,10 +25,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_two_process_ddp_matches_single_process(tmp_path: Path) -> None:
-    # batch 8 = 2 ranks x 2 micro-batches x 2 events; 24 events: 3 steps per epoch
-    cfg = TrainConfig(steps=4, batch_size=8, accum_steps=2, lr=1e-2, warmup_steps=1, log_every=1,
-                      checkpoint_every=2, progress=False, device="cpu")
+def run_two_ranks(cfg: TrainConfig, tmp_path: Path) -> None:
+    """Train the toy task with ``cfg`` on 2 torchrun processes into ``tmp_path/ddp``; each rank
+    writes the events it read to ``tmp_path/seen_<rank>.json``."""
     save_config(cfg, tmp_path / "train.yaml")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
@@ -38,6 +37,13 @@ def test_two_process_ddp_matches_single_process(tmp_path: Path) -> None:
            str(WORKER), str(tmp_path / "ddp"), str(tmp_path), str(tmp_path / "train.yaml")]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def test_two_process_ddp_matches_single_process(tmp_path: Path) -> None:
+    # batch 8 = 2 ranks x 2 micro-batches x 2 events; 24 events: 3 steps per epoch
+    cfg = TrainConfig(steps=4, batch_size=8, accum_steps=2, lr=1e-2, warmup_steps=1, log_every=1,
+                      checkpoint_every=2, progress=False, device="cpu")
+    run_two_ranks(cfg, tmp_path)
 
     single_task = ToyTask()
     single = train(single_task, ToyEvents(24), toy_collate, cfg, tmp_path / "single")
@@ -71,15 +77,7 @@ def test_two_process_ddp_stops_together_at_the_time_limit(tmp_path: Path) -> Non
     # waits for a collective the other never joins), and rank 0 writes the step-1 checkpoint.
     cfg = TrainConfig(steps=4, batch_size=8, accum_steps=2, lr=1e-2, warmup_steps=1, log_every=1,
                       checkpoint_every=0, progress=False, device="cpu", time_limit_s=1e-9)
-    save_config(cfg, tmp_path / "train.yaml")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(name, None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
-           "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
-           str(WORKER), str(tmp_path / "ddp"), str(tmp_path), str(tmp_path / "train.yaml")]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_two_ranks(cfg, tmp_path)
     assert [r["step"] for r in read_metrics(tmp_path / "ddp" / "metrics.jsonl")] == [1]
     assert sorted(p.name for p in (tmp_path / "ddp" / "checkpoints").iterdir()) == ["last", "step_00000001"]
     seen = [json.loads((tmp_path / f"seen_{r}.json").read_text()) for r in (0, 1)]
