@@ -4,6 +4,7 @@ removed by the next run of the same command. The kills are real SIGKILLs of ``de
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -110,3 +111,26 @@ def test_pretraining_stopped_by_its_time_limit_resumes_to_the_end(
     assert "stopped by the time limit" not in capsys.readouterr().out
     lines = (run / "metrics.jsonl").read_text().strip().splitlines()
     assert '"step": 3' in lines[-1]
+
+
+def test_finetuning_stopped_by_its_time_limit_scores_the_weights_reached_and_resumes(
+        tiny_events: Path, tiny_pretrained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # A fixed training budget for fine-tuning: the run stops after step 1, is still scored, and
+    # eval.json says at which step it stopped; a resume without a budget trains to the end and
+    # writes the scores of the finished run, without the mark.
+    run = tmp_path / "ft"
+    argv = ["finetune", "--backbone", str(tiny_pretrained), "--data", str(tiny_events), "--labels", "4",
+            "--steps", "3", "--mode", "head", "--out", str(run)]
+    with one_torch_thread():
+        assert main([*argv, "--time-limit", "1e-9"]) == 0
+    out = capsys.readouterr().out
+    assert "stopped by the time limit at step 1 of 3" in out and "--resume" in out
+    scores = json.loads((run / "eval.json").read_text())
+    assert scores["stopped_at_step"] == {"step": 1, "of": 3}
+    assert main(["finetune", "--out", str(run), "--resume", "--time-limit", "nan"]) == 2
+    assert "--time-limit must be a number of minutes >= 0" in capsys.readouterr().err
+    with one_torch_thread():
+        assert main(["finetune", "--out", str(run), "--resume", "--time-limit", "0"]) == 0
+    assert "stopped by the time limit" not in capsys.readouterr().out
+    assert "stopped_at_step" not in json.loads((run / "eval.json").read_text())
+    assert '"step": 3' in (run / "metrics.jsonl").read_text().strip().splitlines()[-1]

@@ -6,11 +6,13 @@ A YAML syntax error in the file is one line naming the file, line and column
 
 from __future__ import annotations
 
+import argparse
 import os
 from collections.abc import Callable
 from typing import TypeVar
 
 from detfm.engine.config import load_config
+from detfm.errors import DetfmError
 
 T = TypeVar("T")
 
@@ -24,3 +26,20 @@ def starting_config(cls: type[T], config_file: str | os.PathLike[str] | None, re
     if resume:
         return read_run(run_dir)
     return cls()
+
+
+def add_time_limit_option(p: argparse.ArgumentParser) -> None:
+    """``--time-limit MINUTES``: the training budget of ``detfm pretrain`` and ``detfm finetune``."""
+    p.add_argument("--time-limit", type=float, metavar="MINUTES",
+                   help="stop after this many minutes of training with a checkpoint and the weights "
+                        "reached (e.g. the time a lent GPU is held, or a fixed CPU budget); --resume "
+                        "continues the run with the same budget unless given another (0: none)")
+
+
+def time_limit_seconds(args: argparse.Namespace) -> dict[str, float]:
+    """``{"time_limit_s": ...}`` for the train config when ``--time-limit`` was given, else ``{}``."""
+    if args.time_limit is None:
+        return {}
+    if not args.time_limit >= 0:  # also refuses nan
+        raise DetfmError(f"--time-limit must be a number of minutes >= 0 (0: none), got {args.time_limit}")
+    return {"time_limit_s": 60.0 * args.time_limit}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from detfm.commands.configfile import starting_config
+from detfm.commands.configfile import add_time_limit_option, starting_config, time_limit_seconds
 from detfm.commands.tracking import add_tracking_options, check_tracking, log_tracking
 from detfm.tasks.registry import get_task, list_tasks
 from detfm.errors import DetfmError
@@ -33,6 +33,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, help="peak learning rate")
     p.add_argument("--seed", type=int, help="seed of the label draw, head initialisation and data order")
     p.add_argument("--num-workers", type=int, help="DataLoader worker processes")
+    add_time_limit_option(p)
     p.add_argument("--out", help="run directory, e.g. runs/NAME")
     p.add_argument("--config", help="YAML config (as written to a run's config.yaml)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
@@ -71,6 +72,7 @@ def _finetune(args: argparse.Namespace) -> int:
     labels = top.get("labels", cfg.labels)
     train_over = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size), ("lr", args.lr),
                                     ("seed", args.seed), ("num_workers", args.num_workers)) if v is not None}
+    train_over.update(time_limit_seconds(args))
     if args.batch_size is None and not args.config and not args.resume:
         train_over["batch_size"] = max(1, min(cfg.train.batch_size, labels))
     cfg = dataclasses.replace(
@@ -95,6 +97,9 @@ def _finetune(args: argparse.Namespace) -> int:
     if isinstance(ev.get("f1"), dict):
         print("F1 per class: " + ", ".join(f"{k} {_fmt(v)}" for k, v in ev["f1"].items()))
     print(f"run directory: {args.out} (scores in eval.json)")
+    if result.train.stopped_early:
+        print(f"stopped by the time limit at step {result.train.steps} of {cfg.train.steps}: the scores are "
+              f"those of that step's weights; continue with: detfm finetune --out {args.out} --resume")
     log_tracking(args, args.out)
     return 0
 

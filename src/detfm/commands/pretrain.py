@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from detfm.commands.configfile import starting_config
+from detfm.commands.configfile import add_time_limit_option, starting_config, time_limit_seconds
 from detfm.commands.tracking import add_tracking_options, check_tracking, log_tracking
 from detfm.errors import DetfmError
 from detfm.io.outputs import check_output_dir
@@ -29,10 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, help="peak learning rate")
     p.add_argument("--seed", type=int, help="seed of data order, masking and initialisation")
     p.add_argument("--num-workers", type=int, help="DataLoader worker processes")
-    p.add_argument("--time-limit", type=float, metavar="MINUTES",
-                   help="stop after this many minutes of training with a checkpoint and the weights "
-                        "reached (e.g. the time a lent GPU is held); --resume continues the run with "
-                        "the same budget unless given another (0: none)")
+    add_time_limit_option(p)
     p.add_argument("--out", help="run directory, e.g. runs/NAME")
     p.add_argument("--config", help="YAML config (as written to a run's config.yaml)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
@@ -57,10 +54,7 @@ def _pretrain(args: argparse.Namespace) -> int:
     cfg = starting_config(PretrainConfig, args.config, args.resume, args.out, load_run_config)
     train_over = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size), ("lr", args.lr),
                                     ("seed", args.seed), ("num_workers", args.num_workers)) if v is not None}
-    if args.time_limit is not None:
-        if not args.time_limit >= 0:  # also refuses nan
-            raise DetfmError(f"--time-limit must be a number of minutes >= 0 (0: none), got {args.time_limit}")
-        train_over["time_limit_s"] = 60.0 * args.time_limit
+    train_over.update(time_limit_seconds(args))
     if args.objective:
         cfg = dataclasses.replace(cfg, objective=args.objective)
     if args.seed is not None:

@@ -393,6 +393,8 @@ def run_finetune(cfg: FinetuneConfig, out_dir: str | os.PathLike[str], resume: b
     scores = score_task(task, spec, test, batch_size=cfg.eval_batch_size, progress=show)
     scores = {"task": cfg.task, "mode": cfg.mode, "backbone": cfg.backbone, "labels": cfg.labels,
               "class_weights": None if weights is None else list(weights), **scores}
+    if result.stopped_early:  # scores of the weights reached within train.time_limit_s
+        scores["stopped_at_step"] = {"step": result.steps, "of": cfg.train.steps}
     if _is_main_process():
         atomic_write_text(out / BACKBONE_FILE, arch.to_yaml())
         ids = {name: events.event_ids[getattr(split, name)].tolist()
