@@ -356,6 +356,17 @@ def test_label_efficiency_study_grid_spread_and_continuation(events: Path, pretr
     assert "--backbone, --data, --labels required" in capsys.readouterr().err
 
 
+def test_label_efficiency_study_takes_the_task_of_its_config(events: Path, pretrained: Path, tmp_path: Path) -> None:
+    # without --task, the --config's task is studied (a default of semseg once overrode it)
+    cfg_path = tmp_path / "event.yaml"
+    cfg_path.write_text("task: event\nmax_eval_events: 2\ndata: {rotate: false}\n")
+    out = tmp_path / "study"
+    assert main(["study", "label-efficiency", "--backbone", str(pretrained), "--data", str(events), "--labels", "2",
+                 "--seeds", "0,", "--modes", "head", "--steps", "1", "--no-scratch", "--config", str(cfg_path),
+                 "--out", str(out), "--quiet"]) == 0
+    assert json.loads((out / "pretrained_head_n2_s0" / "eval.json").read_text())["task"] == "event"
+
+
 def test_label_efficiency_study_checks_counts_and_modes_first(events: Path, pretrained: Path, tmp_path: Path,
                                                               capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["study", "label-efficiency", "--backbone", str(pretrained), "--data", str(events), "--steps", "1",

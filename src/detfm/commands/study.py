@@ -44,7 +44,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--labels", nargs="+", type=_int_list, metavar="N[,N...]",
                    help="label counts, e.g. 10,100,1000,10000 (required)")
     add_seeds_option(p, default="3", what="fine-tuning seeds per point")
-    p.add_argument("--task", choices=list_tasks(), default="semseg")
+    p.add_argument("--task", choices=list_tasks(), default=None,
+                   help="what the adapted model does (default: the --config's task, else semseg)")
     p.add_argument("--modes", "--mode", dest="modes", type=lambda t: [m.strip() for m in t.split(",") if m.strip()],
                    default=None, metavar="MODE[,MODE...]",
                    help="adaptation modes among probe, head, finetune, lora (default finetune)")
@@ -90,7 +91,7 @@ def _label_efficiency(args: argparse.Namespace) -> int:
     modes = args.modes or [cfg.mode]
     train_over = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size), ("lr", args.lr))
                   if v is not None}
-    cfg = dataclasses.replace(cfg, backbone=args.backbone, task=args.task, mode=modes[0],
+    cfg = dataclasses.replace(cfg, backbone=args.backbone, task=args.task or cfg.task, mode=modes[0],
                               labels=min(labels), data=dataclasses.replace(cfg.data, paths=tuple(args.data)),
                               train=dataclasses.replace(cfg.train, progress=False, **train_over))
     study = label_efficiency_study(cfg, labels, parse_seeds(args.seeds), args.out, modes=modes,
