@@ -131,6 +131,9 @@ def _eval(headline: float, track: float | None, shower: float = 0.5) -> dict:
 def test_flatten_keeps_scores_and_drops_bookkeeping() -> None:
     flat = flatten_metrics(_eval(0.7, None))
     assert flat == {"macro_f1_4": 0.7, "f1.shower": 0.5, "f1.track": None}
+    per_particle = {"per_particle": {"track": {"pieces": 12, "mean_recall": 0.9, "tagged": 0.75}}}
+    assert flatten_metrics({**_eval(0.7, None), **per_particle}) == {
+        **flat, "per_particle.track.mean_recall": 0.9, "per_particle.track.tagged": 0.75}
 
 
 def test_aggregate_ignores_undefined_values() -> None:

@@ -50,3 +50,18 @@ def test_bad_batch_sizes_and_empty_datasets(tiny_events) -> None:  # type: ignor
         list(eval_batches(Oracle(), data, batch_size=0))
     with pytest.raises(DetfmError, match="no events"):
         list(eval_batches(Oracle(), data.subset([])))
+
+
+def test_semseg_scores_per_particle_in_the_view_without_low_energy(tiny_events) -> None:  # type: ignore[no-untyped-def]
+    data = EventDataset([tiny_events], labels=True).subset(range(5))
+    by_four = score_task(Oracle(), get_task("semseg"), data, batch_size=4)["per_particle"]
+    by_two = score_task(Oracle(), get_task("semseg"), data, batch_size=2)["per_particle"]
+    assert by_four == by_two  # an event's pieces do not depend on the batch it is scored in
+    for c, name in enumerate(get_task("semseg").class_names):
+        expected = sum(len(np.unique(data[i].instance[(data[i].semantic == c) & (data[i].instance >= 0)]))
+                       for i in range(5))
+        assert by_four[name]["pieces"] == expected
+    assert by_four["low_energy"]["pieces"] == 0  # low-energy deposits belong to no particle instance
+    # tracks are called low-energy by the full argmax, found again in the 4-class view
+    assert by_four["track"]["pieces"] > 0 and by_four["track"]["mean_recall"] == 1.0
+    assert by_four["track"]["tagged"] == 1.0

@@ -259,6 +259,8 @@ def test_cli_finetune_scratch_with_arch_and_predict(events: Path, pretrained: Pa
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "macro-F1" in out and "eval.json" in out
+    tagged = json.loads((run / "eval.json").read_text())["per_particle"]["track"]
+    assert tagged["pieces"] > 0 and f"track {tagged['tagged']:.3f} of {tagged['pieces']}" in out
     arch = (run / "backbone.yaml").read_text()
     assert "num_groups: 32" in arch and "depth: 2" in arch  # the pretraining run's architecture
     tuned, original = backbone_weights(run / "model.safetensors"), backbone_weights(pretrained / "model.safetensors")

@@ -56,6 +56,7 @@ TABLE_FILE = "sensitivity.md"
 
 # Top-level numbers of eval.json that describe the run, not the model's quality.
 RUN_FIELDS = frozenset({"labels", "events", "points", "instances"})
+COUNT_FIELDS = frozenset({"pieces"})  # counts inside a score group (per_particle.michel.pieces)
 
 
 # ----------------------------------------------------------------------------- results
@@ -190,7 +191,7 @@ def flatten_metrics(scores: Mapping[str, Any]) -> dict[str, float | None]:
     """Every numeric score of an ``eval.json``, nested dicts flattened with dots (``f1.track``).
 
     Lists (confusion matrices, class weights), strings and the run's counts
-    (:data:`RUN_FIELDS`) are left out; null values (undefined metrics) are kept as None.
+    (:data:`RUN_FIELDS`, and :data:`COUNT_FIELDS` at any depth) are left out; null values (undefined metrics) are kept as None.
     """
     out: dict[str, float | None] = {}
 
@@ -198,7 +199,7 @@ def flatten_metrics(scores: Mapping[str, Any]) -> dict[str, float | None]:
         if isinstance(value, Mapping):
             for key, item in value.items():
                 walk(f"{prefix}.{key}" if prefix else str(key), item, False)
-        elif top and prefix in RUN_FIELDS:
+        elif (top and prefix in RUN_FIELDS) or prefix.rpartition(".")[2] in COUNT_FIELDS:
             return
         elif value is None:
             out[prefix] = None

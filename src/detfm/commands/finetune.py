@@ -96,6 +96,9 @@ def _finetune(args: argparse.Namespace) -> int:
               f"({n} classes), {_fmt(ev[spec.headline])} (without {spec.class_names[spec.excluded_class]})")
     if isinstance(ev.get("f1"), dict):
         print("F1 per class: " + ", ".join(f"{k} {_fmt(v)}" for k, v in ev["f1"].items()))
+    if isinstance(ev.get("per_particle"), dict):
+        print("particles tagged (at least half their voxels right): " + ", ".join(
+            f"{k} {_fmt(v['tagged'])} of {v['pieces']}" for k, v in ev["per_particle"].items() if v["pieces"]))
     print(f"run directory: {args.out} (scores in eval.json)")
     if result.train.stopped_early:
         print(f"stopped by the time limit at step {result.train.steps} of {cfg.train.steps}: the scores are "

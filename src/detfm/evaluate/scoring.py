@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from detfm.data import EventDataset, PackedBatch, collate
 from detfm.errors import DetfmError
+from detfm.evaluate.instances import InstanceTally
 from detfm.evaluate.metrics import (
     accuracy,
     confusion_matrix,
@@ -93,22 +94,29 @@ def eval_batches(module: nn.Module, dataset: Any, batch_size: int = 8, progress:
 
 
 def task_confusion(task: nn.Module, dataset: EventDataset, num_classes: int, excluded: int | None = None,
-                   batch_size: int = 8, progress: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+                   batch_size: int = 8, progress: bool = False, tally: InstanceTally | None = None
+                   ) -> tuple[np.ndarray, np.ndarray | None]:
     """Confusion matrices (rows: truth) of ``task.scored_items`` over ``dataset``: over all
     classes, and (when ``excluded`` is given) without the items of that class, predicted by
-    the argmax over the other classes' logits."""
+    the argmax over the other classes' logits.
+
+    ``tally`` (point tasks on data with instance labels): also collect each true particle's
+    recall, a point of a kept class predicted as in the view without ``excluded``."""
     cm = np.zeros((num_classes, num_classes), dtype=np.int64)
     cm_kept = None if excluded is None else np.zeros((num_classes - 1, num_classes - 1), dtype=np.int64)
-    for _, batch in eval_batches(task, dataset, batch_size, progress):
+    for first, batch in eval_batches(task, dataset, batch_size, progress):
         truth, logits = task.scored_items(batch)
         truth, logits = truth.cpu().numpy(), logits.float().cpu().numpy()
         scored = truth >= 0
-        cm += confusion_matrix(truth[scored], logits[scored].argmax(axis=-1), num_classes)
+        pred = logits.argmax(axis=-1)
+        cm += confusion_matrix(truth[scored], pred[scored], num_classes)
         if cm_kept is not None and excluded is not None:
             keep = scored & (truth != excluded)
-            pred = argmax_without(logits[keep], excluded)
+            pred[keep] = argmax_without(logits[keep], excluded)
             cm_kept += confusion_matrix(renumber_without(truth[keep], excluded),
-                                        renumber_without(pred, excluded), num_classes - 1)
+                                        renumber_without(pred[keep], excluded), num_classes - 1)
+        if tally is not None and batch.instance is not None:
+            tally.add(truth, pred, first + batch.batch_index().cpu().numpy(), batch.instance.cpu().numpy())
     return cm, cm_kept
 
 
@@ -125,8 +133,11 @@ def score_task(task: nn.Module, spec: TaskSpec, dataset: EventDataset, batch_siz
     if scorer is not None:  # the task's own scores (see register_scorer)
         return {"split": "test", "events": len(dataset), **scorer(task, spec, dataset, batch_size, progress)}
     classes = spec.class_names
-    cm, cm_kept = task_confusion(task, dataset, len(classes), spec.excluded_class, batch_size, progress)
+    tally = InstanceTally(len(classes)) if spec.unit == "point" else None
+    cm, cm_kept = task_confusion(task, dataset, len(classes), spec.excluded_class, batch_size, progress, tally)
     head = {"split": "test", "events": len(dataset)}
+    if tally is not None and tally.pieces:
+        head["per_particle"] = tally.summary(classes)
     if cm_kept is None:
         return {**head, _COUNT_KEY[spec.unit]: int(cm.sum()), "classes": list(classes),
                 "macro_f1": json_float(macro_f1(cm)), "accuracy": json_float(accuracy(cm)),
