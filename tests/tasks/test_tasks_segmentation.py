@@ -323,8 +323,45 @@ def test_pid_mean_max_pooling_concatenates_the_mean_and_the_channel_maximum(even
         torch.testing.assert_close(pooled[m, task.config.hidden:], mine.max(dim=0).values)
     with pytest.raises(ConfigError, match="linear probe pools by the mean"):
         PIDConfig(head="linear", pooling="mean_max")
-    with pytest.raises(ConfigError, match="pooling must be one of mean, mean_max"):
+    with pytest.raises(ConfigError, match="pooling must be one of mean, mean_max, mean_attention"):
         PIDConfig(pooling="median")
+
+
+def test_group_softmax_is_a_softmax_within_each_group() -> None:
+    from detfm.tasks.pid import group_softmax
+
+    score = torch.tensor([1.0, 2.0, 3.0, -1.0, 50.0, 49.0])
+    index = torch.tensor([0, 0, 0, 2, 1, 1])
+    weight = group_softmax(score, index, 3)
+    torch.testing.assert_close(weight[:3], torch.softmax(score[:3], 0))
+    torch.testing.assert_close(weight[4:], torch.softmax(score[4:], 0))  # large scores stay finite
+    assert weight[3] == 1.0
+
+
+def test_pid_attention_pooling_reads_the_points_it_learns_to_weigh(events: EventDataset) -> None:
+    batch = batch_of(events, [0, 1])
+    task = ParticleID(tiny_backbone(), PIDConfig(freeze_backbone=True, pooling="mean_attention")).eval()
+    captured: list[torch.Tensor] = []
+    task.classifier.register_forward_hook(lambda _m, args, _out: captured.append(args[0]))
+    hidden = task.config.hidden
+    with torch.no_grad():
+        task.attention_score.weight.zero_()  # equal scores: the attended mean is the mean
+        logits, inst = task.forward_instances(batch)
+        per_point = task.point_outputs(batch)
+        pooled = captured[-1]
+        assert logits.shape == (len(inst), 5) and pooled.shape == (len(inst), 2 * hidden)
+        torch.testing.assert_close(pooled[:, hidden:], pooled[:, :hidden], rtol=1e-4, atol=1e-5)
+        direction = torch.randn(hidden, generator=torch.Generator().manual_seed(0))
+        task.attention_score.weight.copy_(3000.0 * direction[None])  # unequal scores (the features are ~0.01)
+        task.forward_instances(batch)
+        for m in (0, len(inst) - 1):
+            mine = per_point[inst.point_instance == m]
+            weight = torch.softmax(3000.0 * mine @ direction, dim=0)
+            assert weight.max() > 2.0 / len(mine)  # not the plain mean any more
+            torch.testing.assert_close(captured[-1][m, hidden:], weight @ mine, rtol=1e-3, atol=1e-4)
+    loss = task.train()(batch)["loss"]
+    loss.backward()
+    assert task.attention_score.weight.grad is not None and task.attention_score.weight.grad.abs().sum() > 0
 
 
 def test_finetune_config_takes_pooling_only_where_points_are_pooled() -> None:
@@ -333,6 +370,8 @@ def test_finetune_config_takes_pooling_only_where_points_are_pooled() -> None:
     cfg = FinetuneConfig(task="pid", pooling="mean_max")
     task = build_task(cfg, tiny_backbone())
     assert isinstance(task, ParticleID) and task.config.pooling == "mean_max"
+    event = build_task(FinetuneConfig(task="event", pooling="mean_attention"), tiny_backbone())
+    assert event.config.pooling == "mean_attention" and event.attention_score is not None
     with pytest.raises(ConfigError, match="pooling applies to tasks that pool points"):
         FinetuneConfig(task="semseg", pooling="mean_max")
     with pytest.raises(ConfigError, match="linear probe pools by the mean"):

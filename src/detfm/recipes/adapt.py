@@ -142,7 +142,7 @@ class FinetuneConfig:
             ``{num_queries: 16, decoder_blocks: 2}`` (see ``detfm.tasks``); the head settings
             above are set by their own keys, not here.
         pooling: pid and event: how a particle's (event's) point features are pooled,
-            ``mean`` or ``mean_max`` (see :class:`~detfm.tasks.pid.PIDConfig`).
+            ``mean``, ``mean_max`` or ``mean_attention`` (see :class:`~detfm.tasks.pid.PIDConfig`).
         head_features: ``point`` (the backbone's per-point output) or ``multilevel`` (its
             levels concatenated at the points: Panda's linear-probe protocol, and what a
             self-distilled backbone was trained on).
@@ -218,7 +218,7 @@ class FinetuneConfig:
         if self.pooling != "mean" and "pooling" not in task_fields:
             raise ConfigError(f"pooling applies to tasks that pool points (pid, event), not to '{self.task}'")
         if self.pooling != "mean" and self.mode == "probe":
-            raise ConfigError("a linear probe pools by the mean; pooling='mean_max' needs mode head, "
+            raise ConfigError(f"a linear probe pools by the mean; pooling={self.pooling!r} needs mode head, "
                               "finetune or lora")
         own = task_fields - set(MANAGED_TASK_SETTINGS)
         for key in self.task_settings:

@@ -33,10 +33,10 @@ from detfm.tasks.base import TaskOutput
 from detfm.tasks.heads import AdaptationTask, HeadConfig
 from detfm.tasks.segmentation import event_mean_focal_loss
 
-__all__ = ["Instances", "PIDConfig", "ParticleID", "PooledClassifier", "find_instances"]
+__all__ = ["Instances", "PIDConfig", "ParticleID", "PooledClassifier", "find_instances", "group_softmax"]
 
 NUM_PID = len(get_dataset(DEFAULT_DATASET).pid_classes)  # photon, electron, muon, pion, proton
-POOLINGS = ("mean", "mean_max")
+POOLINGS = ("mean", "mean_max", "mean_attention")
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,10 @@ class PIDConfig(HeadConfig):
     ``pooling`` says how the per-point head outputs of a particle become one feature:
     ``mean``, or ``mean_max`` (the mean and the per-channel maximum side by side, so that a
     feature only a few points carry, such as the dE/dx of a shower's first centimetres that
-    tells an electron from a photon, is not averaged away). A linear probe keeps ``mean``.
+    tells an electron from a photon, is not averaged away), or ``mean_attention`` (the mean and
+    an attention-weighted mean side by side: a learned score per point, normalised by a softmax
+    over the particle's points, so the head can learn which points to read, e.g. a shower's
+    start). A linear probe keeps ``mean``.
     """
 
     num_classes: int = NUM_PID
@@ -121,11 +124,15 @@ class PooledClassifier(AdaptationTask):
     def __init__(self, backbone: nn.Module, cfg: PIDConfig) -> None:
         super().__init__(backbone, cfg, head_outputs=cfg.num_classes if cfg.head == "linear" else cfg.hidden)
         with seeded_init(cfg.seed + 1):
-            width = cfg.hidden * (2 if cfg.pooling == "mean_max" else 1)
+            width = cfg.hidden * (1 if cfg.pooling == "mean" else 2)
             self.classifier: nn.Module = (nn.Identity() if cfg.head == "linear" else
                                           nn.Sequential(nn.LayerNorm(width), nn.GELU(),
                                                         nn.Linear(width, cfg.num_classes)))
             self.classifier.apply(init_weights)
+            # mean_attention: one score per point from its head output
+            self.attention_score = nn.Linear(cfg.hidden, 1) if cfg.pooling == "mean_attention" else None
+            if self.attention_score is not None:
+                self.attention_score.apply(init_weights)
 
     def pooled_logits(self, batch: PackedBatch, group: torch.Tensor, num_groups: int,
                       generator: torch.Generator | None = None) -> torch.Tensor:
@@ -142,7 +149,21 @@ class PooledClassifier(AdaptationTask):
             peak = point.new_zeros(num_groups, point.shape[1]).scatter_reduce(
                 0, index[:, None].expand_as(values), values, reduce="amax", include_self=False)
             pooled = torch.cat([pooled, peak], dim=1)
+        elif self.attention_score is not None:
+            weight = group_softmax(self.attention_score(values).squeeze(1), index, num_groups)
+            attended = point.new_zeros(num_groups, point.shape[1]).index_add(0, index, weight[:, None] * values)
+            pooled = torch.cat([pooled, attended], dim=1)
         return self.classifier(pooled)
+
+
+def group_softmax(score: torch.Tensor, index: torch.Tensor, num_groups: int) -> torch.Tensor:
+    """Softmax of (P,) ``score`` within each group of (P,) ``index`` (0..num_groups-1): the
+    weights of a group's points sum to 1."""
+    top = score.new_full((num_groups,), float("-inf")).scatter_reduce(0, index, score, reduce="amax",
+                                                                        include_self=True)
+    e = torch.exp(score - top[index].detach())
+    total = score.new_zeros(num_groups).index_add(0, index, e)
+    return e / total[index]
 
 
 class ParticleID(PooledClassifier):
