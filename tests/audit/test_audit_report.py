@@ -243,6 +243,7 @@ def test_every_section_is_filled_from_its_inputs(full_report: tuple[Path, str]) 
     assert "1 unreadable line(s)" in p.text("training")
     evaluation = p.text("evaluation")
     assert "purity" in evaluation and "0.41" in evaluation
+    assert "tagged (≥ half right)" in evaluation  # the semseg run's per-particle scores
     assert "pretrained/finetune" in p.text("label-efficiency") and "0.6 ± 0.02 (3)" in p.text("label-efficiency")
     assert "gain_up" in p.text("systematics") and "0.12" in p.text("systematics")
     assert "f1_track" in p.text("systematics") and "runs/ft" in p.text("systematics")

@@ -65,7 +65,14 @@ def _eval_details(scores: dict[str, Any], kind: str, run: Path) -> str:
     rec = scores.get("recall" if kind == "semseg" else "efficiency") or {}
     names = ("precision", "recall") if kind == "semseg" else ("purity", "efficiency")
     rows = [(_esc(c), _num(f1.get(c)), _num(prec.get(c)), _num(rec.get(c))) for c in classes]
-    out = [_table(("class", "F1", *names), rows)] if rows else []
+    header: tuple[str, ...] = ("class", "F1", *names)
+    per_particle = scores.get("per_particle")
+    if isinstance(per_particle, dict):  # semseg: each true particle's share of right voxels
+        header += ("particles", "tagged (≥ half right)", "mean particle recall")
+        pieces = [per_particle.get(c) if isinstance(per_particle.get(c), dict) else {} for c in classes]
+        rows = [(*row, _num(p.get("pieces")), _num(p.get("tagged")), _num(p.get("mean_recall")))
+                for row, p in zip(rows, pieces, strict=True)]
+    out = [_table(header, rows)] if rows else []
     confusion = scores.get("confusion")
     if isinstance(confusion, list) and confusion:
         cm = np.asarray(confusion, dtype=np.float64)
