@@ -191,7 +191,8 @@ def flatten_metrics(scores: Mapping[str, Any]) -> dict[str, float | None]:
     """Every numeric score of an ``eval.json``, nested dicts flattened with dots (``f1.track``).
 
     Lists (confusion matrices, class weights), strings and the run's counts
-    (:data:`RUN_FIELDS`, and :data:`COUNT_FIELDS` at any depth) are left out; null values (undefined metrics) are kept as None.
+    (:data:`RUN_FIELDS`, and :data:`COUNT_FIELDS` at any depth) are left out; null values
+    (undefined metrics) are kept as None.
     """
     out: dict[str, float | None] = {}
 
