@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 from pathlib import Path
 
 import h5py
@@ -317,69 +316,6 @@ def test_event_task_through_the_recipe(events: Path, tmp_path: Path) -> None:
         assert probs.shape == (len(read_events(events)), 5) and h5.attrs["task"] == "event"
         np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
         assert np.array_equal(h5["event_pred"][:], probs.argmax(axis=1))
-
-
-def test_label_efficiency_study_grid_spread_and_continuation(events: Path, pretrained: Path, tmp_path: Path,
-                                                             capsys: pytest.CaptureFixture[str]) -> None:
-    out = tmp_path / "study"
-    argv = ["study", "label-efficiency", "--backbone", str(pretrained), "--data", str(events), "--labels", "2",
-            "--seeds", "0,1", "--modes", "head", "--steps", "1", "--out", str(out), "--quiet"]
-    cfg_path = tmp_path / "cfg.yaml"
-    cfg_path.write_text("max_eval_events: 1\ndata: {rotate: false}\n")
-    assert main([*argv, "--config", str(cfg_path)]) == 0
-    assert "macro_f1_4 (mean ± std over seeds)" in capsys.readouterr().out
-    study = json.loads((out / "results.json").read_text())
-    assert {(r["variant"], r["labels"], r["seed"]) for r in study["runs"]} == {
-        (f"{b}/head", 2, s) for b in ("pretrained", "scratch") for s in (0, 1)}
-    for name in ("pretrained/head", "scratch/head"):
-        values = [r["macro_f1_4"] for r in study["runs"] if r["variant"] == name]
-        summary = study["summary"][name]["2"]
-        assert summary["n"] == 2 and summary["mean"] == pytest.approx(np.mean(values))
-        assert summary["std"] == pytest.approx(np.std(values, ddof=1))
-        track = [r["scores"]["f1_4"]["track"] for r in study["runs"] if r["variant"] == name]
-        assert study["per_class_f1"][name]["2"]["track"] == pytest.approx(np.mean(track))
-    assert (out / "label_efficiency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    # the scratch baseline copies the pretraining run's architecture, with other weights
-    assert ((out / "scratch_head_n2_s0" / "backbone.yaml").read_text()
-            == (out / "pretrained_head_n2_s0" / "backbone.yaml").read_text())
-    # a second call reads the finished points instead of retraining them
-    stamp = (out / "scratch_head_n2_s1" / "model.safetensors").stat().st_mtime_ns
-    assert main([*argv, "--config", str(cfg_path)]) == 0
-    assert (out / "scratch_head_n2_s1" / "model.safetensors").stat().st_mtime_ns == stamp
-    # --collect rebuilds the summary from the finished runs alone, also of runs added by hand
-    before = json.loads((out / "results.json").read_text())
-    shutil.copytree(out / "scratch_head_n2_s1", out / "scratch_head_n3_s0")
-    (out / "results.json").unlink()
-    assert main(["study", "label-efficiency", "--collect", "--out", str(out)]) == 0
-    after = json.loads((out / "results.json").read_text())
-    assert after["summary"]["pretrained/head"] == before["summary"]["pretrained/head"]
-    assert after["summary"]["scratch/head"]["3"]["n"] == 1
-    assert main(["study", "label-efficiency", "--out", str(out)]) == 2
-    assert "--backbone, --data, --labels required" in capsys.readouterr().err
-
-
-def test_label_efficiency_study_takes_the_task_of_its_config(events: Path, pretrained: Path, tmp_path: Path) -> None:
-    # without --task, the --config's task is studied (a default of semseg once overrode it)
-    cfg_path = tmp_path / "event.yaml"
-    cfg_path.write_text("task: event\nmax_eval_events: 2\ndata: {rotate: false}\n")
-    out = tmp_path / "study"
-    assert main(["study", "label-efficiency", "--backbone", str(pretrained), "--data", str(events), "--labels", "2",
-                 "--seeds", "0,", "--modes", "head", "--steps", "1", "--no-scratch", "--config", str(cfg_path),
-                 "--out", str(out), "--quiet"]) == 0
-    assert json.loads((out / "pretrained_head_n2_s0" / "eval.json").read_text())["task"] == "event"
-
-
-def test_label_efficiency_study_checks_counts_and_modes_first(events: Path, pretrained: Path, tmp_path: Path,
-                                                              capsys: pytest.CaptureFixture[str]) -> None:
-    argv = ["study", "label-efficiency", "--backbone", str(pretrained), "--data", str(events), "--steps", "1",
-            "--out", str(tmp_path / "s"), "--quiet"]
-    assert main([*argv, "--labels", "2,10000"]) == 2
-    assert "10000 labeled events" in capsys.readouterr().err
-    assert not (tmp_path / "s").exists()  # nothing trained before the check
-    assert main([*argv, "--labels", "2", "--modes", "probe,tune"]) == 2
-    assert "unknown mode(s) tune" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main([*argv, "--labels", "2,x"])
 
 
 @pytest.mark.parametrize("backbone", ["scratch", "pretrained"])

@@ -57,8 +57,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--collect", action="store_true",
                    help="train nothing: rebuild results.json, the table and the plot from the finished runs in --out")
+    p.add_argument("--combine", nargs="+", metavar="[NAME=]DIR",
+                   help="train nothing: one table and plot in --out from the finished runs of several study "
+                        "directories; NAME labels a directory's pretrained runs (default: the pretraining run's "
+                        "name), scratch runs are labelled by their model, e.g. --combine distill=runs/le "
+                        "mpm=runs/le_mpm runs/le_uresnet")
     p.add_argument("--out", required=True, help="study directory")
     p.set_defaults(func=_label_efficiency)
+
+
+def _named_dir(text: str) -> tuple[str | None, str]:
+    """``"distill=runs/le"`` -> ("distill", "runs/le"); ``"runs/le"`` -> (None, "runs/le")."""
+    name, sep, directory = text.partition("=")
+    if not sep:
+        return None, text
+    if not name.strip() or not directory.strip():
+        raise DetfmError(f"--combine: expected NAME=DIR or DIR, got {text!r}")
+    return name.strip(), directory.strip()
 
 
 def _missing_subcommand(parser: argparse.ArgumentParser) -> int:
@@ -69,14 +84,17 @@ def _missing_subcommand(parser: argparse.ArgumentParser) -> int:
 def _label_efficiency(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from detfm.recipes.adapt import FinetuneConfig, label_efficiency_study
     from detfm.engine import load_config
+    from detfm.recipes.adapt import FinetuneConfig
+    from detfm.recipes.label_efficiency import (collect_label_efficiency, combine_label_efficiency,
+                                                label_efficiency_study)
 
+    if args.collect and args.combine:
+        raise DetfmError("study label-efficiency: --collect (one directory) and --combine (several) exclude each other")
     check_output_dir(args.out, overwrite=True)  # a study resumes: finished points are kept
-    if args.collect:
-        from detfm.recipes.adapt import collect_label_efficiency
-
-        study = collect_label_efficiency(args.out)
+    if args.collect or args.combine:
+        study = (combine_label_efficiency([_named_dir(text) for text in args.combine], args.out) if args.combine
+                 else collect_label_efficiency(args.out))
         print(study.format())
         print(f"wrote {args.out}/results.json and {args.out}/label_efficiency.png")
         return 0
