@@ -69,8 +69,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--reference", metavar="FILE", required=True,
                    help="normal events the density and baseline are fitted on (not --normal)")
     s.add_argument("--out", metavar="DIR", required=True, help="output directory")
-    s.add_argument("--methods", default="reconstruction,density",
-                   help="comma-separated backbone methods (default reconstruction,density)")
+    s.add_argument("--methods", default=None,
+                   help="comma-separated backbone methods (default: all the run supports, reconstruction,density; "
+                        "density alone for a self-distillation run)")
     _scoring_options(s)
     s.set_defaults(func=_study)
 
@@ -162,7 +163,7 @@ def _study(args: argparse.Namespace) -> int:
     files = _named_files(args.anomalous)
     check_output_dir(args.out, overwrite=args.overwrite, outputs=("anomalies.json", "scores.npz", MANIFEST_FILE))
     check_device(args.device)
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    methods = None if args.methods is None else [m.strip() for m in args.methods.split(",") if m.strip()]
     doc = anomaly_study(args.model, args.normal, files, args.reference, args.out, methods=methods,
                         batch_size=args.batch_size, masks=args.masks, seed=args.seed,
                         neighbours=args.neighbours, device=args.device, progress=not args.quiet)
@@ -172,7 +173,7 @@ def _study(args: argparse.Namespace) -> int:
             r = entry[method]
             print(f"{name:<20} {method:<15} {r['auc']:>6.3f} {r['eff_at_1pct_fpr']:>10.3f}")
     inputs = [*run_inputs(args.model), Path(args.normal), *(Path(p) for p in files.values()), Path(args.reference)]
-    config = {**_scoring_config(args), "methods": methods, "normal": str(args.normal), "anomalous": files,
+    config = {**_scoring_config(args), "methods": [m for m in doc["methods"] if m != "baseline"], "normal": str(args.normal), "anomalous": files,
               "reference": str(args.reference), "out": str(args.out)}
     manifest = write_manifest(args.out, inputs=inputs, seeds={"masks": args.seed}, config=config,
                               device=args.device, started=started, ended=time.time(),

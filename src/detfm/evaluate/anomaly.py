@@ -2,14 +2,20 @@
 
 Three scores per event, higher = more anomalous:
 
-* ``"reconstruction"``: the masked-point-modeling loss of the pretraining run's full task
+* ``"reconstruction"``: the masked-modeling loss of the pretraining run's full task
   (encoder and decoder). For each of ``masks`` random masks, drawn per event from
   ``SeedSequence([seed, event, k])`` so that the score does not depend on the batch, the
-  event's hidden patches are predicted and scored with the training loss (Chamfer distance
-  of the points + Huber loss of the energy infilling, each averaged over the event's hidden
-  patches, weighted as in training); the score is the mean over the masks.
+  event's hidden part is predicted and scored with the training loss; the score is the mean
+  over the masks. Patch backbones (``mpm`` on ``pointmae_*``): the hidden patches' points and
+  energies (Chamfer distance + Huber loss of the energy infilling, each averaged over the
+  event's hidden patches, weighted as in training). Point-resolution backbones (``mpm`` on
+  ``ptv3_*`` / ``uresnet_*``, i.e. masked voxel modeling): the Huber loss of the energy
+  infilled at the voxels of the event's hidden grid cells. A self-distillation run has no
+  reconstruction; its events get the density score only.
 * ``"density"``: the pooled backbone feature of the event (mean and max over its tokens,
-  :func:`detfm.models.pool_tokens`), standardised with a reference set of normal events;
+  :func:`detfm.models.pool_tokens`; for point-resolution backbones, over its points'
+  multi-level features, the ones a linear probe reads), standardised with a reference set of
+  normal events;
   the score is the mean Euclidean distance to its ``neighbours`` nearest reference events
   (``density="knn"``) or its squared Mahalanobis distance to a Gaussian fitted on the
   reference (``density="mahalanobis"``). Needs a reference file of normal events.
@@ -43,13 +49,17 @@ from detfm.data import EventDataset, PackedBatch, collate
 from detfm.errors import ConfigError, DetfmError
 from detfm.io import atomic_path, atomic_write_text
 from detfm.models import pool_tokens
+from detfm.models.contract import multilevel_width
 from detfm.engine.runs import load_objective, run_settings
 from detfm.tasks import MaskedPointModeling
+from detfm.tasks.distill import SelfDistillation
 from detfm.tasks.losses import chamfer_distance, masked_mean
+from detfm.tasks.mvm import MaskedVoxelModeling
+from detfm.tasks.views import grid_mask
 
 __all__ = [
     "ANOMALIES_KIND", "BACKBONE_METHODS", "METHODS", "AnomalyScorer", "anomaly_study", "efficiency_at_fpr",
-    "event_summary", "load_pretraining_task", "roc_auc", "score_events",
+    "event_summary", "load_pretraining_task", "roc_auc", "score_events", "supported_methods",
 ]
 
 ANOMALIES_KIND = "detfm-anomalies/1"
@@ -108,9 +118,20 @@ def efficiency_at_fpr(scores_normal: Sequence[float] | np.ndarray, scores_anomal
 
 
 # ----------------------------------------------------------------------------- loading
+PretrainingTask = MaskedPointModeling | MaskedVoxelModeling | SelfDistillation
+
+
+def supported_methods(task: torch.nn.Module) -> tuple[str, ...]:
+    """The backbone methods a pretraining objective can score: self-distillation has no
+    reconstruction, so only ``density``."""
+    return ("density",) if isinstance(task, SelfDistillation) else BACKBONE_METHODS
+
+
 def load_pretraining_task(run_dir: str | os.PathLike[str], *, map_location: str = "cpu"
-                          ) -> tuple[MaskedPointModeling, float]:
-    """(the run's full masked-point-modeling task in eval mode, its energy threshold in MeV).
+                          ) -> tuple[PretrainingTask, float]:
+    """(the run's full pretraining task in eval mode, its energy threshold in MeV): masked
+    point modeling (patch backbones), masked voxel modeling or self-distillation
+    (point-resolution backbones).
 
     Raises a DetfmError if ``run_dir`` is not a pretraining run or holds no weights.
     """
@@ -121,8 +142,9 @@ def load_pretraining_task(run_dir: str | os.PathLike[str], *, map_location: str 
         task = load_objective(run, map_location=map_location)
     except ConfigError as exc:
         raise DetfmError(f"{run}: not a pretraining run ({exc})") from None
-    if not isinstance(task, MaskedPointModeling):
-        raise DetfmError(f"{run}: anomaly scores need a masked-point-modeling run, not {type(task).__name__}")
+    if not isinstance(task, (MaskedPointModeling, MaskedVoxelModeling, SelfDistillation)):
+        raise DetfmError(f"{run}: anomaly scores need a masked-modeling or self-distillation run, "
+                         f"not {type(task).__name__}")
     threshold = (run_settings(run).get("data") or {}).get("energy_threshold", 0.13)
     return task, float(threshold)
 
@@ -207,7 +229,7 @@ class AnomalyScorer:
     event of ``path`` in file order (see the module docstring).
     """
 
-    task: MaskedPointModeling
+    task: PretrainingTask
     energy_threshold: float
     batch_size: int = 8
     masks: int = 4
@@ -240,14 +262,36 @@ class AnomalyScorer:
         key = Path(path).resolve()
         if key not in self._features:
             ds = _dataset(path, self.energy_threshold)
-            out = np.full((len(ds), 2 * self.task.backbone.num_features), np.nan)
+            out = np.full((len(ds), 2 * self._feature_width()), np.nan)
             with torch.no_grad():
                 for rows, batch in _batches(ds, self.batch_size, self.progress, "features"):
                     if batch is not None:
-                        tok = self.task.backbone.encode_tokens(batch.to(self.device))
-                        out[rows] = pool_tokens(tok.tokens, tok.mask).double().cpu().numpy()
+                        out[rows] = self._pooled_features(batch.to(self.device))
             self._features[key] = out
         return self._features[key]
+
+    @property
+    def _patches(self) -> bool:
+        return isinstance(self.task, MaskedPointModeling)
+
+    def _feature_width(self) -> int:
+        backbone = self.task.backbone
+        return backbone.num_features if self._patches else multilevel_width(backbone)
+
+    def _pooled_features(self, batch: PackedBatch) -> np.ndarray:
+        """(B, 2 width): mean and max of each event's tokens (patch backbones) or of its
+        points' multi-level features (point-resolution backbones)."""
+        backbone = self.task.backbone
+        if self._patches:
+            tok = backbone.encode_tokens(batch)
+            return pool_tokens(tok.tokens, tok.mask).double().cpu().numpy()
+        feats = backbone.forward_features(batch).multilevel().double()
+        event = batch.batch_index()
+        counts = batch.counts.to(feats.dtype).clamp(min=1).unsqueeze(1)
+        mean = feats.new_zeros(len(batch), feats.shape[1]).index_add_(0, event, feats) / counts
+        peak = feats.new_full((len(batch), feats.shape[1]), float("-inf")).scatter_reduce(
+            0, event.unsqueeze(1).expand_as(feats), feats, reduce="amax", include_self=True)
+        return torch.cat([mean, peak], dim=1).cpu().numpy()
 
     def summary(self, path: str | os.PathLike[str]) -> np.ndarray:
         """(events, 2): log(1 + total energy / MeV), log(1 + points)."""
@@ -259,6 +303,9 @@ class AnomalyScorer:
 
     def reconstruction(self, path: str | os.PathLike[str]) -> np.ndarray:
         """Per-event masked reconstruction loss, mean over ``masks`` masks (NaN: nothing to hide)."""
+        if isinstance(self.task, SelfDistillation):
+            raise ConfigError("method 'reconstruction' needs a masked-modeling run (objective mpm); a "
+                              "self-distillation run scores events by 'density' only (--methods density)")
         ds = _dataset(path, self.energy_threshold)
         out = np.full(len(ds), np.nan)
         with torch.no_grad():
@@ -276,12 +323,17 @@ class AnomalyScorer:
             if len(real) == 0:
                 continue
             width = int(real[-1]) + 1  # the event's own width: the draw ignores the batch's padding
-            state = np.random.SeedSequence([self.seed, int(event), k]).generate_state(1, np.uint64)[0]
-            gen = torch.Generator().manual_seed(int(state) >> 1)
-            hidden[j, :width] = self.task.random_masking(mask[j:j + 1, :width], gen)[0]
+            hidden[j, :width] = self.task.random_masking(mask[j:j + 1, :width], self._event_generator(event, k))[0]
         return hidden.to(patch_mask.device)
 
+    def _event_generator(self, event: int, k: int) -> torch.Generator:
+        """The generator of mask ``k`` of event number ``event``: the same in any batch."""
+        state = np.random.SeedSequence([self.seed, int(event), k]).generate_state(1, np.uint64)[0]
+        return torch.Generator().manual_seed(int(state) >> 1)
+
     def _reconstruction_batch(self, batch: PackedBatch) -> np.ndarray:
+        if isinstance(self.task, MaskedVoxelModeling):
+            return self._voxel_reconstruction_batch(batch)
         task = self.task
         patches = task.backbone.group(batch)
         if batch.index is None:
@@ -308,6 +360,36 @@ class AnomalyScorer:
         out = (total / self.masks).numpy()
         out[~scored.numpy()] = np.nan
         return out
+
+    def _voxel_reconstruction_batch(self, batch: PackedBatch) -> np.ndarray:
+        """Masked voxel modeling: the energy-infilling Huber loss over each event's hidden
+        voxels, with each event's grid cells drawn on the event alone (batch-independent)."""
+        task = self.task
+        assert isinstance(task, MaskedVoxelModeling)
+        cfg = task.config
+        if batch.index is None:
+            raise DetfmError("reconstruction scores need event numbers in the batch (PackedBatch.index)")
+        event = batch.batch_index()
+        offsets = batch.offsets.cpu().tolist()
+        coord = batch.coord.cpu()
+        total = torch.zeros(len(batch), dtype=torch.float64)
+        for k in range(self.masks):
+            mask = torch.cat([grid_mask(coord[a:b], torch.tensor([0, b - a]), cfg.mask_cell, cfg.mask_ratio,
+                                        self._event_generator(int(e), k))
+                              for a, b, e in zip(offsets[:-1], offsets[1:], batch.index.tolist(), strict=True)])
+            mask = mask.to(batch.coord.device)
+            out = task.backbone.forward_features(batch, mask=mask)
+            pred = task.energy_head(out.point).squeeze(-1)
+            huber = torch.nn.functional.huber_loss(pred, batch.feat[:, cfg.energy_channel], reduction="none",
+                                                   delta=cfg.huber_delta)
+            w = mask.to(huber.dtype)
+            num = torch.zeros(len(batch), dtype=torch.float64).index_add_(0, event.cpu(), (huber * w).double().cpu())
+            den = torch.zeros(len(batch), dtype=torch.float64).index_add_(0, event.cpu(), w.double().cpu())
+            total += num / den.clamp(min=1.0)
+        hidden = torch.bincount(event.cpu(), weights=mask.double().cpu(), minlength=len(batch)) > 0
+        out_scores = (total / self.masks).numpy()
+        out_scores[~hidden.numpy()] = np.nan
+        return out_scores
 
     # -- scores ---------------------------------------------------------------------------
     def score(self, path: str | os.PathLike[str], method: str,
@@ -371,7 +453,7 @@ def _separation(normal: np.ndarray, anomalous: np.ndarray) -> dict[str, float]:
 
 def anomaly_study(pretrain_run: str | os.PathLike[str], normal_file: str | os.PathLike[str],
                   anomaly_files: Mapping[str, str | os.PathLike[str]], reference_file: str | os.PathLike[str],
-                  out_dir: str | os.PathLike[str], *, methods: Sequence[str] = BACKBONE_METHODS,
+                  out_dir: str | os.PathLike[str], *, methods: Sequence[str] | None = None,
                   batch_size: int = 8, masks: int = 4, seed: int = 0, neighbours: int = 5,
                   density: str = "knn", device: str = "cpu", progress: bool = False) -> dict[str, Any]:
     """Score ``normal_file`` and every anomalous file with each method and the baseline.
@@ -389,10 +471,11 @@ def anomaly_study(pretrain_run: str | os.PathLike[str], normal_file: str | os.Pa
     The normal file should be another sample than ``reference_file`` (held-out events).
     Returns the JSON document.
     """
-    chosen = [m for m in methods if m != "baseline"]
-    unknown = [m for m in chosen if m not in BACKBONE_METHODS]
-    if unknown or not chosen:
-        raise ConfigError(f"methods must be among {', '.join(BACKBONE_METHODS)}, got {list(methods)}")
+    if methods is not None:
+        chosen = [m for m in methods if m != "baseline"]
+        unknown = [m for m in chosen if m not in BACKBONE_METHODS]
+        if unknown or not chosen:
+            raise ConfigError(f"methods must be among {', '.join(BACKBONE_METHODS)}, got {list(methods)}")
     if not anomaly_files:
         raise ConfigError("anomaly_study needs at least one anomalous file")
     for name in anomaly_files:
@@ -400,6 +483,12 @@ def anomaly_study(pretrain_run: str | os.PathLike[str], normal_file: str | os.Pa
             raise ConfigError(f"bad signature name {name!r} (non-empty, no '/', not 'normal')")
     scorer = AnomalyScorer.from_run(pretrain_run, batch_size=batch_size, masks=masks, seed=seed,
                                     neighbours=neighbours, density=density, device=device, progress=progress)
+    supported = supported_methods(scorer.task)
+    if methods is None:
+        chosen = list(supported)
+    elif missing := [m for m in chosen if m not in supported]:
+        raise ConfigError(f"{pretrain_run}: a {type(scorer.task).__name__} run cannot score {', '.join(missing)}; "
+                          f"choose among {', '.join(supported)}")
     all_methods = [*chosen, "baseline"]
     scores: dict[str, np.ndarray] = {}
     signatures: dict[str, dict[str, Any]] = {name: {} for name in anomaly_files}
