@@ -15,23 +15,11 @@ from detfm.recipes.adapt import load_finetune_config
 from detfm.recipes.label_efficiency import combine_label_efficiency
 
 
-@pytest.fixture(scope="module")
-def events(tiny_events: Path) -> Path:
-    """The shared 20-event file (read-only)."""
-    return tiny_events
-
-
-@pytest.fixture(scope="module")
-def pretrained(tiny_pretrained: Path) -> Path:
-    """A (barely) pretrained backbone run: 2 steps of masked point modeling (shared, read-only)."""
-    return tiny_pretrained
-
-
-def test_label_efficiency_study_grid_spread_and_continuation(events: Path, pretrained: Path, tmp_path: Path,
+def test_label_efficiency_study_grid_spread_and_continuation(tiny_events: Path, tiny_pretrained: Path, tmp_path: Path,
                                                              capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "study"
-    argv = ["study", "label-efficiency", "--backbone", str(pretrained), "--data", str(events), "--labels", "2",
-            "--seeds", "0,1", "--modes", "head", "--steps", "1", "--out", str(out), "--quiet"]
+    argv = ["study", "label-efficiency", "--backbone", str(tiny_pretrained), "--data", str(tiny_events),
+            "--labels", "2", "--seeds", "0,1", "--modes", "head", "--steps", "1", "--out", str(out), "--quiet"]
     cfg_path = tmp_path / "cfg.yaml"
     cfg_path.write_text("max_eval_events: 1\ndata: {rotate: false}\n")
     assert main([*argv, "--config", str(cfg_path)]) == 0
@@ -66,20 +54,21 @@ def test_label_efficiency_study_grid_spread_and_continuation(events: Path, pretr
     assert "--backbone, --data, --labels required" in capsys.readouterr().err
 
 
-def test_label_efficiency_study_takes_the_task_of_its_config(events: Path, pretrained: Path, tmp_path: Path) -> None:
+def test_label_efficiency_study_takes_the_task_of_its_config(tiny_events: Path, tiny_pretrained: Path,
+                                                             tmp_path: Path) -> None:
     # without --task, the --config's task is studied (a default of semseg once overrode it)
     cfg_path = tmp_path / "event.yaml"
     cfg_path.write_text("task: event\nmax_eval_events: 2\ndata: {rotate: false}\n")
     out = tmp_path / "study"
-    assert main(["study", "label-efficiency", "--backbone", str(pretrained), "--data", str(events), "--labels", "2",
-                 "--seeds", "0,", "--modes", "head", "--steps", "1", "--no-scratch", "--config", str(cfg_path),
-                 "--out", str(out), "--quiet"]) == 0
+    assert main(["study", "label-efficiency", "--backbone", str(tiny_pretrained), "--data", str(tiny_events),
+                 "--labels", "2", "--seeds", "0,", "--modes", "head", "--steps", "1", "--no-scratch",
+                 "--config", str(cfg_path), "--out", str(out), "--quiet"]) == 0
     assert json.loads((out / "pretrained_head_n2_s0" / "eval.json").read_text())["task"] == "event"
 
 
-def test_label_efficiency_study_checks_counts_and_modes_first(events: Path, pretrained: Path, tmp_path: Path,
+def test_label_efficiency_study_checks_counts_and_modes_first(tiny_events: Path, tiny_pretrained: Path, tmp_path: Path,
                                                               capsys: pytest.CaptureFixture[str]) -> None:
-    argv = ["study", "label-efficiency", "--backbone", str(pretrained), "--data", str(events), "--steps", "1",
+    argv = ["study", "label-efficiency", "--backbone", str(tiny_pretrained), "--data", str(tiny_events), "--steps", "1",
             "--out", str(tmp_path / "s"), "--quiet"]
     assert main([*argv, "--labels", "2,10000"]) == 2
     assert "10000 labeled events" in capsys.readouterr().err
@@ -90,16 +79,17 @@ def test_label_efficiency_study_checks_counts_and_modes_first(events: Path, pret
         main([*argv, "--labels", "2,x"])
 
 
-def test_combine_puts_several_studies_in_one_table(events: Path, pretrained: Path, tmp_path: Path,
+def test_combine_puts_several_studies_in_one_table(tiny_events: Path, tiny_pretrained: Path, tmp_path: Path,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     cfg_path = tmp_path / "cfg.yaml"
     cfg_path.write_text("max_eval_events: 1\ndata: {rotate: false}\n")
-    common = ["--data", str(events), "--labels", "2", "--seeds", "0,", "--modes", "head", "--steps", "1",
+    common = ["--data", str(tiny_events), "--labels", "2", "--seeds", "0,", "--modes", "head", "--steps", "1",
               "--config", str(cfg_path), "--quiet"]
     # study A: a pretrained backbone and its scratch baseline; study B: the same backbone under another
     # name, without a baseline; study C: scratch only, another architecture
-    assert main(["study", "label-efficiency", "--backbone", str(pretrained), *common, "--out", str(tmp_path / "a")]) == 0
-    assert main(["study", "label-efficiency", "--backbone", str(pretrained), "--no-scratch", *common,
+    assert main(["study", "label-efficiency", "--backbone", str(tiny_pretrained), *common,
+                 "--out", str(tmp_path / "a")]) == 0
+    assert main(["study", "label-efficiency", "--backbone", str(tiny_pretrained), "--no-scratch", *common,
                  "--out", str(tmp_path / "b")]) == 0
     other = tmp_path / "other.yaml"
     other.write_text(cfg_path.read_text() + "model: ptv3_micro\nmodel_overrides: {}\n")
@@ -124,7 +114,7 @@ def test_combine_puts_several_studies_in_one_table(events: Path, pretrained: Pat
     assert (out / "label_efficiency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # unnamed: the pretraining run's directory names the variant
     unnamed = combine_label_efficiency([(None, tmp_path / "b")], tmp_path / "unnamed")
-    assert list(unnamed.summary) == [f"{pretrained.name}/head"]
+    assert list(unnamed.summary) == [f"{tiny_pretrained.name}/head"]
     # the same point from two directories, a source as --out, both flags, a bad NAME=DIR: clear errors
     with pytest.raises(DetfmError, match="is in both"):
         combine_label_efficiency([("x", tmp_path / "a"), ("x", tmp_path / "b")], tmp_path / "dup")

@@ -173,7 +173,8 @@ def _study(args: argparse.Namespace) -> int:
             r = entry[method]
             print(f"{name:<20} {method:<15} {r['auc']:>6.3f} {r['eff_at_1pct_fpr']:>10.3f}")
     inputs = [*run_inputs(args.model), Path(args.normal), *(Path(p) for p in files.values()), Path(args.reference)]
-    config = {**_scoring_config(args), "methods": [m for m in doc["methods"] if m != "baseline"], "normal": str(args.normal), "anomalous": files,
+    config = {**_scoring_config(args), "methods": [m for m in doc["methods"] if m != "baseline"],
+              "normal": str(args.normal), "anomalous": files,
               "reference": str(args.reference), "out": str(args.out)}
     manifest = write_manifest(args.out, inputs=inputs, seeds={"masks": args.seed}, config=config,
                               device=args.device, started=started, ended=time.time(),
