@@ -163,3 +163,41 @@ def test_one_point_per_event() -> None:
     assert len(np.unique(draws[:, 3])) > 15  # spread over the 27 points of the last event
     with pytest.raises(DetfmError, match="start at 0"):
         one_point_per_event(np.array([1, 3]))
+
+
+def test_event_coverage_by_hand() -> None:
+    # APS without randomisation at qhat 0.6: a set holds the top classes until their sum reaches 0.6
+    pred = ConformalPredictor(alpha=0.1, qhat=0.6, randomized=False)
+    probs = np.array([[0.7, 0.2, 0.1], [0.7, 0.2, 0.1], [0.7, 0.2, 0.1], [0.1, 0.2, 0.7], [0.7, 0.2, 0.1]])
+    labels = np.array([0, 1, 0, 2, -1])  # event 0: points 0-2 (2 of 3 covered); event 1: 3 (covered) and 4 (unlabeled)
+    out = conformal_summary(pred, probs, labels, offsets=np.array([0, 3, 5]))
+    assert out["coverage"] == pytest.approx(3 / 4)  # every labeled point alike
+    assert out["event_coverage"] == pytest.approx((2 / 3 + 1) / 2) and out["events"] == 2
+    assert "event_coverage" not in conformal_summary(pred, probs, labels)
+    with pytest.raises(DetfmError, match="event boundaries"):
+        conformal_summary(pred, probs, labels, offsets=np.array([0, 3, 4]))
+
+
+def test_one_point_per_event_calibration_covers_events_not_points() -> None:
+    """Large events are harder here. Calibrated on one point per event, the sets cover a random
+    point of a random event at 1 - alpha; over all points (large events weigh more) they do not."""
+    alpha, reps, per_event, per_point = 0.1, 200, [], []
+    for rep in range(reps):
+        rng = np.random.default_rng(5000 + rep)
+        sizes = np.where(rng.random(120) < 0.5, 2, 40)
+        offsets = np.concatenate([[0], np.cumsum(sizes)])
+        noise = np.repeat(np.where(sizes == 40, 2.0, 0.2), sizes)  # big events: a worse model
+        z = rng.normal(size=(offsets[-1], 5))
+        labels = categorical(softmax(z), rng)
+        probs = softmax(2.0 * z + noise[:, None] * rng.normal(size=z.shape))
+        cal, test = 60, 60  # events
+        pick = one_point_per_event(offsets[:cal + 1], seed=rep)
+        pred = fit_conformal(probs[pick], labels[pick], alpha, "aps", seed=rep)
+        a = offsets[cal]
+        out = conformal_summary(pred, probs[a:], labels[a:], seed=rep, offsets=offsets[cal:] - a)
+        per_event.append(out["event_coverage"])
+        per_point.append(out["coverage"])
+        assert out["events"] == test
+    sigma = float(np.std(per_event, ddof=1) / math.sqrt(reps))
+    assert abs(np.mean(per_event) - (1 - alpha)) < 3 * sigma + 1 / 61
+    assert np.mean(per_point) < 1 - alpha - 0.03  # the point-weighted figure misses the target

@@ -165,8 +165,9 @@ def test_report_has_the_documented_schema(files: dict[str, Path], tmp_path: Path
     assert list(cal["ece_before"]) == names and list(cal["ece_after"]) == names
     assert set(cal["reliability"]) == {"before", "after"}
     conf = report["conformal"]
-    assert set(conf) == {"alpha", "method", "coverage", "set_size"} and conf["method"] == "aps"
-    assert all(0 <= conf["coverage"][v] <= 1 and 0 <= conf["set_size"][v] <= 5 for v in names)
+    assert set(conf) == {"alpha", "method", "coverage", "coverage_points", "set_size"} and conf["method"] == "aps"
+    assert all(0 <= conf["coverage"][v] <= 1 and 0 <= conf["coverage_points"][v] <= 1
+               and 0 <= conf["set_size"][v] <= 5 for v in names)
     for picture in ("metrics.png", "flips.png", "reliability.png"):
         assert (out / picture).stat().st_size > 1000
     table = format_systematics(report)

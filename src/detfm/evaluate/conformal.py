@@ -203,17 +203,37 @@ def mean_set_size(sets: np.ndarray) -> float:
 
 
 def conformal_summary(predictor: ConformalPredictor, probs: np.ndarray, labels: np.ndarray,
-                      seed: int = 0) -> dict[str, float | int]:
+                      seed: int = 0, offsets: np.ndarray | None = None) -> dict[str, float | int]:
     """Coverage and mean set size on the labeled points: ``{"coverage", "set_size", "n", "target"}``
-    (``target`` is ``1 - alpha``). ``seed`` seeds the uniforms of randomized scores."""
+    (``target`` is ``1 - alpha``). ``seed`` seeds the uniforms of randomized scores.
+
+    With ``offsets`` (the (E + 1,) event boundaries of the points) it adds
+    ``"event_coverage"``, the mean over events of the fraction of each event's labeled points
+    covered, and ``"events"``, how many events have labeled points. That is the probability
+    that a random point of a random event is covered: what a predictor calibrated on
+    :func:`one_point_per_event` guarantees. ``"coverage"`` weighs every point alike, so large
+    events count more; the two differ when coverage depends on an event's size."""
     p = as_probs(probs)
     y = as_labels(labels, p.shape[0], p.shape[1])
     keep = y >= 0
     if not keep.any():
         raise DetfmError("no labeled points (every label is negative or there are no points)")
     sets = predictor.predict_sets(p[keep], np.random.default_rng(seed))
-    return {"coverage": coverage(sets, y[keep]), "set_size": mean_set_size(sets), "n": int(keep.sum()),
-            "target": 1.0 - predictor.alpha}
+    out: dict[str, float | int] = {"coverage": coverage(sets, y[keep]), "set_size": mean_set_size(sets),
+                                   "n": int(keep.sum()), "target": 1.0 - predictor.alpha}
+    if offsets is not None:
+        o = np.asarray(offsets, np.int64)
+        if o.ndim != 1 or o.size < 1 or o[0] != 0 or o[-1] != p.shape[0] or (np.diff(o) < 0).any():
+            raise DetfmError(f"offsets must be event boundaries from 0 to the {p.shape[0]} points, got {o.shape} "
+                             f"ending at {o[-1] if o.size else None}")
+        event = np.repeat(np.arange(o.size - 1), np.diff(o))[keep]
+        covered = sets[np.arange(len(sets)), y[keep]].astype(np.float64)
+        hits = np.bincount(event, weights=covered, minlength=o.size - 1)
+        counts = np.bincount(event, minlength=o.size - 1)
+        labeled = counts > 0
+        out["event_coverage"] = float((hits[labeled] / counts[labeled]).mean())
+        out["events"] = int(labeled.sum())
+    return out
 
 
 def one_point_per_event(offsets: np.ndarray, seed: int = 0) -> np.ndarray:

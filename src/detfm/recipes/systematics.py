@@ -22,7 +22,10 @@ What :func:`evaluate_systematics` measures for a segmentation (``semseg``) run, 
 * split-conformal prediction sets (APS, miscoverage ``alpha``) calibrated on the nominal
   calibration part with *one random point per event* (points of one event are not
   exchangeable; one per event are), on temperature-scaled probabilities; coverage and mean
-  set size are measured on *all* points of every variation's evaluation part. With fewer
+  set size are measured on *all* points of every variation's evaluation part. ``coverage``
+  is the mean over events of each event's covered fraction (the probability that a random
+  point of a random event is covered: what the calibration guarantees), ``coverage_points``
+  the fraction of all points (large events weigh more). With fewer
   calibration events than level ``1 - alpha`` needs (``ceil((1 - alpha) / alpha)``, 9 at
   alpha 0.1), all points of the calibration events are used instead.
 
@@ -515,6 +518,7 @@ def _measure(task: Any, files: Mapping[str, Path], names: Sequence[str], ids: np
     ece_before: dict[str, float] = {}
     ece_after: dict[str, float] = {}
     coverage: dict[str, float] = {}
+    coverage_points: dict[str, float] = {}
     set_size: dict[str, float] = {}
     for name in (NOMINAL, *names):
         cur = nom if name == NOMINAL else _collect(task, files[name], ids, threshold, data_seed, batch_size,
@@ -522,7 +526,7 @@ def _measure(task: Any, files: Mapping[str, Path], names: Sequence[str], ids: np
         cm5[name], cm4[name] = cur.cm5, cur.cm4
         flips[name] = summarize_flips(flip_fractions(nom.coords, nom.pred, nom.offsets,
                                                      cur.coords, cur.pred, cur.offsets))
-        idx, _ = _point_index(cur.offsets, eval_events)
+        idx, idx_offsets = _point_index(cur.offsets, eval_events)
         labels = cur.labels[idx]
         raw = softmax(cur.logits[idx])
         probs = softmax(cur.logits[idx], temperature)
@@ -531,14 +535,16 @@ def _measure(task: Any, files: Mapping[str, Path], names: Sequence[str], ids: np
         if name == NOMINAL:
             curves = {"before": reliability_curve(raw, labels),
                       "after": reliability_curve(probs, labels)}
-        conf = conformal_summary(predictor, probs, labels, seed=seed)
-        coverage[name], set_size[name] = float(conf["coverage"]), float(conf["set_size"])
+        conf = conformal_summary(predictor, probs, labels, seed=seed, offsets=idx_offsets)
+        coverage[name], set_size[name] = float(conf["event_coverage"]), float(conf["set_size"])
+        coverage_points[name] = float(conf["coverage"])
     metrics, differences = bootstrap_metrics(cm5, cm4, n_boot=n_boot, seed=seed)
     return curves, {
         "variations": [NOMINAL, *names], "metrics": metrics, "differences": differences, "flip_fraction": flips,
         "calibration": {"temperature": temperature, "ece_before": ece_before, "ece_after": ece_after,
                         "reliability": _reliability(summary.get("reliability"))},
-        "conformal": {"alpha": alpha, "method": "aps", "coverage": coverage, "set_size": set_size},
+        "conformal": {"alpha": alpha, "method": "aps", "coverage": coverage, "coverage_points": coverage_points,
+                      "set_size": set_size},
     }
 
 
@@ -666,14 +672,15 @@ def format_systematics(report: Mapping[str, Any]) -> str:
     lines = [f"{report['model']}: {report['events']} events, {headline} with 68 % bootstrap intervals, "
              f"T = {_fmt(cal['temperature'], 2)}, conformal {conf['method']} alpha = {conf['alpha']}",
              f"{'variation':<16}{headline:>24}{'shift':>24}{'flips':>8}{'ECE':>8}{'ECE(T)':>8}"
-             f"{'cover':>8}{'|set|':>7}"]
+             f"{'cover':>8}{'cov/pt':>8}{'|set|':>7}"]
     for v in report["variations"]:
         m, d = report["metrics"][v][headline], report["differences"][v][headline]
         cell = f"{_fmt(m['value'])} [{_fmt(m['lo'])}, {_fmt(m['hi'])}]"
         shift = "" if v == NOMINAL else f"{_signed(d['value'])} [{_signed(d['lo'])}, {_signed(d['hi'])}]"
         flips = "" if v == NOMINAL else _fmt(report["flip_fraction"][v]["mean"])
         lines.append(f"{v:<16}{cell:>24}{shift:>24}{flips:>8}{_fmt(cal['ece_before'][v]):>8}"
-                     f"{_fmt(cal['ece_after'][v]):>8}{_fmt(conf['coverage'][v]):>8}{_fmt(conf['set_size'][v], 2):>7}")
+                     f"{_fmt(cal['ece_after'][v]):>8}{_fmt(conf['coverage'][v]):>8}"
+                     f"{_fmt((conf.get('coverage_points') or {}).get(v)):>8}{_fmt(conf['set_size'][v], 2):>7}")
     return "\n".join(lines)
 
 
