@@ -91,10 +91,12 @@ def test_combine_puts_several_studies_in_one_table(tiny_events: Path, tiny_pretr
                  "--out", str(tmp_path / "a")]) == 0
     assert main(["study", "label-efficiency", "--backbone", str(tiny_pretrained), "--no-scratch", *common,
                  "--out", str(tmp_path / "b")]) == 0
-    other = tmp_path / "other.yaml"
-    other.write_text(cfg_path.read_text() + "model: ptv3_micro\nmodel_overrides: {}\n")
-    assert main(["study", "label-efficiency", "--backbone", "scratch", *common[:-3], "--config", str(other), "--quiet",
+    assert main(["study", "label-efficiency", "--backbone", "scratch", "--model", "ptv3_micro", *common,
                  "--out", str(tmp_path / "c")]) == 0
+    assert load_finetune_config(tmp_path / "c" / "scratch_head_n2_s0").model_overrides == {}  # no patch sizes
+    assert main(["study", "label-efficiency", "--backbone", str(tiny_pretrained), "--model", "ptv3_micro", *common,
+                 "--out", str(tmp_path / "d")]) == 2
+    assert "--backbone scratch only" in capsys.readouterr().err
     capsys.readouterr()
     out = tmp_path / "all"
     assert main(["study", "label-efficiency", "--combine", f"first={tmp_path / 'a'}", f"second={tmp_path / 'b'}",

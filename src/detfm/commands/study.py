@@ -40,6 +40,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                        "OUT/results.txt (mean ± std over seeds) and OUT/label_efficiency.png. "
                                        "Finished points are not rerun.")
     p.add_argument("--backbone", metavar="RUN_DIR|scratch", help="a pretraining run, or 'scratch' (required)")
+    p.add_argument("--model", help="with --backbone scratch: the architecture (default: the --config's model), "
+                                   "e.g. uresnet_micro for a sparse-conv U-Net baseline")
     p.add_argument("--data", nargs="+", metavar="FILE", help="labeled event files (required)")
     p.add_argument("--labels", nargs="+", type=_int_list, metavar="N[,N...]",
                    help="label counts, e.g. 10,100,1000,10000 (required)")
@@ -106,6 +108,14 @@ def _label_efficiency(args: argparse.Namespace) -> int:
     if not labels:
         raise DetfmError("study: --labels needs at least one count, e.g. --labels 10,100,1000")
     cfg = load_config(FinetuneConfig, args.config) if args.config else FinetuneConfig()
+    if args.model:
+        if args.backbone != "scratch":
+            raise DetfmError("study label-efficiency: --model chooses the architecture of --backbone scratch only "
+                             "(a pretrained backbone brings its own)")
+        from detfm.commands.finetune import _overrides_for
+
+        cfg = dataclasses.replace(cfg, model=args.model,
+                                  model_overrides=_overrides_for(args.model, cfg.model_overrides))
     modes = args.modes or [cfg.mode]
     train_over = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size), ("lr", args.lr))
                   if v is not None}
