@@ -369,27 +369,20 @@ class AnomalyScorer:
         cfg = task.config
         if batch.index is None:
             raise DetfmError("reconstruction scores need event numbers in the batch (PackedBatch.index)")
-        event = batch.batch_index()
         offsets = batch.offsets.cpu().tolist()
         coord = batch.coord.cpu()
         total = torch.zeros(len(batch), dtype=torch.float64)
+        scored = torch.zeros(len(batch), dtype=torch.bool)
         for k in range(self.masks):
             mask = torch.cat([grid_mask(coord[a:b], torch.tensor([0, b - a]), cfg.mask_cell, cfg.mask_ratio,
                                         self._event_generator(int(e), k))
                               for a, b, e in zip(offsets[:-1], offsets[1:], batch.index.tolist(), strict=True)])
-            mask = mask.to(batch.coord.device)
-            out = task.backbone.forward_features(batch, mask=mask)
-            pred = task.energy_head(out.point).squeeze(-1)
-            huber = torch.nn.functional.huber_loss(pred, batch.feat[:, cfg.energy_channel], reduction="none",
-                                                   delta=cfg.huber_delta)
-            w = mask.to(huber.dtype)
-            num = torch.zeros(len(batch), dtype=torch.float64).index_add_(0, event.cpu(), (huber * w).double().cpu())
-            den = torch.zeros(len(batch), dtype=torch.float64).index_add_(0, event.cpu(), w.double().cpu())
-            total += num / den.clamp(min=1.0)
-        hidden = torch.bincount(event.cpu(), weights=mask.double().cpu(), minlength=len(batch)) > 0
-        out_scores = (total / self.masks).numpy()
-        out_scores[~hidden.numpy()] = np.nan
-        return out_scores
+            losses, hidden = task.event_losses(batch, mask.to(batch.coord.device))
+            total += losses.double().cpu()
+            scored |= hidden.cpu() > 0
+        out = (total / self.masks).numpy()
+        out[~scored.numpy()] = np.nan
+        return out
 
     # -- scores ---------------------------------------------------------------------------
     def score(self, path: str | os.PathLike[str], method: str,

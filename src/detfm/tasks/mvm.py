@@ -56,6 +56,16 @@ class MaskedVoxelModeling(nn.Module):
     def forward(self, batch: PackedBatch, generator: torch.Generator | None = None) -> TaskOutput:
         generator = generator or self.make_generator()
         mask = grid_mask(batch.coord, batch.offsets, self.config.mask_cell, self.config.mask_ratio, generator)
+        per_event, _ = self.event_losses(batch, mask, generator)
+        loss = per_event.mean()
+        return {"loss": loss, "outputs": {"energy": loss.detach(), "masked_fraction": mask.float().mean()}}
+
+    def event_losses(self, batch: PackedBatch, mask: torch.Tensor, generator: torch.Generator | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(loss, hidden)`` per event under the (P,) bool ``mask``: the Huber loss of the
+        infilled energy averaged over the event's hidden voxels (0 when none is hidden), and
+        how many are hidden. Training averages the first over events; anomaly scores read it
+        event by event."""
         out = self.backbone.forward_features(batch, generator=generator, mask=mask)
         pred = self.energy_head(out.point).squeeze(-1)
         target = batch.feat[:, self.config.energy_channel]
@@ -64,5 +74,4 @@ class MaskedVoxelModeling(nn.Module):
         w = mask.float()
         num = torch.zeros(len(batch), device=pred.device).index_add(0, event, huber * w)
         den = torch.zeros(len(batch), device=pred.device).index_add(0, event, w)
-        loss = torch.where(den > 0, num / den.clamp(min=1.0), 0.0).mean()
-        return {"loss": loss, "outputs": {"energy": loss.detach(), "masked_fraction": w.mean()}}
+        return torch.where(den > 0, num / den.clamp(min=1.0), 0.0), den
