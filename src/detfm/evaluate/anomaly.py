@@ -303,7 +303,7 @@ class AnomalyScorer:
 
     def reconstruction(self, path: str | os.PathLike[str]) -> np.ndarray:
         """Per-event masked reconstruction loss, mean over ``masks`` masks (NaN: nothing to hide)."""
-        if isinstance(self.task, SelfDistillation):
+        if "reconstruction" not in supported_methods(self.task):
             raise ConfigError("method 'reconstruction' needs a masked-modeling run (objective mpm); a "
                               "self-distillation run scores events by 'density' only (--methods density)")
         ds = _dataset(path, self.energy_threshold)
@@ -464,11 +464,9 @@ def anomaly_study(pretrain_run: str | os.PathLike[str], normal_file: str | os.Pa
     The normal file should be another sample than ``reference_file`` (held-out events).
     Returns the JSON document.
     """
-    if methods is not None:
-        chosen = [m for m in methods if m != "baseline"]
-        unknown = [m for m in chosen if m not in BACKBONE_METHODS]
-        if unknown or not chosen:
-            raise ConfigError(f"methods must be among {', '.join(BACKBONE_METHODS)}, got {list(methods)}")
+    chosen = None if methods is None else [m for m in methods if m != "baseline"]
+    if chosen is not None and (not chosen or any(m not in BACKBONE_METHODS for m in chosen)):
+        raise ConfigError(f"methods must be among {', '.join(BACKBONE_METHODS)}, got {list(methods or [])}")
     if not anomaly_files:
         raise ConfigError("anomaly_study needs at least one anomalous file")
     for name in anomaly_files:
@@ -477,9 +475,8 @@ def anomaly_study(pretrain_run: str | os.PathLike[str], normal_file: str | os.Pa
     scorer = AnomalyScorer.from_run(pretrain_run, batch_size=batch_size, masks=masks, seed=seed,
                                     neighbours=neighbours, density=density, device=device, progress=progress)
     supported = supported_methods(scorer.task)
-    if methods is None:
-        chosen = list(supported)
-    elif missing := [m for m in chosen if m not in supported]:
+    chosen = list(supported) if chosen is None else chosen
+    if missing := [m for m in chosen if m not in supported]:
         raise ConfigError(f"{pretrain_run}: a {type(scorer.task).__name__} run cannot score {', '.join(missing)}; "
                           f"choose among {', '.join(supported)}")
     all_methods = [*chosen, "baseline"]
