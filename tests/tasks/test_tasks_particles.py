@@ -33,6 +33,7 @@ from detfm.tasks.particles import (
     match_by_iou,
     matching_cost,
     particle_targets,
+    query_points,
 )
 from detfm.tasks.registry import get_task
 
@@ -83,6 +84,8 @@ def test_config_errors_are_clear() -> None:
         ParticlesConfig(num_queries=0)
     with pytest.raises(ConfigError, match="overlap_threshold"):
         ParticlesConfig(overlap_threshold=1.5)
+    with pytest.raises(ConfigError, match="query_init must be one of learned, points"):
+        ParticlesConfig(query_init="fps")
     assert ParticlesConfig().num_queries == 32
 
 
@@ -245,10 +248,52 @@ def test_bad_input_more_particles_than_queries_no_particles_no_truth() -> None:
         task(dataclasses.replace(no_truth, pid=None))
 
 
-def test_a_tiny_model_overfits_two_events(tiny_events: Path) -> None:
+# ----------------------------------------------------------------------------- point queries
+def test_query_points_spread_over_the_candidates_of_each_event() -> None:
+    # event 0: 6 points on a line, the last two not candidates; event 1: 2 points, none a
+    # candidate (so all of its points are used); event 2: empty
+    coord = torch.tensor([[0.0, 0, 0], [1, 0, 0], [2, 0, 0], [9, 0, 0], [50, 0, 0], [60, 0, 0],
+                          [5.0, 5, 5], [7, 5, 5]])
+    batch = PackedBatch(coord=coord, feat=torch.ones(8, 1), energy=torch.ones(8), offsets=torch.tensor([0, 6, 8, 8]),
+                        index=torch.arange(3))
+    candidate = torch.tensor([True, True, True, True, False, False, False, False])
+    slot = query_points(batch, candidate, num_queries=3)
+    assert slot.shape == (3, 3)
+    # farthest-point order from the first candidate: 0, then 3 (farthest candidate), then 1 or 2
+    assert slot[0, :2].tolist() == [0, 3] and slot[0, 2] in (1, 2)
+    assert sorted(slot[1].tolist()) == [0, 0, 1]  # 2 points for 3 queries: reused in turn
+    assert slot[2].tolist() == [0, 0, 0]  # an empty event points at padding position 0
+    # an event's slots do not depend on the other events of the batch
+    alone = PackedBatch(coord=coord[:6], feat=torch.ones(6, 1), energy=torch.ones(6), offsets=torch.tensor([0, 6]),
+                        index=torch.arange(1))
+    assert query_points(alone, candidate[:6], num_queries=3).tolist() == slot[:1].tolist()
+
+
+def test_point_queries_train_every_parameter_and_keep_events_apart() -> None:
+    a = hand_batch([6], instance=[0, 0, 0, 1, 1, -1], pid=[2, 2, 2, 4, 4, 5], semantic=[1, 1, 1, 1, 1, 4])
+    b = hand_batch([5], instance=[2, 2, 2, 2, -1], pid=[1, 1, 1, 1, 5], semantic=[0, 0, 0, 0, 4])
+    both = collate_batches(a, b)
+    task = small_task(query_init="points").eval()
+    assert task(both)["loss"].item() == pytest.approx((task(a)["loss"].item() + task(b)["loss"].item()) / 2,
+                                                      rel=1e-5)
+    sets_a = task.forward_sets(a)[0]
+    sets_ab = task.forward_sets(both)[0]
+    torch.testing.assert_close(sets_ab[-1].cls[0], sets_a[-1].cls[0], atol=1e-5, rtol=1e-5)
+    task.train()
+    out = task(both)
+    out["loss"].backward()
+    unused = [n for n, p in task.named_parameters() if p.requires_grad and p.grad is None and "backbone." not in n]
+    assert unused == []  # DDP without find_unused_parameters
+    assert task.query_from_point.weight.grad.abs().sum() > 0  # type: ignore[union-attr]
+    learned = small_task()
+    assert learned.query_from_point is None  # the default keeps the learned queries (and old checkpoints)
+
+
+@pytest.mark.parametrize("query_init", ["learned", "points"])
+def test_a_tiny_model_overfits_two_events(tiny_events: Path, query_init: str) -> None:
     dataset = EventDataset([tiny_events], transform=Subsample(300))
     batch = collate([dataset[0], dataset[1]])
-    task = small_task(hidden=32, num_queries=12, decoder_blocks=2, seed=1)
+    task = small_task(hidden=32, num_queries=12, decoder_blocks=2, seed=1, query_init=query_init)
     opt = torch.optim.AdamW(task.parameters(), lr=3e-3)
     losses = []
     for _ in range(80):

@@ -7,8 +7,14 @@ Panda detector head uses on its frozen point features:
 * **mask features**: the shared :class:`~detfm.tasks.heads.PointHead` maps the backbone's
   per-point output to ``hidden`` features per point (linear in probe mode), then a
   LayerNorm (unit-scale features, so the mask logits' dot products learn from the start);
-* **queries**: ``num_queries`` learned query features and positional embeddings, the same
-  for every event;
+* **queries** (``query_init``): ``learned``: ``num_queries`` learned query features and
+  positional embeddings, the same for every event (Mask2Former); ``points``: each event's
+  own points, as Mask3D initialises its queries (Schult et al. 2023). Farthest-point
+  sampling picks ``num_queries`` of the points the semantic head does not call low-energy
+  (all points of an event where it calls every point low-energy); a query starts from the
+  mask feature of its point (a linear map, plus a small learned per-slot feature that keeps
+  the slots of an event with fewer points apart) and takes the coordinate embedding of its
+  point as positional embedding, so every query starts *at* some particle;
 * **decoder blocks** (``decoder_blocks``, post-norm as in Mask2Former): masked
   cross-attention to the points *of the query's own event* (a query attends only to the
   points its previous mask prediction holds, ``sigmoid(mask) >= 0.5``; all points of its
@@ -76,9 +82,10 @@ from detfm.tasks.segmentation import NUM_SEMANTIC, segmentation_loss
 
 __all__ = ["NO_OBJECT", "ParticlePredictions", "ParticleTargets", "Particles", "ParticlesConfig", "dice_cost",
            "event_local_ids", "hungarian_match", "iou_matrix", "match_by_iou", "matching_cost", "particle_labels",
-           "particle_targets", "predict_particles"]
+           "particle_targets", "predict_particles", "query_points"]
 
 NO_OBJECT = NUM_PID  # the extra class of a query that found nothing
+QUERY_INITS = ("learned", "points")
 
 
 @dataclass(frozen=True)
@@ -90,6 +97,9 @@ class ParticlesConfig(HeadConfig):
     Attributes:
         num_queries: particle queries per event (more true particles than this: the excess
             is missed).
+        query_init: ``learned`` (the same learned queries for every event) or ``points``
+            (queries started from farthest-point-sampled points of the event; see the module
+            docstring).
         decoder_blocks: masked cross-attention / self-attention / MLP blocks.
         num_heads: attention heads (``hidden`` must be a multiple).
         mlp_ratio: width of the decoder MLP relative to ``hidden``.
@@ -105,6 +115,7 @@ class ParticlesConfig(HeadConfig):
 
     num_classes: int = NUM_PID
     num_queries: int = 32
+    query_init: str = "learned"
     decoder_blocks: int = 3
     num_heads: int = 4
     mlp_ratio: float = 4.0
@@ -131,6 +142,8 @@ class ParticlesConfig(HeadConfig):
         if self.num_queries < 1 or self.decoder_blocks < 1 or self.num_heads < 1:
             raise ConfigError(f"num_queries, decoder_blocks and num_heads must be >= 1, got {self.num_queries}, "
                               f"{self.decoder_blocks}, {self.num_heads}")
+        if self.query_init not in QUERY_INITS:
+            raise ConfigError(f"query_init must be one of {', '.join(QUERY_INITS)}, got {self.query_init!r}")
         if self.hidden % self.num_heads:
             raise ConfigError(f"hidden ({self.hidden}) must be a multiple of num_heads ({self.num_heads})")
         if not self.mlp_ratio > 0:
@@ -386,6 +399,7 @@ class Particles(AdaptationTask):
         with seeded_init(cfg.seed + 2):
             self.query_feat = nn.Embedding(q, d)
             self.query_pos = nn.Embedding(q, d)
+            self.query_from_point = nn.Linear(d, d) if cfg.query_init == "points" else None
             self.memory_norm = nn.LayerNorm(d)
             self.point_pos = _MLP(3, d, d)
             self.blocks = nn.ModuleList([_DecoderBlock(d, cfg.num_heads, cfg.mlp_ratio)
@@ -397,10 +411,13 @@ class Particles(AdaptationTask):
             self.start_offset = nn.Linear(d, 3)
             self.energy_head = _MLP(d + 1, d, 1)
             self.semantic_head = nn.Linear(d, NUM_SEMANTIC)
+            if self.query_from_point is not None:
+                self.query_from_point.apply(init_weights)
             for module in (self.memory_norm, self.point_pos, self.blocks, self.decoder_norm, self.class_embed,
                            self.mask_embed, self.start_embed, self.start_offset, self.energy_head, self.semantic_head):
                 module.apply(init_weights)
-            nn.init.normal_(self.query_feat.weight, std=1.0)
+            # point queries: the per-slot feature only tells slots apart, the point carries the rest
+            nn.init.normal_(self.query_feat.weight, std=1.0 if cfg.query_init == "learned" else 0.02)
             nn.init.normal_(self.query_pos.weight, std=1.0)
         # class-loss weights: the 5 classes' (HeadConfig.class_weights) and no object's
         self.register_buffer("query_class_weights", torch.cat(
@@ -435,8 +452,15 @@ class Particles(AdaptationTask):
         energy, _ = packed_to_padded(batch.energy.float(), batch.offsets)
         mpos = self.point_pos(coord)
         b = len(batch)
-        q = self.query_feat.weight[None].expand(b, -1, -1)
-        qpos = self.query_pos.weight[None].expand(b, -1, -1)
+        if self.query_from_point is None:
+            q = self.query_feat.weight[None].expand(b, -1, -1)
+            qpos = self.query_pos.weight[None].expand(b, -1, -1)
+        else:
+            slot = query_points(batch, semantic.detach().argmax(-1) != self.stuff_class, self.config.num_queries)
+            rows = torch.arange(b, device=slot.device)[:, None]
+            q = self.query_from_point(mem[rows, slot]) + self.query_feat.weight[None]
+            # query_pos stays in the graph (DDP without find_unused_parameters) at no effect
+            qpos = mpos[rows, slot] + 0.0 * self.query_pos.weight[None]
         sets = [self._heads(q, mem, valid, coord, energy)]
         for block in self.blocks:
             blocked = (sets[-1].mask.detach() < 0.0) | ~valid[:, None, :]
@@ -554,6 +578,37 @@ class Particles(AdaptationTask):
         """Class logits (5) of every predicted particle, its event and its query."""
         pred = self.predict(batch)
         return pred.logits[:, :NUM_PID], pred.event, pred.query
+
+
+def query_points(batch: PackedBatch, candidate: torch.Tensor, num_queries: int) -> torch.Tensor:
+    """(B, num_queries) padded positions of the points each event's queries start from.
+
+    Farthest-point sampling over the event's ``candidate`` points ((P,) bool; all of the
+    event's points where none is a candidate); an event with fewer points than queries
+    reuses them in turn, an empty event gives position 0 (a padding slot that its queries'
+    masks never see).
+    """
+    from detfm.models.fps import farthest_point_sampling
+
+    counts = batch.counts
+    event = torch.repeat_interleave(torch.arange(len(batch), device=counts.device), counts)
+    has = torch.zeros(len(batch), dtype=torch.bool, device=counts.device).index_fill_(
+        0, event[candidate], True)
+    keep = torch.where(has[event], candidate, torch.ones_like(candidate))
+    chosen = torch.nonzero(keep).squeeze(1)  # packed point index of every kept point
+    kept = torch.bincount(event[chosen], minlength=len(batch))
+    nonempty = torch.nonzero(kept > 0).squeeze(1)
+    slot = torch.zeros(len(batch), num_queries, dtype=torch.long, device=counts.device)
+    if len(nonempty) == 0:
+        return slot
+    sub_offsets = torch.cat([kept.new_zeros(1), torch.cumsum(kept[nonempty], 0)])
+    backend = "numba" if batch.coord.device.type == "cpu" else "torch"
+    fps = farthest_point_sampling(batch.coord[chosen].float(), sub_offsets, num_queries, backend=backend)
+    turn = torch.arange(num_queries, device=counts.device)[None, :] % fps.counts[:, None]
+    picked = fps.index.gather(1, turn.clamp(max=fps.index.shape[1] - 1))  # (E, Q) index into chosen
+    packed = chosen[picked]
+    slot[nonempty] = packed - batch.offsets[event[packed]]
+    return slot
 
 
 def event_local_ids(point_particle: torch.Tensor, members: torch.Tensor) -> np.ndarray:
