@@ -50,6 +50,7 @@ from detfm.errors import ConfigError, DetfmError
 from detfm.io import atomic_path, atomic_write_text
 from detfm.models import pool_tokens
 from detfm.models.contract import multilevel_width
+from detfm.models.packing import group_mean_max
 from detfm.engine.runs import load_objective, run_settings
 from detfm.tasks import MaskedPointModeling
 from detfm.tasks.distill import SelfDistillation
@@ -286,11 +287,7 @@ class AnomalyScorer:
             tok = backbone.encode_tokens(batch)
             return pool_tokens(tok.tokens, tok.mask).double().cpu().numpy()
         feats = backbone.forward_features(batch).multilevel().double()
-        event = batch.batch_index()
-        counts = batch.counts.to(feats.dtype).clamp(min=1).unsqueeze(1)
-        mean = feats.new_zeros(len(batch), feats.shape[1]).index_add_(0, event, feats) / counts
-        peak = feats.new_full((len(batch), feats.shape[1]), float("-inf")).scatter_reduce(
-            0, event.unsqueeze(1).expand_as(feats), feats, reduce="amax", include_self=True)
+        mean, peak = group_mean_max(feats, batch.batch_index(), len(batch))
         return torch.cat([mean, peak], dim=1).cpu().numpy()
 
     def summary(self, path: str | os.PathLike[str]) -> np.ndarray:

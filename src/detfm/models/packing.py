@@ -61,3 +61,17 @@ def packed_to_padded(values: torch.Tensor, offsets: torch.Tensor, fill: float = 
     padded[event, position] = values
     valid = torch.arange(n_max, device=offsets.device)[None, :] < counts[:, None]
     return padded, valid
+
+
+def group_mean_max(values: torch.Tensor, index: torch.Tensor, num_groups: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-group mean and per-channel maximum of (P, C) ``values``, each (num_groups, C).
+
+    ``index`` (P,) gives each row's group, 0..num_groups-1 (packed points pooled per event:
+    ``batch.batch_index()``; per particle: its instance). A group without rows pools to zeros
+    in both.
+    """
+    size = torch.bincount(index, minlength=num_groups).clamp(min=1).to(values.dtype)
+    mean = values.new_zeros(num_groups, values.shape[1]).index_add(0, index, values) / size[:, None]
+    peak = values.new_zeros(num_groups, values.shape[1]).scatter_reduce(
+        0, index[:, None].expand_as(values), values, reduce="amax", include_self=False)
+    return mean, peak
