@@ -590,22 +590,20 @@ def query_points(batch: PackedBatch, candidate: torch.Tensor, num_queries: int) 
     """
     from detfm.models.fps import farthest_point_sampling
 
-    counts = batch.counts
-    event = torch.repeat_interleave(torch.arange(len(batch), device=counts.device), counts)
-    has = torch.zeros(len(batch), dtype=torch.bool, device=counts.device).index_fill_(
-        0, event[candidate], True)
+    event = batch.batch_index()
+    has = torch.zeros(len(batch), dtype=torch.bool, device=event.device).index_fill_(0, event[candidate], True)
     keep = torch.where(has[event], candidate, torch.ones_like(candidate))
     chosen = torch.nonzero(keep).squeeze(1)  # packed point index of every kept point
     kept = torch.bincount(event[chosen], minlength=len(batch))
     nonempty = torch.nonzero(kept > 0).squeeze(1)
-    slot = torch.zeros(len(batch), num_queries, dtype=torch.long, device=counts.device)
+    slot = torch.zeros(len(batch), num_queries, dtype=torch.long, device=event.device)
     if len(nonempty) == 0:
         return slot
     sub_offsets = torch.cat([kept.new_zeros(1), torch.cumsum(kept[nonempty], 0)])
     backend = "numba" if batch.coord.device.type == "cpu" else "torch"
     fps = farthest_point_sampling(batch.coord[chosen].float(), sub_offsets, num_queries, backend=backend)
-    turn = torch.arange(num_queries, device=counts.device)[None, :] % fps.counts[:, None]
-    picked = fps.index.gather(1, turn.clamp(max=fps.index.shape[1] - 1))  # (E, Q) index into chosen
+    turn = torch.arange(num_queries, device=event.device)[None, :] % fps.counts[:, None]
+    picked = fps.index.gather(1, turn)  # (E, Q) index into chosen
     packed = chosen[picked]
     slot[nonempty] = packed - batch.offsets[event[packed]]
     return slot
