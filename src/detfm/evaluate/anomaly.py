@@ -50,7 +50,7 @@ from detfm.errors import ConfigError, DetfmError
 from detfm.io import atomic_path, atomic_write_text
 from detfm.models import pool_tokens
 from detfm.models.contract import multilevel_width
-from detfm.models.packing import group_mean_max
+from detfm.models.packing import group_max, group_mean
 from detfm.engine.runs import load_objective, run_settings
 from detfm.tasks import MaskedPointModeling
 from detfm.tasks.distill import SelfDistillation
@@ -287,8 +287,9 @@ class AnomalyScorer:
             tok = backbone.encode_tokens(batch)
             return pool_tokens(tok.tokens, tok.mask).double().cpu().numpy()
         feats = backbone.forward_features(batch).multilevel().double()
-        mean, peak = group_mean_max(feats, batch.batch_index(), len(batch))
-        return torch.cat([mean, peak], dim=1).cpu().numpy()
+        event = batch.batch_index()
+        return torch.cat([group_mean(feats, event, len(batch)), group_max(feats, event, len(batch))],
+                         dim=1).cpu().numpy()
 
     def summary(self, path: str | os.PathLike[str]) -> np.ndarray:
         """(events, 2): log(1 + total energy / MeV), log(1 + points)."""

@@ -63,15 +63,16 @@ def packed_to_padded(values: torch.Tensor, offsets: torch.Tensor, fill: float = 
     return padded, valid
 
 
-def group_mean_max(values: torch.Tensor, index: torch.Tensor, num_groups: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-group mean and per-channel maximum of (P, C) ``values``, each (num_groups, C).
-
-    ``index`` (P,) gives each row's group, 0..num_groups-1 (packed points pooled per event:
-    ``batch.batch_index()``; per particle: its instance). A group without rows pools to zeros
-    in both.
-    """
+def group_mean(values: torch.Tensor, index: torch.Tensor, num_groups: int) -> torch.Tensor:
+    """(num_groups, C) mean of the (P, C) ``values`` of each group; ``index`` (P,) gives each
+    row's group, 0..num_groups-1 (per event: ``batch.batch_index()``; per particle: its
+    instance). A group without rows pools to zeros."""
     size = torch.bincount(index, minlength=num_groups).clamp(min=1).to(values.dtype)
-    mean = values.new_zeros(num_groups, values.shape[1]).index_add(0, index, values) / size[:, None]
-    peak = values.new_zeros(num_groups, values.shape[1]).scatter_reduce(
+    return values.new_zeros(num_groups, values.shape[1]).index_add(0, index, values) / size[:, None]
+
+
+def group_max(values: torch.Tensor, index: torch.Tensor, num_groups: int) -> torch.Tensor:
+    """(num_groups, C) per-channel maximum of each group's rows (groups as in
+    :func:`group_mean`); a group without rows pools to zeros."""
+    return values.new_zeros(num_groups, values.shape[1]).scatter_reduce(
         0, index[:, None].expand_as(values), values, reduce="amax", include_self=False)
-    return mean, peak

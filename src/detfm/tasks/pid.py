@@ -28,7 +28,7 @@ from detfm.data import PackedBatch
 from detfm.data.datasets import DEFAULT_DATASET, get_dataset
 from detfm.errors import ConfigError, DataFormatError
 from detfm.models.layers import init_weights, seeded_init
-from detfm.models.packing import group_mean_max, local_index
+from detfm.models.packing import group_max, group_mean, local_index
 from detfm.tasks.base import TaskOutput
 from detfm.tasks.heads import AdaptationTask, HeadConfig
 from detfm.tasks.segmentation import event_mean_focal_loss
@@ -142,9 +142,9 @@ class PooledClassifier(AdaptationTask):
         point = self.point_outputs(batch, generator)
         inside = group >= 0
         index, values = group[inside], point[inside]
-        pooled, peak = group_mean_max(values, index, num_groups)
+        pooled = group_mean(values, index, num_groups)
         if self.config.pooling == "mean_max":
-            pooled = torch.cat([pooled, peak], dim=1)
+            pooled = torch.cat([pooled, group_max(values, index, num_groups)], dim=1)
         elif self.attention_score is not None:
             weight = group_softmax(self.attention_score(values).squeeze(1), index, num_groups)
             attended = point.new_zeros(num_groups, point.shape[1]).index_add(0, index, weight[:, None] * values)
