@@ -140,7 +140,7 @@ class FinetuneConfig:
             ``{num_queries: 16, decoder_blocks: 2}`` (see ``detfm.tasks``); the head settings
             above are set by their own keys, not here.
         pooling: pid and event: how a particle's (event's) point features are pooled,
-            ``mean``, ``mean_max`` or ``mean_attention`` (see :class:`~detfm.tasks.pid.PIDConfig`).
+            ``mean``, ``mean_max``, ``mean_attention`` or ``set`` (see :class:`~detfm.tasks.pid.PIDConfig`).
         head_features: ``point`` (the backbone's per-point output) or ``multilevel`` (its
             levels concatenated at the points: Panda's linear-probe protocol, and what a
             self-distilled backbone was trained on).

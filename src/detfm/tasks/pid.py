@@ -32,11 +32,12 @@ from detfm.models.packing import group_max, group_mean, local_index
 from detfm.tasks.base import TaskOutput
 from detfm.tasks.heads import AdaptationTask, HeadConfig
 from detfm.tasks.segmentation import event_mean_focal_loss
+from detfm.tasks.set_pooling import SetPooling, contact_distance
 
 __all__ = ["Instances", "PIDConfig", "ParticleID", "PooledClassifier", "find_instances", "group_softmax"]
 
 NUM_PID = len(get_dataset(DEFAULT_DATASET).pid_classes)  # photon, electron, muon, pion, proton
-POOLINGS = ("mean", "mean_max", "mean_attention")
+POOLINGS = ("mean", "mean_max", "mean_attention", "set")
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,9 @@ class PIDConfig(HeadConfig):
     tells an electron from a photon, is not averaged away), or ``mean_attention`` (the mean and
     an attention-weighted mean side by side: a learned score per point, normalised by a softmax
     over the particle's points, so the head can learn which points to read, e.g. a shower's
-    start). A linear probe keeps ``mean``.
+    start), or ``set`` (a two-stage point-set encoder that also reads where each point lies in
+    its particle and how far the nearest other particle is: :mod:`detfm.tasks.set_pooling`).
+    A linear probe keeps ``mean``.
     """
 
     num_classes: int = NUM_PID
@@ -124,7 +127,10 @@ class PooledClassifier(AdaptationTask):
     def __init__(self, backbone: nn.Module, cfg: PIDConfig) -> None:
         super().__init__(backbone, cfg, head_outputs=cfg.num_classes if cfg.head == "linear" else cfg.hidden)
         with seeded_init(cfg.seed + 1):
-            width = cfg.hidden * (1 if cfg.pooling == "mean" else 2)
+            # set: the per-point head outputs and the log energy go through a set encoder
+            self.set_pool = SetPooling(cfg.hidden + 1) if cfg.pooling == "set" else None
+            width = (self.set_pool.out_features if self.set_pool is not None
+                     else cfg.hidden * (1 if cfg.pooling == "mean" else 2))
             self.classifier: nn.Module = (nn.Identity() if cfg.head == "linear" else
                                           nn.Sequential(nn.LayerNorm(width), nn.GELU(),
                                                         nn.Linear(width, cfg.num_classes)))
@@ -142,6 +148,12 @@ class PooledClassifier(AdaptationTask):
         point = self.point_outputs(batch, generator)
         inside = group >= 0
         index, values = group[inside], point[inside]
+        if self.set_pool is not None:
+            contact = contact_distance(batch.coord, batch.batch_index(), group)[inside]
+            energy = batch.energy[inside].to(values.dtype)
+            log_energy = torch.log(energy.clamp(min=1e-3))[:, None] / 3.0
+            return self.classifier(self.set_pool(torch.cat([values, log_energy], dim=1), batch.coord[inside],
+                                                 energy, contact, index, num_groups))
         pooled = group_mean(values, index, num_groups)
         if self.config.pooling == "mean_max":
             pooled = torch.cat([pooled, group_max(values, index, num_groups)], dim=1)
