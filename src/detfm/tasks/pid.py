@@ -127,8 +127,7 @@ class PooledClassifier(AdaptationTask):
     def __init__(self, backbone: nn.Module, cfg: PIDConfig) -> None:
         super().__init__(backbone, cfg, head_outputs=cfg.num_classes if cfg.head == "linear" else cfg.hidden)
         with seeded_init(cfg.seed + 1):
-            # set: the per-point head outputs and the log energy go through a set encoder
-            self.set_pool = SetPooling(cfg.hidden + 1) if cfg.pooling == "set" else None
+            self.set_pool = SetPooling(cfg.hidden) if cfg.pooling == "set" else None
             width = (self.set_pool.out_features if self.set_pool is not None
                      else cfg.hidden * (1 if cfg.pooling == "mean" else 2))
             self.classifier: nn.Module = (nn.Identity() if cfg.head == "linear" else
@@ -150,10 +149,8 @@ class PooledClassifier(AdaptationTask):
         index, values = group[inside], point[inside]
         if self.set_pool is not None:
             contact = contact_distance(batch.coord, batch.batch_index(), group)[inside]
-            energy = batch.energy[inside].to(values.dtype)
-            log_energy = torch.log(energy.clamp(min=1e-3))[:, None] / 3.0
-            return self.classifier(self.set_pool(torch.cat([values, log_energy], dim=1), batch.coord[inside],
-                                                 energy, contact, index, num_groups))
+            return self.classifier(self.set_pool(values, batch.coord[inside], batch.energy[inside].to(values.dtype),
+                                                 contact, index, num_groups))
         pooled = group_mean(values, index, num_groups)
         if self.config.pooling == "mean_max":
             pooled = torch.cat([pooled, group_max(values, index, num_groups)], dim=1)

@@ -6,7 +6,7 @@ what tells an electron from a photon: a photon's shower starts centimetres away 
 vertex it came from (the conversion gap), an electron's touches it. Set pooling is a
 two-stage PointNet over each particle's points (groups of the packed batch):
 
-1. every point gets its per-point head output, its input energy feature, its position
+1. every point gets its per-point head output, its log energy, its position
    relative to the particle's centroid in units of the particle's RMS radius (and that
    distance), and its *contact distance*: how far (in voxels) the nearest point of another
    particle of the same event lies, as ``log1p(d) / 3``, clipped at
@@ -69,14 +69,15 @@ class SetPooling(nn.Module):
     """Pool the rows of each group by the two-stage set encoder of the module docstring.
 
     Args:
-        in_features: channels of the per-point values (head outputs plus the energy feature).
+        in_features: channels of the per-point values (the head outputs); the log energy,
+            the geometry and the contact distance are added here.
         width: channels of the first stage; out_features: of the second.
     """
 
     def __init__(self, in_features: int, width: int = 64, out_features: int = 128) -> None:
         super().__init__()
-        geometry = 5  # relative x, y, z; relative distance; contact distance
-        self.first = nn.Sequential(nn.Linear(in_features + geometry, width), nn.GELU(), nn.Linear(width, width))
+        extra = 6  # log energy; relative x, y, z; relative distance; contact distance
+        self.first = nn.Sequential(nn.Linear(in_features + extra, width), nn.GELU(), nn.Linear(width, width))
         self.second = nn.Sequential(nn.Linear(2 * width, out_features), nn.GELU(),
                                     nn.Linear(out_features, out_features))
         self.out_features = 2 * out_features + 3
@@ -93,8 +94,10 @@ class SetPooling(nn.Module):
         relative = coord - group_mean(coord, index, num_groups)[index]
         radius = group_mean((relative ** 2).sum(dim=1, keepdim=True), index, num_groups).sqrt().clamp(min=1.0)
         scaled = relative / radius[index]
-        geometry = torch.cat([scaled, scaled.norm(dim=1, keepdim=True), torch.log1p(contact)[:, None] / 3.0], dim=1)
-        first = self.first(torch.cat([values, geometry], dim=1))
+        log_energy = torch.log(energy.clamp(min=1e-3))[:, None] / 3.0
+        closeness = torch.log1p(contact)[:, None] / 3.0
+        extra = torch.cat([log_energy, scaled, scaled.norm(dim=1, keepdim=True), closeness], dim=1)
+        first = self.first(torch.cat([values, extra], dim=1))
         second = self.second(torch.cat([first, group_max(first, index, num_groups)[index]], dim=1))
         total = values.new_zeros(num_groups).index_add(0, index, energy)
         scalars = torch.stack([size.log() / 5.0, total.clamp(min=1e-3).log() / 5.0, radius[:, 0].log() / 3.0], dim=1)
