@@ -277,6 +277,13 @@ def test_cli_finetune_scratch_with_arch_and_predict(events: Path, pretrained: Pa
     assert main(["finetune", "--backbone", str(pretrained), "--model", "pointmae_tiny", "--data", str(events),
                  "--out", str(tmp_path / "y")]) == 2
     assert "scratch only" in capsys.readouterr().err
+    kept = ["finetune", "--backbone", str(pretrained), "--data", str(events), "--labels", "4", "--steps", "2",
+            "--batch-size", "2", "--cache-features"]
+    assert main([*kept, "--mode", "probe", "--out", str(tmp_path / "kept")]) == 0
+    written = (tmp_path / "kept" / "config.yaml").read_text()
+    assert "cache_features: true" in written and "rotate: false" in written  # the flag turns rotation off
+    assert main([*kept, "--mode", "finetune", "--out", str(tmp_path / "kept_ft")]) == 2
+    assert "mode probe or head" in capsys.readouterr().err
 
 
 def test_pid_task_through_the_recipe(events: Path, tmp_path: Path) -> None:
@@ -354,3 +361,22 @@ def test_class_balance_weights_follow_the_class_fractions(events: Path) -> None:
     assert inverse[rare] / inverse[common] > default[rare] / default[common]
     with pytest.raises(ConfigError, match="class_weight_power must lie in"):
         FinetuneConfig(class_weight_power=-1.0)
+
+
+def test_kept_backbone_outputs_train_the_head_as_running_the_backbone_does(events: Path, pretrained: Path,
+                                                                           tmp_path: Path) -> None:
+    """``cache_features``: the backbone runs once per labeled event; the weights match a run without it."""
+    results = {name: run_finetune(config(events, pretrained, mode="head", cache_features=keep, train_steps=6),
+                                  tmp_path / name, progress=False)
+               for name, keep in (("plain", False), ("kept", True))}
+    kept = results["kept"].eval["feature_cache"]
+    assert kept["events"] == 4 and kept["events_computed"] == 4 and kept["events_served"] == 8
+    assert "feature_cache" not in results["plain"].eval
+    plain, cached = (load_file(str(tmp_path / name / "model.safetensors")) for name in ("plain", "kept"))
+    assert plain.keys() == cached.keys()
+    for key in plain:
+        torch.testing.assert_close(cached[key], plain[key], rtol=1e-4, atol=1e-5)
+    with pytest.raises(ConfigError, match="mode probe or head"):
+        config(events, mode="finetune", cache_features=True)
+    with pytest.raises(ConfigError, match="data.rotate: false"):
+        config(events, mode="head", cache_features=True, data=DataConfig(paths=(str(events),), rotate=True))

@@ -28,6 +28,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mode", choices=["probe", "head", "finetune", "lora"], help="what trains (default finetune)")
     p.add_argument("--exclude-low-energy", action="store_true", default=None,
                    help="leave low-energy deposits (class 4) out of the loss")
+    p.add_argument("--cache-features", action="store_true", default=None,
+                   help="probe/head modes: run the frozen backbone once per training event and keep its "
+                        "outputs, so later passes train only the head (turns the random rotation off)")
     p.add_argument("--steps", type=int, help="optimiser steps")
     p.add_argument("--batch-size", type=int, help="events per step (default min(8, labels))")
     p.add_argument("--lr", type=float, help="peak learning rate")
@@ -54,7 +57,8 @@ def _finetune(args: argparse.Namespace) -> int:
     check_output_dir(args.out, overwrite=True)  # a run folder we can write; a finished run is refused later
     cfg = starting_config(FinetuneConfig, args.config, args.resume, args.out, load_finetune_config)
     top = {k: v for k, v in (("backbone", args.backbone), ("task", args.task), ("labels", args.labels),
-                             ("mode", args.mode), ("exclude_low_energy", args.exclude_low_energy))
+                             ("mode", args.mode), ("exclude_low_energy", args.exclude_low_energy),
+                             ("cache_features", args.cache_features))
            if v is not None}
     if args.seed is not None:
         top["label_seed"] = None  # the label draw follows --seed
@@ -75,9 +79,11 @@ def _finetune(args: argparse.Namespace) -> int:
     train_over.update(time_limit_seconds(args))
     if args.batch_size is None and not args.config and not args.resume:
         train_over["batch_size"] = max(1, min(cfg.train.batch_size, labels))
-    cfg = dataclasses.replace(
-        cfg, **top, data=dataclasses.replace(cfg.data, paths=tuple(args.data)) if args.data else cfg.data,
-        train=dataclasses.replace(cfg.train, **train_over))
+    data_over: dict = {"paths": tuple(args.data)} if args.data else {}  # type: ignore[type-arg]
+    if args.cache_features:
+        data_over["rotate"] = False  # kept features are those of the events as stored
+    cfg = dataclasses.replace(cfg, **top, data=dataclasses.replace(cfg.data, **data_over),
+                              train=dataclasses.replace(cfg.train, **train_over))
     check_tracking(args)
     result = run_finetune(cfg, args.out, resume=args.resume)
     ev = result.eval

@@ -146,6 +146,10 @@ class FinetuneConfig:
             self-distilled backbone was trained on).
         layer_decay: layer-wise lr decay in ``finetune`` mode (1: none).
         lora_rank, lora_alpha: LoRA update rank and scale in ``lora`` mode.
+        cache_features: probe and head modes: keep the frozen backbone's outputs of every
+            training event after its first pass, so later passes run only the head (needs
+            ``data.rotate: false`` and no ``data.max_points``; see
+            :mod:`detfm.tasks.feature_cache`).
         eval_batch_size: events per batch when scoring the test split.
         max_eval_events: score only the first this many test events (None: all).
         data: files and point preparation (energy threshold, min points, rotation).
@@ -174,6 +178,7 @@ class FinetuneConfig:
     layer_decay: float = DEFAULT_LAYER_DECAY
     lora_rank: int = DEFAULT_LORA_RANK
     lora_alpha: float = DEFAULT_LORA_ALPHA
+    cache_features: bool = False
     eval_batch_size: int = 8
     max_eval_events: int | None = None
     data: DataConfig = field(default_factory=DataConfig)
@@ -228,6 +233,14 @@ class FinetuneConfig:
                 hint = f" (did you mean '{close[0]}'?)" if close else ""
                 raise ConfigError(f"unknown key task_settings.{key} for task '{self.task}'{hint}; its "
                                   f"settings are: {', '.join(sorted(own))}")
+        if self.cache_features:
+            if self.mode not in ("probe", "head"):
+                raise ConfigError(f"cache_features keeps a frozen backbone's outputs: it needs mode probe or "
+                                  f"head, not {self.mode!r}")
+            if self.data.rotate or self.data.max_points:
+                raise ConfigError("cache_features reuses each event's backbone outputs on every pass, so the "
+                                  "events must not change between passes: set data.rotate: false and "
+                                  "data.max_points: null")
         if self.exclude_low_energy and spec.excluded_class is None:
             raise ConfigError(f"exclude_low_energy applies to tasks with an excluded class (semseg), "
                               f"not to '{self.task}'")
@@ -382,6 +395,7 @@ def run_finetune(cfg: FinetuneConfig, out_dir: str | os.PathLike[str], resume: b
                                      cfg.min_class_fraction, cfg.class_weight_power)
                if cfg.class_balance else None)
     task = build_task(cfg, backbone, weights)
+    cache = task.cache_features() if cfg.cache_features else None
     train_set = build_dataset(cfg.data, cfg.train.seed, labels=True).subset(split.labeled)
     result = train(task, train_set, collate, cfg.train, out_dir, resume=resume, run_config=cfg)
 
@@ -391,6 +405,9 @@ def run_finetune(cfg: FinetuneConfig, out_dir: str | os.PathLike[str], resume: b
     scores = score_task(task, spec, test, batch_size=cfg.eval_batch_size, progress=show)
     scores = {"task": cfg.task, "mode": cfg.mode, "backbone": cfg.backbone, "labels": cfg.labels,
               "class_weights": None if weights is None else list(weights), **scores}
+    if cache is not None:
+        scores["feature_cache"] = {"events": len(cache), "bytes": cache.stats.stored_bytes,
+                                   "events_served": cache.stats.hits, "events_computed": cache.stats.misses}
     if result.stopped_early:  # scores of the weights reached within train.time_limit_s
         scores["stopped_at_step"] = {"step": result.steps, "of": cfg.train.steps}
     if _is_main_process():

@@ -22,6 +22,7 @@ from torch import nn
 from detfm.errors import ConfigError
 from detfm.models.contract import BackboneOutput, layer_ids, multilevel_width
 from detfm.models.layers import init_weights, seeded_init
+from detfm.tasks.feature_cache import DEFAULT_CACHE_BYTES, FeatureCache
 
 __all__ = ["AdaptationTask", "HeadConfig", "HeadKind", "PointHead"]
 
@@ -136,7 +137,8 @@ class AdaptationTask(nn.Module):
 
     Frozen backbone (``probe`` / ``head`` modes): its parameters do not require gradients,
     it runs in eval mode (no drop-path) under ``no_grad``, and :meth:`train` keeps it there,
-    so neither its weights nor its outputs can change.
+    so neither its weights nor its outputs can change. Such a task can keep the backbone's
+    outputs of the training events (:meth:`cache_features`), so that later passes skip it.
     """
 
     def __init__(self, backbone: nn.Module, cfg: HeadConfig, head_outputs: int | None = None) -> None:
@@ -154,6 +156,17 @@ class AdaptationTask(nn.Module):
                               head_outputs or cfg.num_classes, cfg.head, cfg.hidden, cfg.point_dim, cfg.seed)
         # A buffer, so the weights a run trained with are saved with (and restored from) its weights.
         self.register_buffer("class_weights", cfg.class_weight_tensor())
+        self.feature_cache: FeatureCache | None = None
+
+    def cache_features(self, max_bytes: int = DEFAULT_CACHE_BYTES) -> FeatureCache:
+        """Keep the frozen backbone's outputs of the events seen in training mode (see
+        :mod:`detfm.tasks.feature_cache`); the events' points must not change between passes
+        (no random rotation or subsampling). Scoring in eval mode never uses the cache."""
+        if not self.freeze_backbone:
+            raise ConfigError("only a frozen backbone's features can be kept (modes probe and head); "
+                              "a fine-tuned backbone changes every step")
+        self.feature_cache = FeatureCache(max_bytes, keep_levels=self.config.features == "multilevel")
+        return self.feature_cache
 
     def train(self, mode: bool = True) -> AdaptationTask:
         """Set training mode; a frozen backbone always stays in eval mode."""
@@ -165,6 +178,8 @@ class AdaptationTask(nn.Module):
     def encode(self, batch, generator: torch.Generator | None = None) -> BackboneOutput:  # type: ignore[no-untyped-def]
         """The backbone's per-point features (without gradients when it is frozen)."""
         if self.freeze_backbone:
+            if self.feature_cache is not None and self.training:
+                return self.feature_cache.encode(self.backbone, batch)
             with torch.no_grad():
                 return self.backbone.forward_features(batch)
         return self.backbone.forward_features(batch, generator=generator)
