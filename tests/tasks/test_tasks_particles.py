@@ -20,6 +20,7 @@ from detfm.data.transforms.subsample import Subsample
 from detfm.engine import TrainConfig
 from detfm.errors import ConfigError, DataFormatError
 from detfm.io import Event, layout
+from detfm.models.contract import BackboneOutput
 from detfm.models import create_model
 from detfm.recipes.adapt import FinetuneConfig, predict_file, run_finetune
 from detfm.recipes.pretrain import DataConfig
@@ -287,6 +288,35 @@ def test_point_queries_train_every_parameter_and_keep_events_apart() -> None:
     assert task.query_from_point.weight.grad.abs().sum() > 0  # type: ignore[union-attr]
     learned = small_task()
     assert learned.query_from_point is None  # the default keeps the learned queries (and old checkpoints)
+
+
+class _SameFeatures(torch.nn.Module):
+    """A backbone that gives every point the same features: only coordinates tell points apart."""
+
+    num_features, num_local_features = 8, 0
+
+    def forward_features(self, batch: PackedBatch, generator: torch.Generator | None = None) -> BackboneOutput:
+        return BackboneOutput(point=torch.ones(batch.num_points, 8), local=torch.zeros(batch.num_points, 0))
+
+
+def test_mask_position_lets_queries_split_particles_that_only_their_place_tells_apart() -> None:
+    """Two alike photons 150 voxels apart, on features that are the same at every point: without
+    mask_position every query's mask logit is one number over the event; with it, training finds both."""
+    batch = hand_batch([16], instance=[0] * 8 + [1] * 8, pid=[0] * 16, semantic=[0] * 16)
+    plain = Particles(_SameFeatures(), ParticlesConfig(**{**SMALL, "freeze_backbone": True}))
+    masks = plain.forward_sets(batch)[0][-1].mask
+    torch.testing.assert_close(masks, masks[..., :1].expand_as(masks))  # no query can split the event
+    task = Particles(_SameFeatures(), ParticlesConfig(**{**SMALL, "freeze_backbone": True, "mask_position": True,
+                                                         "seed": 1}))
+    opt = torch.optim.AdamW([p for p in task.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(150):
+        loss = task(batch)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    task.eval()
+    labels, _ = task.scored_items(batch)
+    assert len(labels) == 2, "both particles found at mask IoU >= 0.5"
 
 
 @pytest.mark.parametrize("query_init", ["learned", "points"])

@@ -25,6 +25,12 @@ Panda detector head uses on its frozen point features:
   query embedding with the mask features), the kinetic energy (a correction in log space on
   the calorimetric sum ``sum_i sigmoid(mask_i) E_i`` of its soft mask) and the start point
   (a softmax-weighted mean of its event's point coordinates plus a bounded offset);
+* **mask position** (``mask_position``, off by default): the mask features carry no
+  coordinates, so two particles with alike features (two photons of a pi0) get alike mask
+  logits from every query. With it on, each query also predicts a centre (a softmax-weighted
+  mean of its event's point coordinates, the keys carrying the coordinate embedding) and a
+  length ``s``, and its mask logit at a point ``x`` loses ``|x - centre| / s``, so a query can
+  hold the points of one place and not those of another;
 * **stuff**: low-energy deposits (semantic class 4; in PILArNet-M all of them and only
   them are in no particle instance) are left to a per-point semantic head (focal loss on
   all 5 semantic classes) and are in no particle's mask.
@@ -110,6 +116,8 @@ class ParticlesConfig(HeadConfig):
         start_scale: voxels per unit of the start-point loss.
         overlap_threshold: inference: a particle is kept if it keeps at least this fraction
             of its own mask's points.
+        mask_position: each query's mask logits also fall with the distance from a centre
+            it predicts (see the module docstring); off: the mask reads the features alone.
         dataset: the kind of events (class names, the low-energy class, the box size).
     """
 
@@ -132,6 +140,7 @@ class ParticlesConfig(HeadConfig):
     mask_focal_gamma: float = 0.0
     start_scale: float = 50.0
     overlap_threshold: float = 0.8
+    mask_position: bool = False
     dataset: str = DEFAULT_DATASET
 
     def __post_init__(self) -> None:
@@ -411,8 +420,13 @@ class Particles(AdaptationTask):
             self.start_offset = nn.Linear(d, 3)
             self.energy_head = _MLP(d + 1, d, 1)
             self.semantic_head = nn.Linear(d, NUM_SEMANTIC)
-            if self.query_from_point is not None:
-                self.query_from_point.apply(init_weights)
+            self.center_embed = _MLP(d, d, d) if cfg.mask_position else None
+            self.center_scale = nn.Linear(d, 1) if cfg.mask_position else None
+            for extra in (self.query_from_point, self.center_embed, self.center_scale):
+                if extra is not None:
+                    extra.apply(init_weights)
+            if self.center_scale is not None:  # lengths start at ~2 box half-widths: a weak pull
+                nn.init.constant_(self.center_scale.bias, 2.0)
             for module in (self.memory_norm, self.point_pos, self.blocks, self.decoder_norm, self.class_embed,
                            self.mask_embed, self.start_embed, self.start_offset, self.energy_head, self.semantic_head):
                 module.apply(init_weights)
@@ -424,11 +438,17 @@ class Particles(AdaptationTask):
             [cfg.class_weight_tensor(), torch.tensor([cfg.no_object_weight])]).float())
 
     # -- forward ------------------------------------------------------------------------
-    def _heads(self, q: torch.Tensor, mem: torch.Tensor, valid: torch.Tensor, coord: torch.Tensor,
-               energy: torch.Tensor) -> _Predictions:
+    def _heads(self, q: torch.Tensor, mem: torch.Tensor, mpos: torch.Tensor, valid: torch.Tensor,
+               coord: torch.Tensor, energy: torch.Tensor) -> _Predictions:
         h = self.decoder_norm(q)
         cls = self.class_embed(h)
         mask = torch.einsum("bqd,bnd->bqn", self.mask_embed(h), mem)
+        if self.center_embed is not None and self.center_scale is not None:
+            w = torch.einsum("bqd,bnd->bqn", self.center_embed(h), mem + mpos) / math.sqrt(mem.shape[-1])
+            w = w.masked_fill(~valid[:, None, :], float("-inf")).softmax(-1).nan_to_num(0.0)
+            center = torch.einsum("bqn,bnc->bqc", w, coord)  # normalised coordinates
+            length = F.softplus(self.center_scale(h)) + 1e-2  # (B, Q, 1)
+            mask = mask - torch.cdist(center, coord) / length
         soft = torch.where(valid[:, None, :], mask.detach().sigmoid(), 0.0)
         log_calo = torch.log1p((soft * energy[:, None, :]).sum(-1))
         log_energy = log_calo + self.energy_head(torch.cat([h, log_calo[..., None] / 5.0], -1)).squeeze(-1)
@@ -461,13 +481,13 @@ class Particles(AdaptationTask):
             q = self.query_from_point(mem[rows, slot]) + self.query_feat.weight[None]
             # query_pos stays in the graph (DDP without find_unused_parameters) at no effect
             qpos = mpos[rows, slot] + 0.0 * self.query_pos.weight[None]
-        sets = [self._heads(q, mem, valid, coord, energy)]
+        sets = [self._heads(q, mem, mpos, valid, coord, energy)]
         for block in self.blocks:
             blocked = (sets[-1].mask.detach() < 0.0) | ~valid[:, None, :]
             blocked = torch.where(blocked.all(-1, keepdim=True), ~valid[:, None, :], blocked)
             blocked = blocked & ~blocked.all(-1, keepdim=True)  # an empty event: attend to anything
             q = block(q, qpos, mem, mpos, blocked)
-            sets.append(self._heads(q, mem, valid, coord, energy))
+            sets.append(self._heads(q, mem, mpos, valid, coord, energy))
         return sets, semantic, valid
 
     # -- loss ---------------------------------------------------------------------------
