@@ -328,6 +328,16 @@ class _MLP(nn.Sequential):
         super().__init__(*mods)
 
 
+def _weighted_point(query: torch.Tensor, keys: torch.Tensor, valid: torch.Tensor,
+                    coord: torch.Tensor) -> torch.Tensor:
+    """(B, Q, 3): per query, the mean of its event's point coordinates (B, N, 3) weighted by a
+    softmax over the real points (``valid``) of the scaled dot products query (B, Q, d) · keys
+    (B, N, d)."""
+    w = torch.einsum("bqd,bnd->bqn", query, keys) / math.sqrt(keys.shape[-1])
+    w = w.masked_fill(~valid[:, None, :], float("-inf")).softmax(-1).nan_to_num(0.0)
+    return torch.einsum("bqn,bnc->bqc", w, coord)
+
+
 class _DecoderBlock(nn.Module):
     """Masked cross-attention to the event's points, self-attention among its queries, MLP
     (each residual, then LayerNorm: Mask2Former's post-norm order)."""
@@ -444,17 +454,14 @@ class Particles(AdaptationTask):
         cls = self.class_embed(h)
         mask = torch.einsum("bqd,bnd->bqn", self.mask_embed(h), mem)
         if self.center_embed is not None and self.center_scale is not None:
-            w = torch.einsum("bqd,bnd->bqn", self.center_embed(h), mem + mpos) / math.sqrt(mem.shape[-1])
-            w = w.masked_fill(~valid[:, None, :], float("-inf")).softmax(-1).nan_to_num(0.0)
-            center = torch.einsum("bqn,bnc->bqc", w, coord)  # normalised coordinates
+            center = _weighted_point(self.center_embed(h), mem + mpos, valid, coord)  # normalised
             length = F.softplus(self.center_scale(h)) + 1e-2  # (B, Q, 1)
             mask = mask - torch.cdist(center, coord) / length
         soft = torch.where(valid[:, None, :], mask.detach().sigmoid(), 0.0)
         log_calo = torch.log1p((soft * energy[:, None, :]).sum(-1))
         log_energy = log_calo + self.energy_head(torch.cat([h, log_calo[..., None] / 5.0], -1)).squeeze(-1)
-        w = torch.einsum("bqd,bnd->bqn", self.start_embed(h), mem) / math.sqrt(mem.shape[-1])
-        w = w.masked_fill(~valid[:, None, :], float("-inf")).softmax(-1).nan_to_num(0.0)
-        start_norm = torch.einsum("bqn,bnc->bqc", w, coord) + 0.1 * torch.tanh(self.start_offset(h))
+        start_norm = (_weighted_point(self.start_embed(h), mem, valid, coord)
+                      + 0.1 * torch.tanh(self.start_offset(h)))
         start = (start_norm + 1.0) * (self.box.box_size / 2.0)
         return _Predictions(cls=cls, mask=mask, log_energy=log_energy, start=start)
 
