@@ -55,12 +55,24 @@ class _Entry:
         return sum(t.numel() * t.element_size() for t in (self.point, self.local, *self.levels))
 
 
+_Key = tuple[int, int, int, tuple[float, float]]  # event number, first and end point, checksum
+
+
 def _checksum(batch: PackedBatch, a: int, b: int) -> tuple[float, float]:
     """Sums of the event's coordinates and energies, each point weighted by its place in the
     event, so that moved, changed or reordered points give other sums."""
     weight = 1.0 + torch.arange(b - a, dtype=torch.float64, device=batch.coord.device) % 97
     return (float((batch.coord[a:b].double().sum(1) * weight).sum()),
             float((batch.energy[a:b].double() * weight).sum()))
+
+
+def _events(batch: PackedBatch) -> list[_Key]:
+    """The batch's events with their point ranges and checksums (none without event numbers)."""
+    if batch.index is None:
+        return []
+    bounds = batch.offsets.tolist()
+    return [(int(event), bounds[i], bounds[i + 1], _checksum(batch, bounds[i], bounds[i + 1]))
+            for i, event in enumerate(batch.index.tolist())]
 
 
 class FeatureCache:
@@ -83,44 +95,24 @@ class FeatureCache:
     def __len__(self) -> int:
         return len(self._store)
 
-    def clear(self) -> None:
-        self._store.clear()
-        self.stats = CacheStats()
-
-    def _lookup(self, batch: PackedBatch) -> list[_Entry] | None:
-        if batch.index is None or len(batch) == 0:
-            return None
-        bounds = batch.offsets.tolist()
-        found = []
-        for i, event in enumerate(batch.index.tolist()):
-            entry = self._store.get(int(event))
-            a, b = bounds[i], bounds[i + 1]
-            if entry is None or entry.n != b - a or entry.checksum != _checksum(batch, a, b):
-                return None
-            found.append(entry)
-        return found
-
-    def _keep(self, batch: PackedBatch, out: BackboneOutput) -> None:
-        if batch.index is None:
-            return
-        bounds = batch.offsets.tolist()
-        for i, event in enumerate(batch.index.tolist()):
-            a, b = bounds[i], bounds[i + 1]
-            entry = _Entry(n=b - a, checksum=_checksum(batch, a, b), point=out.point[a:b].clone(),
-                           local=out.local[a:b].clone(),
+    def _keep(self, events: list[_Key], out: BackboneOutput) -> None:
+        for event, a, b, checksum in events:
+            entry = _Entry(n=b - a, checksum=checksum, point=out.point[a:b].clone(), local=out.local[a:b].clone(),
                            levels=tuple(t[a:b].clone() for t in out.levels) if self.keep_levels else ())
-            old = self._store.pop(int(event), None)
+            old = self._store.pop(event, None)
             if old is not None:
                 self.stats.stored_bytes -= old.nbytes
             if self.stats.stored_bytes + entry.nbytes <= self.max_bytes:
-                self._store[int(event)] = entry
+                self._store[event] = entry
                 self.stats.stored_bytes += entry.nbytes
 
     def encode(self, backbone: nn.Module, batch: PackedBatch) -> BackboneOutput:
         """The backbone's output for ``batch``: from the store when every event is in it,
         else computed (under ``no_grad``) and stored."""
-        found = self._lookup(batch)
-        if found is not None:
+        events = _events(batch)
+        stored = ((self._store.get(event), b - a, checksum) for event, a, b, checksum in events)
+        found = [e for e, n, checksum in stored if e is not None and e.n == n and e.checksum == checksum]
+        if events and len(found) == len(events):  # every event stored, with the same points
             self.stats.hits += len(found)
             levels = tuple(torch.cat([e.levels[k] for e in found]) for k in range(len(found[0].levels)))
             return BackboneOutput(point=torch.cat([e.point for e in found]),
@@ -128,5 +120,5 @@ class FeatureCache:
         with torch.no_grad():
             out = backbone.forward_features(batch)
         self.stats.misses += len(batch)
-        self._keep(batch, out)
+        self._keep(events, out)
         return BackboneOutput(point=out.point, local=out.local, levels=out.levels if self.keep_levels else ())
