@@ -11,6 +11,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
+import yaml
 from detfm_testing import TEST_MODELS, register_test_models
 
 from detfm.data import EventDataset, PackedBatch, Sample, collate
@@ -22,7 +23,7 @@ from detfm.errors import ConfigError, DataFormatError
 from detfm.io import Event, layout
 from detfm.models.contract import BackboneOutput
 from detfm.models import create_model
-from detfm.recipes.adapt import FinetuneConfig, predict_file, run_finetune
+from detfm.recipes.adapt import FinetuneConfig, load_finetuned, predict_file, run_finetune
 from detfm.recipes.pretrain import DataConfig
 from detfm.tasks.particles import (
     NO_OBJECT,
@@ -33,6 +34,7 @@ from detfm.tasks.particles import (
     iou_matrix,
     match_by_iou,
     matching_cost,
+    older_particles_settings,
     particle_targets,
     query_points,
 )
@@ -303,7 +305,7 @@ def test_mask_position_lets_queries_split_particles_that_only_their_place_tells_
     """Two alike photons 150 voxels apart, on features that are the same at every point: without
     mask_position every query's mask logit is one number over the event; with it, training finds both."""
     batch = hand_batch([16], instance=[0] * 8 + [1] * 8, pid=[0] * 16, semantic=[0] * 16)
-    plain = Particles(_SameFeatures(), ParticlesConfig(**{**SMALL, "freeze_backbone": True}))
+    plain = Particles(_SameFeatures(), ParticlesConfig(**{**SMALL, "freeze_backbone": True, "mask_position": False}))
     masks = plain.forward_sets(batch)[0][-1].mask
     torch.testing.assert_close(masks, masks[..., :1].expand_as(masks))  # no query can split the event
     task = Particles(_SameFeatures(), ParticlesConfig(**{**SMALL, "freeze_backbone": True, "mask_position": True,
@@ -368,6 +370,35 @@ def test_finetune_predict_and_score_particles(model: str, tiny_events: Path, tmp
             assert (points < h5["n_points"][i]).all()
             assert h5["particle_probs"][i].shape == (5 * k,) and h5["particle_start"][i].shape == (3 * k,)
             assert h5["particle_energy"][i].shape == h5["particle_score"][i].shape == (k,)
+
+
+def test_runs_trained_before_mask_position_was_the_default_load_as_trained(tiny_events: Path, tmp_path: Path) -> None:
+    """An older run's config does not name mask_position (it was off by default then) and its
+    weights hold no centre layers: it loads with the option off and predicts as before; a run
+    that has the centre layers loads with it on."""
+    assert ParticlesConfig().mask_position
+    assert older_particles_settings({"mask_embed.layers.0.weight"}) == {"mask_position": False}
+    assert older_particles_settings({"center_embed.layers.0.weight"}) == {}
+    data = DataConfig(paths=(str(tiny_events),), rotate=False)
+    for position in (False, True):
+        cfg = FinetuneConfig(model="pointwise_test", model_overrides={}, task="particles", labels=4,
+                             max_eval_events=2, data=data, head_hidden=16,
+                             task_settings={"num_heads": 2, "num_queries": 6, "decoder_blocks": 1,
+                                            "mask_position": position},
+                             train=TrainConfig(steps=1, batch_size=2, warmup_steps=1, progress=False))
+        run = tmp_path / f"run_{position}"
+        run_finetune(cfg, run, progress=False)
+        trained = load_finetuned(run)
+        config = run / "config.yaml"
+        settings = yaml.safe_load(config.read_text())
+        assert settings["task_settings"].pop("mask_position") is position
+        config.write_text(yaml.safe_dump(settings))  # the config as detfm wrote it before
+        reloaded = load_finetuned(run)
+        assert reloaded.config.mask_position is position
+        batch = collate([EventDataset([str(tiny_events)], labels=True)[i] for i in range(2)])
+        before, after = trained.predict(batch), reloaded.predict(batch)
+        assert torch.equal(before.point_particle, after.point_particle)
+        assert torch.allclose(before.energy, after.energy)
 
 
 def test_command_line_finetune_and_predict(tiny_events: Path, tmp_path: Path,

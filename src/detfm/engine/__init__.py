@@ -6,7 +6,7 @@ clipping, bf16 autocast on GPU, DDP under ``torchrun``, and pickle-free checkpoi
 resume bit for bit. See :mod:`detfm.engine.loop` for the run directory layout.
 """
 
-from detfm.engine.checkpoint import Checkpoint, load_weights, read_checkpoint, save_weights
+from detfm.engine.checkpoint import Checkpoint, load_weights, read_checkpoint, save_weights, stored_tensor_names
 from detfm.engine.config import (RESUME_FREE_FIELDS, TrainConfig, config_hash, config_to_dict, load_config,
                                  save_config)
 from detfm.engine.distributed import DistInfo, init_distributed, pick_device, shutdown_distributed
@@ -20,5 +20,5 @@ __all__ = [
     "RESUME_FREE_FIELDS", "BatchPlan", "Callback", "Checkpoint", "DistInfo", "TrainConfig", "TrainResult",
     "build_optimizer", "config_hash", "config_to_dict", "epoch_permutation", "init_distributed",
     "load_config", "load_weights", "lr_at", "pick_device", "read_checkpoint", "read_metrics", "save_config",
-    "save_weights", "shutdown_distributed", "train",
+    "save_weights", "shutdown_distributed", "stored_tensor_names", "train",
 ]

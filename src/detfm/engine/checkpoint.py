@@ -92,6 +92,11 @@ def load_weights(module: nn.Module, path: str | os.PathLike[str], *, strict: boo
                          f"unexpected {_few(unexpected)}")
 
 
+def stored_tensor_names(path: str | os.PathLike[str]) -> set[str]:
+    """The tensor names of a safetensors weights file, read from its header alone."""
+    return set(_stored_shapes(Path(path)))
+
+
 def _stored_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     """Tensor name -> shape from a safetensors file's header (no tensor is read)."""
     try:

@@ -55,9 +55,9 @@ from torch import nn
 from tqdm import tqdm
 
 from detfm.data import EventDataset, collate, split_indices
-from detfm.engine import TrainConfig, TrainResult, load_config, load_weights, train
-from detfm.engine.runs import (BACKBONE_FILE, CONFIG_FILE, EVAL_FILE, PREDICTIONS_FORMAT, SPLIT_FILE, backbone_config,
-                               load_backbone, weights_path)
+from detfm.engine import TrainConfig, TrainResult, load_config, load_weights, stored_tensor_names, train
+from detfm.engine.runs import (BACKBONE_FILE, CONFIG_FILE, EVAL_FILE, MODEL_FILE, PREDICTIONS_FORMAT, SPLIT_FILE,
+                               backbone_config, last_checkpoint, load_backbone, weights_path)
 from detfm.errors import ConfigError, DataFormatError, DetfmError
 from detfm.evaluate.scoring import score_task
 from detfm.io import atomic_path, atomic_write_text
@@ -394,7 +394,9 @@ def run_finetune(cfg: FinetuneConfig, out_dir: str | os.PathLike[str], resume: b
     weights = (class_balance_weights(events.subset(split.labeled), cfg.task, cfg.exclude_low_energy,
                                      cfg.min_class_fraction, cfg.class_weight_power)
                if cfg.class_balance else None)
-    task = build_task(cfg, backbone, weights)
+    checkpoint = last_checkpoint(out_dir) / MODEL_FILE
+    task = build_task(_with_older_defaults(cfg, checkpoint) if resume and checkpoint.is_file() else cfg,
+                      backbone, weights)
     cache = task.cache_features() if cfg.cache_features else None
     train_set = build_dataset(cfg.data, cfg.train.seed, labels=True).subset(split.labeled)
     result = train(task, train_set, collate, cfg.train, out_dir, resume=resume, run_config=cfg)
@@ -456,9 +458,19 @@ def load_finetuned(run_dir: str | os.PathLike[str], *, map_location: str = "cpu"
     else:  # an unfinished run: rebuild the architecture from its config
         arch = _backbone_config(cfg)
     weights = weights_path(run)
-    task = build_task(cfg, build_model(arch))
+    task = build_task(_with_older_defaults(cfg, weights), build_model(arch))
     load_weights(task, weights, strict=True, device=map_location)
     return task.eval()
+
+
+def _with_older_defaults(cfg: FinetuneConfig, weights: Path) -> FinetuneConfig:
+    """``cfg`` with the task settings its run left out because they were the defaults then
+    (a task whose default changed says which, from the run's tensor names)."""
+    older = get_task(cfg.task).older_run_settings
+    if older is None:
+        return cfg
+    implied = {k: v for k, v in older(stored_tensor_names(weights)).items() if k not in cfg.task_settings}
+    return dataclasses.replace(cfg, task_settings={**cfg.task_settings, **implied}) if implied else cfg
 
 
 # ----------------------------------------------------------------------------- predict

@@ -25,7 +25,7 @@ Panda detector head uses on its frozen point features:
   query embedding with the mask features), the kinetic energy (a correction in log space on
   the calorimetric sum ``sum_i sigmoid(mask_i) E_i`` of its soft mask) and the start point
   (a softmax-weighted mean of its event's point coordinates plus a bounded offset);
-* **mask position** (``mask_position``, off by default): the mask features carry no
+* **mask position** (``mask_position``, on by default): the mask features carry no
   coordinates, so two particles with alike features (two photons of a pi0) get alike mask
   logits from every query. With it on, each query also predicts a centre (a softmax-weighted
   mean of its event's point coordinates, the keys carrying the coordinate embedding) and a
@@ -68,6 +68,7 @@ kept query with the highest ``score * sigmoid(mask)`` (if that mask probability 
 from __future__ import annotations
 
 import math
+from typing import Any
 from dataclasses import dataclass
 
 import numpy as np
@@ -87,7 +88,8 @@ from detfm.tasks.pid import NUM_PID, find_instances
 from detfm.tasks.segmentation import NUM_SEMANTIC, segmentation_loss
 
 __all__ = ["NO_OBJECT", "ParticlePredictions", "ParticleTargets", "Particles", "ParticlesConfig", "dice_cost",
-           "event_local_ids", "hungarian_match", "iou_matrix", "match_by_iou", "matching_cost", "particle_labels",
+           "event_local_ids", "hungarian_match", "iou_matrix", "match_by_iou", "matching_cost", "older_particles_settings",
+           "particle_labels",
            "particle_targets", "predict_particles", "query_points"]
 
 NO_OBJECT = NUM_PID  # the extra class of a query that found nothing
@@ -118,6 +120,8 @@ class ParticlesConfig(HeadConfig):
             of its own mask's points.
         mask_position: each query's mask logits also fall with the distance from a centre
             it predicts (see the module docstring); off: the mask reads the features alone.
+            Runs trained while the default was off load as trained
+            (:func:`older_particles_settings`).
         dataset: the kind of events (class names, the low-energy class, the box size).
     """
 
@@ -140,7 +144,7 @@ class ParticlesConfig(HeadConfig):
     mask_focal_gamma: float = 0.0
     start_scale: float = 50.0
     overlap_threshold: float = 0.8
-    mask_position: bool = False
+    mask_position: bool = True
     dataset: str = DEFAULT_DATASET
 
     def __post_init__(self) -> None:
@@ -174,6 +178,15 @@ class ParticlesConfig(HeadConfig):
         if get_dataset(self.dataset).excluded_semantic is None:
             raise ConfigError(f"particles needs a dataset kind with a low-energy (stuff) class; "
                               f"{self.dataset} has none")
+
+
+def older_particles_settings(tensor_names: set[str]) -> dict[str, Any]:
+    """Settings a particles run left out of its config because they were the defaults when it
+    was trained, read from its weights' tensor names: ``mask_position`` was off by default
+    before, and such runs store no centre layers."""
+    has_centre = any(name == "center_embed" or name.startswith("center_embed.") or ".center_embed." in name
+                     for name in tensor_names)
+    return {} if has_centre else {"mask_position": False}
 
 
 # ----------------------------------------------------------------------------- truth

@@ -26,7 +26,7 @@ from detfm.tasks.event import EventClassification, EventConfig, leading_particle
 from detfm.tasks.heads import AdaptationTask, HeadConfig
 from detfm.tasks.mpm import MaskedPointModeling, MPMConfig
 from detfm.tasks.mvm import MaskedVoxelModeling
-from detfm.tasks.particles import Particles, ParticlesConfig, particle_labels
+from detfm.tasks.particles import Particles, ParticlesConfig, older_particles_settings, particle_labels
 from detfm.tasks.pid import ParticleID, PIDConfig, instance_labels
 from detfm.tasks.segmentation import SegmentationConfig, SemanticSegmentation
 
@@ -56,6 +56,9 @@ class TaskSpec:
         labels: ``labels(batch)`` gives the true class of every scored item without a model
             (-1: not scored), for class weights.
         prediction_prefix: prefix of the datasets ``detfm predict`` writes (``probs``, ``pred``).
+        older_run_settings: for a default that changed: given the tensor names of a trained
+            run's weights, the settings its config left out because they were the defaults
+            when it was trained (None: no default of the task has changed).
     """
 
     name: str
@@ -69,6 +72,7 @@ class TaskSpec:
     description: str
     labels: Callable[[PackedBatch], torch.Tensor]
     prediction_prefix: str
+    older_run_settings: Callable[[set[str]], dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True)
@@ -150,7 +154,7 @@ register_task(TaskSpec(
     name="particles", config_cls=ParticlesConfig, build=Particles, unit="particle", headline="pq", per_class="f1",
     class_names=_LARTPC.pid_classes, excluded_class=None,
     description="particle finding and ID by set prediction (queries, masks, energy, start; Mask2Former-style)",
-    labels=particle_labels, prediction_prefix="particle_"))
+    labels=particle_labels, prediction_prefix="particle_", older_run_settings=older_particles_settings))
 
 
 def _masked_modeling(backbone: nn.Module, cfg: MPMConfig) -> nn.Module:
