@@ -114,19 +114,17 @@ def _finetune(args: argparse.Namespace) -> int:
 
 
 def _overrides_for(model: str, overrides: dict) -> dict:  # type: ignore[type-arg]
-    """The config's architecture overrides that ``model`` takes (the CPU-sized patches of the
-    default patch transformer mean nothing to a point-resolution backbone)."""
-    from detfm.errors import ConfigError
+    """The config's architecture overrides that ``model`` has fields for (the CPU-sized patches
+    of the default patch transformer mean nothing to a point-resolution backbone). The kept
+    ones are checked together, so per-stage lists that change the number of stages stay whole,
+    and a set that does not fit the model is an error, not dropped."""
+    import dataclasses
+
     from detfm.models import model_config
 
-    model_config(model)  # an unknown name is named here
-    kept = {}
-    for key, value in overrides.items():
-        try:
-            model_config(model, **{key: value})
-        except ConfigError:
-            continue
-        kept[key] = value
+    fields = {f.name for f in dataclasses.fields(model_config(model))}  # an unknown name is named here
+    kept = {key: value for key, value in overrides.items() if key in fields}
+    model_config(model, **kept)
     return kept
 
 
