@@ -68,8 +68,8 @@ kept query with the highest ``score * sigmoid(mask)`` (if that mask probability 
 from __future__ import annotations
 
 import math
-from typing import Any
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -88,9 +88,8 @@ from detfm.tasks.pid import NUM_PID, find_instances
 from detfm.tasks.segmentation import NUM_SEMANTIC, segmentation_loss
 
 __all__ = ["NO_OBJECT", "ParticlePredictions", "ParticleTargets", "Particles", "ParticlesConfig", "dice_cost",
-           "event_local_ids", "hungarian_match", "iou_matrix", "match_by_iou", "matching_cost", "older_particles_settings",
-           "particle_labels",
-           "particle_targets", "predict_particles", "query_points"]
+           "event_local_ids", "hungarian_match", "iou_matrix", "match_by_iou", "matching_cost",
+           "older_particles_settings", "particle_labels", "particle_targets", "predict_particles", "query_points"]
 
 NO_OBJECT = NUM_PID  # the extra class of a query that found nothing
 QUERY_INITS = ("learned", "points")
@@ -184,8 +183,7 @@ def older_particles_settings(tensor_names: set[str]) -> dict[str, Any]:
     """Settings a particles run left out of its config because they were the defaults when it
     was trained, read from its weights' tensor names: ``mask_position`` was off by default
     before, and such runs store no centre layers."""
-    has_centre = any(name == "center_embed" or name.startswith("center_embed.") or ".center_embed." in name
-                     for name in tensor_names)
+    has_centre = any("center_embed" in name.split(".") for name in tensor_names)
     return {} if has_centre else {"mask_position": False}
 
 
