@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -215,3 +216,19 @@ def test_cli_prints_the_table_and_reports_errors(files: dict[str, Path], tmp_pat
     assert "not a fine-tuning run" in error("--model", str(tmp_path), "--data", str(files["nominal"]))
     with pytest.raises(DetfmError, match="max_events must be >= 2"):
         evaluate_systematics(files["run"], files["nominal"], ["noisy"], tmp_path / "y", max_events=1)
+
+
+def test_views_turn_an_event_and_its_twins_alike(files: dict[str, Path], tmp_path: Path) -> None:
+    copy = tmp_path / "copy.h5"
+    shutil.copy(files["nominal"], copy)
+    report = evaluate_systematics(files["run"], files["nominal"], [], tmp_path / "out", twin_files={"copy": copy},
+                                  n_boot=10, views=3, view_seed=2)
+    assert report["orientation_views"] == {"views": 3, "seed": 2}
+    # the same events turned the same way: not one voxel changes its class, every metric equal
+    assert report["flip_fraction"]["copy"]["mean"] == 0.0
+    assert report["metrics"]["copy"] == report["metrics"]["nominal"]
+    plain = evaluate_systematics(files["run"], files["nominal"], [], tmp_path / "plain", twin_files={"copy": copy},
+                                 n_boot=10)
+    assert "orientation_views" not in plain and plain["events"] == report["events"]
+    # averaging changes the probabilities (this barely trained model calls one class either way)
+    assert plain["calibration"]["ece_before"]["nominal"] != report["calibration"]["ece_before"]["nominal"]

@@ -35,6 +35,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--alpha", type=float, default=0.1,
                    help="conformal miscoverage (default 0.1: 90 %% sets; semseg only)")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and the calibration split")
+    p.add_argument("--views", type=int, default=1,
+                   help="semseg: average the class probabilities over this many orientations of each event "
+                        "(one forward pass each; default 1)")
+    p.add_argument("--view-seed", type=int, default=0, help="seed of the orientations (default 0)")
     p.add_argument("--workers", type=int, default=1, help="worker processes to simulate twins (default 1)")
     p.add_argument("--batch-size", type=int, default=8, help="events per forward pass (default 8)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
@@ -83,7 +87,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     report = evaluate_systematics(args.model, args.data, variations, args.out, twin_files=twins,
                                   max_events=args.max_events, n_boot=args.bootstrap, seed=args.seed,
                                   alpha=args.alpha, workers=args.workers, batch_size=args.batch_size,
-                                  device=args.device, progress=not args.quiet)
+                                  device=args.device, progress=not args.quiet, views=args.views,
+                                  view_seed=args.view_seed)
     print(format_systematics(report))
     print(f"wrote {Path(args.out) / 'report.json'}")
     return 0

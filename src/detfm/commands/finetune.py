@@ -31,6 +31,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cache-features", action="store_true", default=None,
                    help="probe/head modes: run the frozen backbone once per training event and keep its "
                         "outputs, so later passes train only the head (turns the random rotation off)")
+    p.add_argument("--test-views", type=int,
+                   help="score the test split averaging the class probabilities over this many orientations "
+                        "of each event (default 1; not for particles)")
     p.add_argument("--steps", type=int, help="optimiser steps")
     p.add_argument("--batch-size", type=int, help="events per step (default min(8, labels))")
     p.add_argument("--lr", type=float, help="peak learning rate")
@@ -58,7 +61,7 @@ def _finetune(args: argparse.Namespace) -> int:
     cfg = starting_config(FinetuneConfig, args.config, args.resume, args.out, load_finetune_config)
     top = {k: v for k, v in (("backbone", args.backbone), ("task", args.task), ("labels", args.labels),
                              ("mode", args.mode), ("exclude_low_energy", args.exclude_low_energy),
-                             ("cache_features", args.cache_features))
+                             ("cache_features", args.cache_features), ("test_views", args.test_views))
            if v is not None}
     if args.seed is not None:
         top["label_seed"] = None  # the label draw follows --seed
@@ -89,28 +92,39 @@ def _finetune(args: argparse.Namespace) -> int:
     ev = result.eval
     print(f"{cfg.mode} of {cfg.backbone} on {cfg.labels} labeled events: {result.train.steps} steps in "
           f"{result.train.seconds:.0f} s, final loss {result.train.final_loss}")
-    spec = get_task(cfg.task)
-    if spec.unit == "particle":  # set prediction: finding first, then PID on the found particles
-        print(f"test ({ev['events']} events, {ev['particles']} particles): PQ {_fmt(ev['pq'])}, finding "
-              f"efficiency {_fmt(ev['finding']['efficiency_all'])}, purity {_fmt(ev['finding']['purity_all'])}; "
-              f"PID on found particles: macro-F1 {_fmt(ev['macro_f1'])}")
-    elif spec.excluded_class is None:
-        print(f"test ({ev['events']} events): macro-F1 {_fmt(ev['macro_f1'])}, accuracy {_fmt(ev['accuracy'])}")
-    else:
-        n = len(spec.class_names)
-        print(f"test ({ev['events']} events, {ev['points']} points): macro-F1 {_fmt(ev[f'macro_f1_{n}'])} "
-              f"({n} classes), {_fmt(ev[spec.headline])} (without {spec.class_names[spec.excluded_class]})")
-    if isinstance(ev.get("f1"), dict):
-        print("F1 per class: " + ", ".join(f"{k} {_fmt(v)}" for k, v in ev["f1"].items()))
-    if isinstance(ev.get("per_particle"), dict):
-        print("particles tagged (at least half their voxels right): " + ", ".join(
-            f"{k} {_fmt(v['tagged'])} of {v['pieces']}" for k, v in ev["per_particle"].items() if v["pieces"]))
+    for line in score_lines(cfg.task, ev):
+        print(line)
     print(f"run directory: {args.out} (scores in eval.json)")
     if result.train.stopped_early:
         print(f"stopped by the time limit at step {result.train.steps} of {cfg.train.steps}: the scores are "
               f"those of that step's weights; continue with: detfm finetune --out {args.out} --resume")
     log_tracking(args, args.out)
     return 0
+
+
+def score_lines(task: str, ev: dict) -> list[str]:  # type: ignore[type-arg]
+    """The headline scores of a run's ``eval.json`` (or of ``detfm score``), as lines to print."""
+    spec = get_task(task)
+    views = ev.get("orientation_views")
+    lines = [] if not views else [f"class probabilities averaged over {views['views']} orientations of each "
+                                  f"event (seed {views['seed']})"]
+    if spec.unit == "particle":  # set prediction: finding first, then PID on the found particles
+        lines.append(f"test ({ev['events']} events, {ev['particles']} particles): PQ {_fmt(ev['pq'])}, finding "
+                     f"efficiency {_fmt(ev['finding']['efficiency_all'])}, purity "
+                     f"{_fmt(ev['finding']['purity_all'])}; PID on found particles: macro-F1 {_fmt(ev['macro_f1'])}")
+    elif spec.excluded_class is None:
+        lines.append(f"test ({ev['events']} events): macro-F1 {_fmt(ev['macro_f1'])}, "
+                     f"accuracy {_fmt(ev['accuracy'])}")
+    else:
+        n = len(spec.class_names)
+        lines.append(f"test ({ev['events']} events, {ev['points']} points): macro-F1 {_fmt(ev[f'macro_f1_{n}'])} "
+                     f"({n} classes), {_fmt(ev[spec.headline])} (without {spec.class_names[spec.excluded_class]})")
+    if isinstance(ev.get("f1"), dict):
+        lines.append("F1 per class: " + ", ".join(f"{k} {_fmt(v)}" for k, v in ev["f1"].items()))
+    if isinstance(ev.get("per_particle"), dict):
+        lines.append("particles tagged (at least half their voxels right): " + ", ".join(
+            f"{k} {_fmt(v['tagged'])} of {v['pieces']}" for k, v in ev["per_particle"].items() if v["pieces"]))
+    return lines
 
 
 def _overrides_for(model: str, overrides: dict) -> dict:  # type: ignore[type-arg]

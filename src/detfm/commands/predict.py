@@ -21,6 +21,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, metavar="FILE", help="event file (labels not needed)")
     p.add_argument("--out", required=True, help="output HDF5 file, e.g. preds.h5 (written atomically)")
     p.add_argument("--batch-size", type=int, default=8, help="events per forward pass (default 8)")
+    p.add_argument("--views", type=int, default=1,
+                   help="average the class probabilities over this many orientations of each event (the first: "
+                        "the event as it is; one forward pass each; default 1; not for particles runs)")
+    p.add_argument("--view-seed", type=int, default=0, help="seed of the orientations (default 0)")
     p.add_argument("--float32", action="store_true", help="store probabilities as float32 (default float16)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
@@ -38,7 +42,7 @@ def _predict(args: argparse.Namespace) -> int:
     check_device(args.device)
     report = predict_file(args.model, args.data, args.out, batch_size=args.batch_size,
                           dtype="float32" if args.float32 else "float16", device=args.device,
-                          progress=not args.quiet)
+                          progress=not args.quiet, views=args.views, view_seed=args.view_seed)
     print(f"wrote predictions for {report.events} events ({report.points} points) to {report.path} "
           f"in {report.seconds:.1f} s ({report.events_per_second:.1f} events/s)")
     return 0

@@ -19,7 +19,7 @@ from torch import nn
 from tqdm import tqdm
 
 from detfm.data import EventDataset, PackedBatch, collate
-from detfm.errors import DetfmError
+from detfm.errors import ConfigError, DetfmError
 from detfm.evaluate.instances import InstanceTally
 from detfm.evaluate.metrics import (
     accuracy,
@@ -29,6 +29,7 @@ from detfm.evaluate.metrics import (
     per_class_precision,
     per_class_recall,
 )
+from detfm.evaluate.orientations import OrientationAverage
 from detfm.tasks.registry import TaskSpec
 
 __all__ = ["Scorer", "argmax_without", "eval_batches", "json_float", "register_scorer", "renumber_without",
@@ -121,8 +122,12 @@ def task_confusion(task: nn.Module, dataset: EventDataset, num_classes: int, exc
 
 
 def score_task(task: nn.Module, spec: TaskSpec, dataset: EventDataset, batch_size: int = 8,
-               progress: bool = False) -> dict[str, Any]:
+               progress: bool = False, views: int = 1, view_seed: int = 0) -> dict[str, Any]:
     """The scores of a task on every scored item of ``dataset`` (labeled, not augmented).
+
+    ``views > 1``: the class probabilities of each item are averaged over that many
+    orientations of its event (:class:`~detfm.evaluate.orientations.OrientationAverage`,
+    drawn from ``view_seed``); the scores then say so under ``orientation_views``.
 
     Per class F1, precision and recall (called efficiency and purity for particles and
     events), macro-F1 and accuracy, and the confusion matrix. With an excluded class (semseg)
@@ -130,6 +135,12 @@ def score_task(task: nn.Module, spec: TaskSpec, dataset: EventDataset, batch_siz
     ``f1_4``, ``confusion_4``), as the reference evaluation scores segmentation.
     """
     scorer = _SCORERS.get(spec.name)
+    if views != 1:
+        if scorer is not None:
+            raise ConfigError(f"averaging over orientations applies to tasks scored point by point, particle "
+                              f"by particle or event by event; '{spec.name}' finds its own items: use views=1")
+        averaged = score_task(OrientationAverage(task, views, view_seed), spec, dataset, batch_size, progress)
+        return {**averaged, "orientation_views": {"views": views, "seed": view_seed}}
     if scorer is not None:  # the task's own scores (see register_scorer)
         return {"split": "test", "events": len(dataset), **scorer(task, spec, dataset, batch_size, progress)}
     classes = spec.class_names

@@ -59,6 +59,7 @@ from detfm.engine import TrainConfig, TrainResult, load_config, load_weights, st
 from detfm.engine.runs import (BACKBONE_FILE, CONFIG_FILE, EVAL_FILE, MODEL_FILE, PREDICTIONS_FORMAT, SPLIT_FILE,
                                backbone_config, last_checkpoint, load_backbone, weights_path)
 from detfm.errors import ConfigError, DataFormatError, DetfmError
+from detfm.evaluate.orientations import OrientationAverage
 from detfm.evaluate.scoring import score_task
 from detfm.io import atomic_path, atomic_write_text
 from detfm.models import ModelConfig, build_model, config_from_yaml, model_config
@@ -71,7 +72,7 @@ from detfm.tasks.registry import get_task
 __all__ = [
     "CPU_OVERRIDES", "EventSplit", "FinetuneConfig", "FinetuneResult", "Mode", "PredictReport",
     "build_backbone", "build_task", "class_balance_weights", "evaluate_segmentation", "load_finetune_config",
-    "load_finetuned", "predict_file", "run_finetune", "split_events",
+    "load_finetuned", "predict_file", "run_finetune", "score_run", "split_events",
 ]
 
 Mode = Literal["probe", "head", "finetune", "lora"]
@@ -152,6 +153,9 @@ class FinetuneConfig:
             :mod:`detfm.tasks.feature_cache`).
         eval_batch_size: events per batch when scoring the test split.
         max_eval_events: score only the first this many test events (None: all).
+        test_views: score the test split with the class probabilities averaged over this many
+            orientations of each event (1: the events as they are; see
+            :mod:`detfm.evaluate.orientations`). Not for set-prediction tasks (particles).
         data: files and point preparation (energy threshold, min points, rotation).
         train: optimisation (steps, batch size, lr, seed, ...).
     """
@@ -181,6 +185,7 @@ class FinetuneConfig:
     cache_features: bool = False
     eval_batch_size: int = 8
     max_eval_events: int | None = None
+    test_views: int = 1
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=_finetune_train_defaults)
 
@@ -206,6 +211,11 @@ class FinetuneConfig:
             raise ConfigError(f"eval_batch_size must be >= 1, got {self.eval_batch_size}")
         if self.max_eval_events is not None and self.max_eval_events < 1:
             raise ConfigError(f"max_eval_events must be >= 1 or None, got {self.max_eval_events}")
+        if isinstance(self.test_views, bool) or not isinstance(self.test_views, int) or self.test_views < 1:
+            raise ConfigError(f"test_views must be an integer >= 1, got {self.test_views!r}")
+        if self.test_views > 1 and spec.unit == "particle":
+            raise ConfigError(f"test_views applies to tasks scored per point, particle instance or event; "
+                              f"'{self.task}' finds its own particles: use test_views: 1")
         if self.lora_rank < 1 or not self.lora_alpha > 0:
             raise ConfigError(f"lora_rank must be >= 1 and lora_alpha > 0, got {self.lora_rank}, "
                               f"{self.lora_alpha}")
@@ -404,7 +414,7 @@ def run_finetune(cfg: FinetuneConfig, out_dir: str | os.PathLike[str], resume: b
     out = Path(out_dir)
     test = events.subset(split.test[:cfg.max_eval_events] if cfg.max_eval_events else split.test)
     show = cfg.train.progress if progress is None else progress
-    scores = score_task(task, spec, test, batch_size=cfg.eval_batch_size, progress=show)
+    scores = score_task(task, spec, test, batch_size=cfg.eval_batch_size, progress=show, views=cfg.test_views)
     scores = {"task": cfg.task, "mode": cfg.mode, "backbone": cfg.backbone, "labels": cfg.labels,
               "class_weights": None if weights is None else list(weights), **scores}
     if cache is not None:
@@ -429,6 +439,54 @@ def evaluate_segmentation(task: AdaptationTask, dataset: EventDataset, batch_siz
                           progress: bool = False) -> dict[str, Any]:
     """Semseg scores: 5 classes and the 4 without low-energy deposits (``macro_f1_4``)."""
     return score_task(task, get_task("semseg"), dataset, batch_size=batch_size, progress=progress)
+
+
+def score_run(run_dir: str | os.PathLike[str], data: Sequence[str | os.PathLike[str]] | None = None, *,
+              own_split: bool = False, views: int = 1, view_seed: int = 0, max_events: int | None = None,
+              batch_size: int | None = None, device: str = "cpu", progress: bool = False) -> dict[str, Any]:
+    """Score a fine-tuned run again: on its own test split (``data`` None: the run's files and
+    the test events of its ``split.json``; or ``data`` with ``own_split``: the run's files
+    where they are now) or on every usable event of the labeled files ``data`` (the run's
+    energy threshold and minimum points).
+
+    ``views > 1`` averages the class probabilities over that many orientations of each event
+    (:class:`~detfm.evaluate.orientations.OrientationAverage`). ``max_events``: only the first
+    this many events. The scores are those of ``eval.json``, with what was scored under
+    ``scored``.
+    """
+    run = Path(run_dir)
+    cfg = load_finetune_config(run)
+    spec = get_task(cfg.task)
+    paths = [Path(p) for p in (cfg.data.paths if data is None else data)]
+    for path in paths:
+        if not path.is_file():
+            hint = " (the run's data file: pass --data FILE where it lives now)" if data is None else ""
+            raise DetfmError(f"{path}: no such file{hint}")
+    events = EventDataset(paths, energy_threshold=cfg.data.energy_threshold, min_points=cfg.data.min_points,
+                          labels=True, seed=cfg.train.seed)
+    if data is None or own_split:
+        split_file = run / SPLIT_FILE
+        if not split_file.is_file():
+            raise DetfmError(f"{run}: no {SPLIT_FILE} (an unfinished run?); pass --data FILE to score other events")
+        wanted = np.asarray(json.loads(split_file.read_text(encoding="utf-8"))["test"], dtype=np.int64)
+        ids = events.event_ids
+        where = np.searchsorted(ids, wanted)
+        found = (where < len(ids)) & (ids[np.minimum(where, len(ids) - 1)] == wanted)
+        if not found.all():
+            raise DetfmError(f"{run}: {int((~found).sum())} test events of {SPLIT_FILE} are not among the usable "
+                             f"events of {', '.join(map(str, paths))}: the files changed since the run")
+        events = events.subset(where)
+    if max_events is not None:
+        if max_events < 1:
+            raise ConfigError(f"max_events must be >= 1, got {max_events}")
+        events = events.subset(np.arange(min(max_events, len(events))))
+    task = load_finetuned(run, map_location=device)
+    merge_lora(task)
+    scores = score_task(task, spec, events, batch_size=batch_size or cfg.eval_batch_size, progress=progress,
+                        views=views, view_seed=view_seed)
+    scored = {"files": [str(p) for p in paths],
+              "events": "test split of the run" if data is None or own_split else "all usable"}
+    return {"task": cfg.task, "run": str(run), "scored": scored, **scores}
 
 
 # ----------------------------------------------------------------------------- reload
@@ -491,7 +549,7 @@ class PredictReport:
 def predict_file(run_dir: str | os.PathLike[str], data: str | os.PathLike[str],
                  out_h5: str | os.PathLike[str], *, batch_size: int = 8,
                  dtype: Literal["float16", "float32"] = "float16", device: str = "cpu",
-                 progress: bool = False) -> PredictReport:
+                 progress: bool = False, views: int = 1, view_seed: int = 0) -> PredictReport:
     """Run a fine-tuned model on every event of ``data`` and write its outputs to ``out_h5``.
 
     One row per input event, in file order (written atomically). Common datasets:
@@ -510,7 +568,10 @@ def predict_file(run_dir: str | os.PathLike[str], data: str | os.PathLike[str],
       indices, kinetic energy and start (:mod:`detfm.recipes.particle_predict`); ``data``
       needs no labels.
 
-    Events with no point above the threshold get empty rows.
+    Events with no point above the threshold get empty rows. ``views > 1`` (all but
+    ``particles`` runs): the probabilities are averaged over that many orientations of each
+    event (:class:`~detfm.evaluate.orientations.OrientationAverage`, drawn from
+    ``view_seed``; attribute ``orientation_views``).
     """
     if dtype not in ("float16", "float32"):
         raise ConfigError(f"dtype must be 'float16' or 'float32', got {dtype!r}")
@@ -523,6 +584,10 @@ def predict_file(run_dir: str | os.PathLike[str], data: str | os.PathLike[str],
     task = load_finetuned(run_dir, map_location=device)
     merge_lora(task)  # inference only: fold LoRA updates into the weights (no-op otherwise)
     spec = get_task(cfg.task)
+    if views != 1 and spec.unit == "particle":
+        raise ConfigError(f"averaging over orientations applies to tasks that score given items; '{cfg.task}' "
+                          f"finds its own particles: predict with views=1")
+    outputs = OrientationAverage(task, views, view_seed) if views != 1 else task
     per_event = spec.unit == "event"  # one fixed row per event, else variable-length rows
     by_instance = spec.unit == "instance"  # rows carry the group id of each particle
     dataset = EventDataset([src], energy_threshold=cfg.data.energy_threshold, min_points=0, labels=by_instance)
@@ -559,12 +624,14 @@ def predict_file(run_dir: str | os.PathLike[str], data: str | os.PathLike[str],
                          "num_classes": num_classes, "energy_threshold": dataset.energy_threshold,
                          "model_run": str(Path(run_dir).resolve()), "source_file": str(src.resolve()),
                          "point_order": "points with value >= energy_threshold, in stored order"})
+        if views != 1:
+            h5.attrs["orientation_views"] = json.dumps({"views": views, "seed": view_seed})
         for a in range(0, n, batch_size):
             samples = [dataset[i] for i in range(a, min(a + batch_size, n))]
             full = [s for s in samples if s.n_points > 0]
             rows: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # event -> (probs, item ids)
             if full:
-                logits, event, ids = task.item_outputs(collate(full).to(device))
+                logits, event, ids = outputs.item_outputs(collate(full).to(device))
                 probs = torch.softmax(logits.float(), dim=-1).cpu().numpy()
                 event, ids = event.cpu().numpy(), ids.cpu().numpy()
                 for j, s in enumerate(full):

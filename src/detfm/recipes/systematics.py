@@ -403,10 +403,15 @@ def evaluate_systematics(run_dir: str | os.PathLike[str], nominal_file: str | os
                          twin_files: Mapping[str, str | os.PathLike[str]] | None = None,
                          max_events: int | None = None, n_boot: int = 200, seed: int = 0, alpha: float = 0.1,
                          calibration_fraction: float = 0.5, workers: int = 1, batch_size: int = 8,
-                         device: str = "cpu", progress: bool = False) -> dict[str, Any]:
+                         device: str = "cpu", progress: bool = False, views: int = 1,
+                         view_seed: int = 0) -> dict[str, Any]:
     """Evaluate the fine-tuned segmentation or particle-finding model of ``run_dir`` (tasks
     :data:`SUPPORTED_TASKS`) on ``nominal_file`` and its twins under each detector of
     ``variations``; write ``out_dir/report.json``, ``report.txt`` and pictures.
+
+    ``views > 1`` (semseg): every event, nominal or twin, is scored by the class probabilities
+    averaged over that many orientations (:class:`~detfm.evaluate.orientations.OrientationAverage`;
+    an event and its twins get the same orientations).
 
     Twins come from ``twin_files`` (``{name: file}``, checked) or, for names not given there,
     are re-simulated into ``out_dir/twins`` from the nominal file's simulation attributes.
@@ -428,6 +433,13 @@ def evaluate_systematics(run_dir: str | os.PathLike[str], nominal_file: str | os
     given = {str(k): Path(v) for k, v in (twin_files or {}).items()}
     names = _check_variations(variations, given)
     cfg, task = _load_model(run, device)
+    if views != 1:
+        if cfg.task != "semseg":
+            raise ConfigError(f"averaging over orientations applies to semseg runs here; {run} is a "
+                              f"'{cfg.task}' run: use views=1")
+        from detfm.evaluate.orientations import OrientationAverage
+
+        task = OrientationAverage(task, views, view_seed)
     threshold = cfg.data.energy_threshold
 
     # events: held out from training, non-empty in the nominal file, first max_events
@@ -466,6 +478,9 @@ def evaluate_systematics(run_dir: str | os.PathLike[str], nominal_file: str | os
     else:
         measured = _measure_particles(task, files, names, ids, threshold, cfg.train.seed, n_boot=n_boot, seed=seed,
                                       batch_size=batch_size, progress=progress)
+    if views != 1:
+        config.update(views=views, view_seed=view_seed)
+        measured = {"orientation_views": {"views": views, "seed": view_seed}, **measured}
     report = _clean({"kind": REPORT_KIND, "model": str(run), "task": cfg.task, "events": int(len(ids)),
                      **measured})
     out.mkdir(parents=True, exist_ok=True)

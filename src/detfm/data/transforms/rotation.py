@@ -63,15 +63,24 @@ class RandomRotation:
 
     def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
         r = random_rotation_matrix(rng, self.axis)
-        coord = (sample.coord.astype(np.float64) - self.centre) @ r.T + self.centre
-        shift = _inside_shift(coord) if self.keep_inside and len(coord) else np.zeros(3)
-        coord = coord + shift
-        if self.keep_inside:
-            coord = np.clip(coord, 0.0, np.nextafter(np.float32(layout.BOX_VOXELS), 0))
+        coord, shift = turn_points(sample.coord, r, self.centre, self.keep_inside)
         if sample.particle_start is not None:  # particle start points turn (and move) with the points
             start = (sample.particle_start.astype(np.float64) - self.centre) @ r.T + self.centre + shift
-            return replace(sample, coord=coord.astype(np.float32), particle_start=start.astype(np.float32))
-        return replace(sample, coord=coord.astype(np.float32))
+            return replace(sample, coord=coord, particle_start=start.astype(np.float32))
+        return replace(sample, coord=coord)
+
+
+def turn_points(coord: np.ndarray, r: np.ndarray, centre: float = BOX_CENTRE, keep_inside: bool = True
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """``coord`` (N, 3) turned by the rotation ``r`` about ``centre`` (float32), and the shift
+    (3,) that then moved it back inside the box (zeros without ``keep_inside``); see
+    :class:`RandomRotation`. The input is not changed."""
+    out = (np.asarray(coord, dtype=np.float64) - centre) @ r.T + centre
+    shift = _inside_shift(out) if keep_inside and len(out) else np.zeros(3)
+    out = out + shift
+    if keep_inside:
+        out = np.clip(out, 0.0, np.nextafter(np.float32(layout.BOX_VOXELS), 0))
+    return out.astype(np.float32), shift
 
 
 def _inside_shift(coord: np.ndarray) -> np.ndarray:

@@ -1,0 +1,116 @@
+"""Scoring a fine-tuned run again (`score_run`, `detfm score`) and orientation averaging through
+the recipes: the fine-tune's own test scores, predictions and their agreement."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from detfm_testing import TINY_SHALLOW
+
+from detfm.cli import main
+from detfm.data import EventDataset, collate
+from detfm.engine import TrainConfig
+from detfm.errors import ConfigError, DetfmError
+from detfm.evaluate.orientations import OrientationAverage
+from detfm.recipes.adapt import FinetuneConfig, load_finetuned, predict_file, run_finetune, score_run
+from detfm.recipes.pretrain import DataConfig
+
+
+def config(events: Path, **kw: object) -> FinetuneConfig:
+    train = TrainConfig(steps=2, batch_size=2, warmup_steps=1, lr=3e-3, progress=False, log_every=1)
+    data = DataConfig(paths=(str(events),), rotate=False)
+    return FinetuneConfig(backbone="scratch", model_overrides=TINY_SHALLOW, labels=4, mode="head", data=data,
+                          train=train, **kw)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def run(tiny_events: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("score") / "run"
+    run_finetune(config(tiny_events, test_views=2), out)
+    return out
+
+
+def _core(scores: dict) -> dict:  # type: ignore[type-arg]
+    return {k: scores[k] for k in ("events", "points", "confusion", "macro_f1_4", "orientation_views")}
+
+
+def test_scoring_again_gives_the_runs_own_test_scores(run: Path, tiny_events: Path, tmp_path: Path) -> None:
+    ev = json.loads((run / "eval.json").read_text())
+    assert ev["orientation_views"] == {"views": 2, "seed": 0}  # test_views: 2 in the config
+    again = score_run(run, views=2)
+    assert _core(again) == _core(ev) and again["scored"]["events"] == "test split of the run"
+    plain = score_run(run)
+    assert "orientation_views" not in plain and plain["points"] == ev["points"]
+    assert plain["confusion"] != ev["confusion"]  # the averaged calls differ from the plain ones
+    assert score_run(run, views=2, max_events=1)["events"] == 1
+    # the run's file moved: a clear error, and --data with the run's own split finds its events again
+    moved = tmp_path / "moved.h5"
+    shutil.copy(tiny_events, moved)
+    cfg_file = run.parent / "run_moved"
+    shutil.copytree(run, cfg_file)
+    text = (cfg_file / "config.yaml").read_text().replace(str(tiny_events), str(tmp_path / "gone.h5"))
+    (cfg_file / "config.yaml").write_text(text)
+    with pytest.raises(DetfmError, match="no such file.*pass --data"):
+        score_run(cfg_file)
+    assert _core(score_run(cfg_file, [moved], own_split=True, views=2)) == _core(ev)
+    everything = score_run(run, [tiny_events])
+    assert everything["scored"]["events"] == "all usable" and everything["events"] > ev["events"]
+
+
+def test_a_split_that_does_not_fit_the_files_is_refused(run: Path, tmp_path: Path) -> None:
+    other = run.parent / "run_other"
+    shutil.copytree(run, other)
+    split = json.loads((other / "split.json").read_text())
+    split["test"] = [10_000]
+    (other / "split.json").write_text(json.dumps(split))
+    with pytest.raises(DetfmError, match="1 test events of split.json are not among the usable events"):
+        score_run(other)
+    with pytest.raises(ConfigError, match="max_events"):
+        score_run(run, max_events=0)
+
+
+def test_predictions_with_views_are_the_averaged_probabilities(run: Path, tiny_events: Path,
+                                                               tmp_path: Path) -> None:
+    predict_file(run, tiny_events, tmp_path / "p.h5", dtype="float32", views=3, view_seed=4)
+    task = OrientationAverage(load_finetuned(run), 3, seed=4)
+    sample = EventDataset([tiny_events], min_points=0, labels=False)[3]
+    with torch.no_grad():
+        want = task.item_outputs(collate([sample]))[0].exp().numpy()
+    with h5py.File(tmp_path / "p.h5") as h5:
+        assert json.loads(h5.attrs["orientation_views"]) == {"views": 3, "seed": 4}
+        np.testing.assert_allclose(h5["probs"][3].reshape(-1, 5), want, atol=1e-5)
+    predict_file(run, tiny_events, tmp_path / "plain.h5", dtype="float32")
+    with h5py.File(tmp_path / "plain.h5") as h5:
+        assert "orientation_views" not in h5.attrs
+        assert not np.allclose(h5["probs"][3].reshape(-1, 5), want, atol=1e-4)
+
+
+def test_the_config_key_is_checked(tiny_events: Path) -> None:
+    for bad in (0, True, 1.5):
+        with pytest.raises(ConfigError, match="test_views must be an integer >= 1"):
+            config(tiny_events, test_views=bad)
+    with pytest.raises(ConfigError, match="finds its own particles"):
+        config(tiny_events, task="particles", test_views=2)
+    assert dataclasses.replace(config(tiny_events), test_views=3).test_views == 3
+
+
+def test_cli_score_prints_and_writes_the_scores(run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                                ) -> None:
+    out = tmp_path / "scores.json"
+    assert main(["score", "--model", str(run), "--views", "2", "--out", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "averaged over 2 orientations" in printed and "macro-F1" in printed
+    assert _core(json.loads(out.read_text())) == _core(json.loads((run / "eval.json").read_text()))
+    assert main(["score", "--model", str(run), "--out", str(out)]) == 2  # no silent overwrite
+    assert "exists" in capsys.readouterr().err
+    assert main(["score", "--model", str(run), "--views", "0"]) == 2
+    assert "views must be an integer >= 1" in capsys.readouterr().err
+    assert main(["score", "--model", str(run), "--own-split"]) == 2
+    assert "--own-split needs --data" in capsys.readouterr().err
