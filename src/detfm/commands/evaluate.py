@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 
+from detfm.commands.views import add_views_options
 from detfm.errors import DetfmError
 
 DEFAULT_VARIATIONS = "escale_up,escale_down,short_lifetime,noisy,dead_regions"
@@ -35,10 +36,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--alpha", type=float, default=0.1,
                    help="conformal miscoverage (default 0.1: 90 %% sets; semseg only)")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and the calibration split")
-    p.add_argument("--views", type=int, default=1,
-                   help="semseg: average the class probabilities over this many orientations of each event "
-                        "(one forward pass each; default 1)")
-    p.add_argument("--view-seed", type=int, default=0, help="seed of the orientations (default 0)")
+    add_views_options(p, "semseg runs")
     p.add_argument("--workers", type=int, default=1, help="worker processes to simulate twins (default 1)")
     p.add_argument("--batch-size", type=int, default=8, help="events per forward pass (default 8)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")

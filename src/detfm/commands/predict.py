@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from detfm.commands.device import check_device
+from detfm.commands.views import add_views_options
 from detfm.errors import DetfmError
 from detfm.io.outputs import check_output_file
 
@@ -21,10 +22,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, metavar="FILE", help="event file (labels not needed)")
     p.add_argument("--out", required=True, help="output HDF5 file, e.g. preds.h5 (written atomically)")
     p.add_argument("--batch-size", type=int, default=8, help="events per forward pass (default 8)")
-    p.add_argument("--views", type=int, default=1,
-                   help="average the class probabilities over this many orientations of each event (the first: "
-                        "the event as it is; one forward pass each; default 1; not for particles runs)")
-    p.add_argument("--view-seed", type=int, default=0, help="seed of the orientations (default 0)")
+    add_views_options(p)
     p.add_argument("--float32", action="store_true", help="store probabilities as float32 (default float16)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")

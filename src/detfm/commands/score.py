@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from detfm.commands.views import add_views_options
 from detfm.errors import DetfmError
 
 
@@ -20,10 +21,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="labeled event files to score (default: the run's own files and test split)")
     p.add_argument("--own-split", action="store_true",
                    help="with --data: the files are the run's own (moved); score the run's test events in them")
-    p.add_argument("--views", type=int, default=1,
-                   help="average the class probabilities over this many orientations of each event (the first: "
-                        "the event as it is; one forward pass each; default 1; not for particles runs)")
-    p.add_argument("--view-seed", type=int, default=0, help="seed of the orientations (default 0)")
+    add_views_options(p)
     p.add_argument("--max-events", type=int, help="score only the first this many events")
     p.add_argument("--batch-size", type=int, help="events per forward pass (default: the run's eval_batch_size)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
