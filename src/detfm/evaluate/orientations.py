@@ -102,10 +102,6 @@ class OrientationAverage(nn.Module):
         self.views = views
         self.seed = int(seed)
 
-    @property
-    def config(self) -> object:
-        return self.task.config
-
     def scored_items(self, batch: PackedBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """True labels and averaged log-probabilities of the items the task scores."""
         def flipped(b: PackedBatch) -> tuple[torch.Tensor, torch.Tensor]:
