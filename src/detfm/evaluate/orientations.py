@@ -56,8 +56,8 @@ def rotate_batch(batch: PackedBatch, seed: int, view: int) -> PackedBatch:
             turned, _ = turn_points(start[a:b], r, keep_inside=False)
             start[a:b] = turned + shift.astype(np.float32)
     moved = {"coord": torch.from_numpy(out).to(batch.coord.device)}
-    if start is not None and batch.particle_start is not None:
-        moved["particle_start"] = torch.from_numpy(start).to(batch.particle_start.device)
+    if start is not None:
+        moved["particle_start"] = torch.from_numpy(start).to(batch.coord.device)
     return replace(batch, **moved)
 
 
