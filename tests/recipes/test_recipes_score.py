@@ -12,10 +12,10 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from detfm_testing import TINY_SHALLOW
+from detfm_testing import TINY_SHALLOW, register_test_models
 
 from detfm.cli import main
-from detfm.data import EventDataset, collate
+from detfm.data import EventDataset, PackedBatch, collate
 from detfm.engine import TrainConfig
 from detfm.errors import ConfigError, DetfmError
 from detfm.evaluate.orientations import OrientationAverage
@@ -114,3 +114,69 @@ def test_cli_score_prints_and_writes_the_scores(run: Path, tmp_path: Path, capsy
     assert "views must be an integer >= 1" in capsys.readouterr().err
     assert main(["score", "--model", str(run), "--own-split"]) == 2
     assert "--own-split needs --data" in capsys.readouterr().err
+
+
+def test_a_pid_run_names_the_particles_a_particles_run_finds(run: Path, tiny_events: Path, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """Two stages: the decoder's particles (masks, energies) stay as they are, their classes are
+    the pid head's pooled logits over each found particle's points; the wrong kinds of run are
+    refused."""
+    from detfm.evaluate.particles import ParticlesWithPid, collect_particle_records, particle_scores
+    from detfm.tasks.particles import ParticlePredictions, particle_targets
+
+    register_test_models()
+    small = {"num_heads": 2, "num_queries": 6, "decoder_blocks": 1}
+    particles_run, pid_run = tmp_path / "particles", tmp_path / "pid"
+    pointwise = {"model": "pointwise_test", "model_overrides": {}}
+    run_finetune(dataclasses.replace(config(tiny_events, task="particles", head_hidden=16, task_settings=small),
+                                     **pointwise), particles_run)
+    run_finetune(dataclasses.replace(config(tiny_events, task="pid"), **pointwise), pid_run)
+    particles, pid = load_finetuned(particles_run), load_finetuned(pid_run)
+
+    def truth_as_found(batch: PackedBatch) -> ParticlePredictions:  # a decoder that finds every particle
+        t = particle_targets(batch)
+        k = len(t)
+        return ParticlePredictions(point_particle=t.point_particle, event=t.event, query=torch.arange(k),
+                                   logits=torch.linspace(-2, 2, 6 * k).reshape(k, 6),
+                                   label=torch.zeros(k, dtype=torch.long),
+                                   energy=torch.arange(k).float(), start=torch.zeros(k, 3), size=t.size,
+                                   semantic_logits=torch.zeros(batch.num_points, 5))
+
+    particles.predict = truth_as_found  # type: ignore[method-assign]
+    both = ParticlesWithPid(particles, pid)
+    events = EventDataset([str(tiny_events)], labels=True)
+    batch = collate([events[i] for i in range(3)])
+    alone, named = truth_as_found(batch), both.predict(batch)
+    assert len(alone) > 3
+    assert torch.equal(named.point_particle, alone.point_particle) and torch.equal(named.energy, alone.energy)
+    with torch.no_grad():
+        expected = pid.pooled_logits(batch, alone.point_particle, len(alone)).softmax(-1)
+    p_named, p_alone = named.logits.softmax(-1), alone.logits.softmax(-1)
+    torch.testing.assert_close(p_named[:, 5], p_alone[:, 5])  # the decoder's p(no object) is kept
+    torch.testing.assert_close(p_named[:, :5], (1 - p_alone[:, 5:]) * expected)  # the classes are the pid head's
+    assert torch.equal(named.label, expected.argmax(-1))
+    scores = particle_scores(collect_particle_records(both, events), ["photon", "electron", "muon", "pion", "proton"])
+    assert scores["finding"]["efficiency_all"] == 1.0
+    assert np.asarray(scores["confusion"]).sum() == scores["particles"]  # every particle named by the pid head
+    # through score_run and the command line
+    again = score_run(particles_run, pid_run=pid_run)
+    assert again["scored"]["pid_run"] == str(pid_run)
+    own = json.loads((particles_run / "eval.json").read_text())
+    assert again["parameters"] == own["parameters"] and again["finding"] == own["finding"]
+    with pytest.raises(ConfigError, match="the second stage must be a pid run"):
+        score_run(particles_run, pid_run=run)
+    with pytest.raises(ConfigError, match="is a semseg run"):
+        score_run(run, pid_run=pid_run)
+    assert main(["score", "--model", str(particles_run), "--pid", str(tmp_path / "nowhere")]) == 2
+    assert "no such run directory" in capsys.readouterr().err
+    # predictions: the same particles, the pid run recorded
+    plain, two = tmp_path / "plain.h5", tmp_path / "two.h5"
+    predict_file(particles_run, tiny_events, plain)
+    predict_file(particles_run, tiny_events, two, pid_run=pid_run)
+    with h5py.File(plain) as a, h5py.File(two) as b:
+        assert b.attrs["pid_run"] == str(pid_run.resolve()) and "pid_run" not in a.attrs
+        for i in range(len(a["particle_sizes"])):
+            assert np.array_equal(a["particle_points"][i], b["particle_points"][i])
+            np.testing.assert_allclose(a["particle_score"][i], b["particle_score"][i], rtol=1e-5)
+    with pytest.raises(ConfigError, match="is a semseg run"):
+        predict_file(run, tiny_events, tmp_path / "x.h5", pid_run=pid_run)

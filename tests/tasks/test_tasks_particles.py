@@ -29,6 +29,7 @@ from detfm.tasks.particles import (
     NO_OBJECT,
     Particles,
     ParticlesConfig,
+    assign_points,
     dice_cost,
     hungarian_match,
     iou_matrix,
@@ -89,6 +90,8 @@ def test_config_errors_are_clear() -> None:
         ParticlesConfig(overlap_threshold=1.5)
     with pytest.raises(ConfigError, match="query_init must be one of learned, points"):
         ParticlesConfig(query_init="fps")
+    with pytest.raises(ConfigError, match="assign must be one of ranked, argmax"):
+        ParticlesConfig(assign="nms")
     assert ParticlesConfig().num_queries == 32
 
 
@@ -212,10 +215,52 @@ def test_loss_is_a_mean_over_events_and_reaches_every_head() -> None:
     task.train()
     out = task(both)
     out["loss"].backward()
-    for name in ("class_embed", "mask_embed", "energy_head", "start_embed", "semantic_head", "query_feat"):
+    for name in ("class_embed", "class_pool", "mask_embed", "energy_head", "start_embed", "semantic_head",
+                 "query_feat"):
         grads = [p.grad for p in getattr(task, name).parameters()]
         assert any(g is not None and g.abs().sum() > 0 for g in grads), name
     assert out["outputs"]["particles"] == 3
+
+
+def test_the_class_reads_the_mean_feature_of_the_points_the_mask_holds() -> None:
+    """The pooled feature a query's class reads: the probability-weighted mean over the points
+    its mask holds (features of the other points do not matter), over all points by
+    probability for a query that holds none."""
+    from detfm.tasks.particles import _mask_mean
+
+    prob = torch.tensor([[[0.9, 0.8, 0.1, 0.2], [0.05, 0.1, 0.2, 0.3]]])  # (1, 2 queries, 4 points)
+    feat = torch.tensor([[[1.0, 0.0], [3.0, 0.0], [0.0, 5.0], [0.0, 7.0]]])
+    mean = _mask_mean(prob, feat)
+    # query 0 holds points 0, 1 (prob >= 0.5): (0.9 * 1 + 0.8 * 3) / 1.7; query 1 holds none: all points by prob
+    torch.testing.assert_close(mean[0, 0], torch.tensor([3.3 / 1.7, 0.0]))
+    torch.testing.assert_close(mean[0, 1], torch.tensor([0.05 + 0.3, 0.2 * 5 + 0.3 * 7]) / 0.65)
+    outside = feat.clone()
+    outside[0, 2:] += 10.0
+    torch.testing.assert_close(_mask_mean(prob, outside)[0, 0], mean[0, 0])
+
+
+def test_assign_points_ranked_keeps_one_of_two_duplicate_queries() -> None:
+    """Two queries hold the same 8 points, each a little more sure of every other point.
+    argmax shares the points between them point by point, so each keeps half of its own mask
+    and both are dropped at overlap 0.8: the particle is lost. ranked lets the better query
+    (class score times mean mask probability) take all 8, and drops the duplicate. A
+    low-energy (stuff) point is never taken."""
+    prob = torch.tensor([[0.9, 0.7] * 4 + [0.9, 0.1],
+                         [0.7, 0.9] * 4 + [0.9, 0.1]])
+    stuff = torch.tensor([False] * 8 + [True, False])
+    score = torch.tensor([0.8, 0.8])
+    taken, own = assign_points("argmax", score, prob, stuff)
+    assert taken.tolist() == [0, 1] * 4 + [-1, -1]
+    assert own.sum(1).tolist() == [9, 9]  # argmax's own masks count the stuff point
+    assert all((taken == j).sum() < 0.8 * own[j].sum() for j in range(2))  # both dropped
+    for better in (0, 1):
+        score = torch.tensor([0.8, 0.8])
+        score[better] = 0.81
+        taken, own = assign_points("ranked", score, prob, stuff)
+        assert taken.tolist() == [better] * 8 + [-1, -1]
+        assert own.sum(1).tolist() == [8, 8]
+    with pytest.raises(ConfigError, match="assign must be one of"):
+        assign_points("nms", score, prob, stuff)
 
 
 def collate_batches(*batches: PackedBatch) -> PackedBatch:
@@ -372,29 +417,35 @@ def test_finetune_predict_and_score_particles(model: str, tiny_events: Path, tmp
             assert h5["particle_energy"][i].shape == h5["particle_score"][i].shape == (k,)
 
 
-def test_runs_trained_before_mask_position_was_the_default_load_as_trained(tiny_events: Path, tmp_path: Path) -> None:
-    """An older run's config does not name mask_position (it was off by default then) and its
-    weights hold no centre layers: it loads with the option off and predicts as before; a run
-    that has the centre layers loads with it on."""
-    assert ParticlesConfig().mask_position
-    assert older_particles_settings({"mask_embed.layers.0.weight"}) == {"mask_position": False}
-    assert older_particles_settings({"center_embed.layers.0.weight"}) == {}
+def test_runs_trained_before_mask_position_or_class_from_mask_load_as_trained(tiny_events: Path,
+                                                                             tmp_path: Path) -> None:
+    """An older run's config names neither mask_position (off by default then) nor
+    class_from_mask (which did not exist) and its weights hold no centre or pooled-class
+    layers: it loads with both off and predicts as before; a run that has the layers loads
+    with them on."""
+    cfg0 = ParticlesConfig()
+    assert cfg0.mask_position and cfg0.class_from_mask
+    assert older_particles_settings({"mask_embed.layers.0.weight"}) == {"mask_position": False,
+                                                                       "class_from_mask": False}
+    assert older_particles_settings({"center_embed.layers.0.weight"}) == {"class_from_mask": False}
+    assert older_particles_settings({"center_embed.0.weight", "class_pool.0.weight"}) == {}
     data = DataConfig(paths=(str(tiny_events),), rotate=False)
-    for position in (False, True):
+    for on in (False, True):
         cfg = FinetuneConfig(model="pointwise_test", model_overrides={}, task="particles", labels=4,
                              max_eval_events=2, data=data, head_hidden=16,
                              task_settings={"num_heads": 2, "num_queries": 6, "decoder_blocks": 1,
-                                            "mask_position": position},
+                                            "mask_position": on, "class_from_mask": on},
                              train=TrainConfig(steps=1, batch_size=2, warmup_steps=1, progress=False))
-        run = tmp_path / f"run_{position}"
+        run = tmp_path / f"run_{on}"
         run_finetune(cfg, run, progress=False)
         trained = load_finetuned(run)
         config = run / "config.yaml"
         settings = yaml.safe_load(config.read_text())
-        assert settings["task_settings"].pop("mask_position") is position
+        assert settings["task_settings"].pop("mask_position") is on
+        assert settings["task_settings"].pop("class_from_mask") is on
         config.write_text(yaml.safe_dump(settings))  # the config as detfm wrote it before
         reloaded = load_finetuned(run)
-        assert reloaded.config.mask_position is position
+        assert reloaded.config.mask_position is on and reloaded.config.class_from_mask is on
         batch = collate([EventDataset([str(tiny_events)], labels=True)[i] for i in range(2)])
         before, after = trained.predict(batch), reloaded.predict(batch)
         assert torch.equal(before.point_particle, after.point_particle)

@@ -23,6 +23,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output HDF5 file, e.g. preds.h5 (written atomically)")
     p.add_argument("--batch-size", type=int, default=8, help="events per forward pass (default 8)")
     add_views_options(p)
+    p.add_argument("--pid", metavar="PID_RUN_DIR",
+                   help="particles runs: name the particles the decoder finds with this pid run's head")
     p.add_argument("--float32", action="store_true", help="store probabilities as float32 (default float16)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
@@ -37,10 +39,12 @@ def _predict(args: argparse.Namespace) -> int:
     if out.exists() and data.exists() and out.resolve() == data.resolve():
         raise DetfmError(f"{out}: the output would overwrite the input file")
     check_output_file(out, overwrite=args.overwrite)
+    if args.pid is not None and not Path(args.pid).is_dir():
+        raise DetfmError(f"{args.pid}: no such run directory")
     check_device(args.device)
     report = predict_file(args.model, args.data, args.out, batch_size=args.batch_size,
                           dtype="float32" if args.float32 else "float16", device=args.device,
-                          progress=not args.quiet, views=args.views, view_seed=args.view_seed)
+                          progress=not args.quiet, views=args.views, view_seed=args.view_seed, pid_run=args.pid)
     print(f"wrote predictions for {report.events} events ({report.points} points) to {report.path} "
           f"in {report.seconds:.1f} s ({report.events_per_second:.1f} events/s)")
     return 0

@@ -22,6 +22,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--own-split", action="store_true",
                    help="with --data: the files are the run's own (moved); score the run's test events in them")
     add_views_options(p)
+    p.add_argument("--pid", metavar="PID_RUN_DIR",
+                   help="particles runs: name the particles the decoder finds with this pid run's head "
+                        "(trained on truth instances) instead of the decoder's class head")
     p.add_argument("--max-events", type=int, help="score only the first this many events")
     p.add_argument("--batch-size", type=int, help="events per forward pass (default: the run's eval_batch_size)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
@@ -49,10 +52,12 @@ def _score(args: argparse.Namespace) -> int:
         raise DetfmError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.out:
         check_output_file(Path(args.out), overwrite=args.overwrite)
+    if args.pid is not None and not Path(args.pid).is_dir():
+        raise DetfmError(f"{args.pid}: no such run directory")
     check_device(args.device)
     scores = score_run(args.model, args.data, own_split=args.own_split, views=args.views,
                        view_seed=args.view_seed, max_events=args.max_events, batch_size=args.batch_size,
-                       device=args.device, progress=not args.quiet)
+                       device=args.device, progress=not args.quiet, pid_run=args.pid)
     for line in score_lines(scores["task"], scores):
         print(line)
     if args.out:

@@ -37,10 +37,15 @@ scores down by event for the bootstrap of ``detfm evaluate`` (detector systemati
 
 :func:`compare_with_truth_pid` sets these beside the scores of a ``pid`` run (particle ID
 on the truth instances) of the same events.
+
+:class:`ParticlesWithPid` names the particles a ``particles`` run finds with the head of a
+``pid`` run (two stages: the decoder finds the masks, the ``pid`` head, trained on truth
+instances, classifies them); ``detfm score --model PARTICLES_RUN --pid PID_RUN``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -67,10 +72,10 @@ from detfm.tasks.particles import (
     match_by_iou,
     particle_targets,
 )
-from detfm.tasks.pid import NUM_PID
+from detfm.tasks.pid import NUM_PID, ParticleID
 from detfm.tasks.registry import TaskSpec
 
-__all__ = ["IOU_THRESHOLD", "SYSTEMATIC_METRICS", "ParticleEventStats", "ParticleRecords",
+__all__ = ["IOU_THRESHOLD", "SYSTEMATIC_METRICS", "ParticleEventStats", "ParticleRecords", "ParticlesWithPid",
            "collect_particle_records", "compare_with_truth_pid", "event_records", "parameter_counts",
            "particle_event_stats", "particle_scores", "score_particles", "weighted_particle_metrics"]
 
@@ -166,6 +171,48 @@ def event_records(records: ParticleRecords, batch: PackedBatch, pred: ParticlePr
             truth_label=targets.label[tk].cpu().numpy(), truth_energy=targets.energy[tk].cpu().numpy(),
             point_energy=batch.energy[a:e].cpu().numpy(), pred_point=event_local_ids(pred.point_particle[a:e], pk),
             pred_probs=probs[pk.cpu().numpy()], pred_energy=pred.energy[pk].cpu().numpy())
+
+
+class ParticlesWithPid(nn.Module):
+    """A ``particles`` task whose found particles are classified by a ``pid`` task's pooled
+    head instead of the decoder's class head.
+
+    The decoder finds the particles (masks, energy, start) as it does alone, by its own
+    inference rule (which reads its own class scores); each found particle's points are then
+    pooled by the ``pid`` task, as that task pools a truth instance's points. The particle's
+    probabilities become ``p(no object)`` of the decoder and ``(1 - p(no object)) * p_pid(c)``
+    for the 5 classes: the class is the ``pid`` head's, the score (``1 - p(no object)``) the
+    decoder's. Both tasks run their own backbones.
+    """
+
+    def __init__(self, particles: nn.Module, pid: ParticleID) -> None:
+        super().__init__()
+        if not isinstance(pid, ParticleID):
+            raise TypeError(f"the second stage must be a pid task, got {type(pid).__name__}")
+        self.particles = particles
+        self.pid = pid
+
+    @property
+    def config(self) -> Any:
+        """The ``particles`` task's settings (what the scorers read)."""
+        return self.particles.config
+
+    @property
+    def backbone(self) -> nn.Module:
+        """The ``particles`` task's backbone (the decoder's size is counted against it)."""
+        return self.particles.backbone  # type: ignore[return-value]
+
+    @torch.no_grad()
+    def predict(self, batch: PackedBatch) -> ParticlePredictions:
+        """The particles of ``batch`` as the ``particles`` task finds them, named by the ``pid`` head."""
+        pred: ParticlePredictions = self.particles.predict(batch)  # type: ignore[operator]
+        if len(pred) == 0:
+            return pred
+        named = self.pid.pooled_logits(batch, pred.point_particle, len(pred)).float().log_softmax(-1)
+        own = pred.logits.float().log_softmax(-1)  # the decoder's (K, 6) log-probabilities
+        something = torch.logsumexp(own[:, :NUM_PID], -1, keepdim=True)  # log(1 - p(no object))
+        logits = torch.cat([something + named, own[:, NUM_PID:]], 1)
+        return dataclasses.replace(pred, logits=logits, label=named.argmax(-1))
 
 
 def collect_particle_records(task: nn.Module, dataset: Any, batch_size: int = 8,
@@ -323,7 +370,8 @@ def score_particles(task: nn.Module, spec: TaskSpec, dataset: Any, batch_size: i
     """The scores of a ``particles`` task on ``dataset`` (the scoring loop's scorer), with the
     decoder's size against the backbone's (:func:`parameter_counts`)."""
     scores = particle_scores(collect_particle_records(task, dataset, batch_size, progress), spec.class_names)
-    return {**scores, "parameters": parameter_counts(task)}
+    decoder = task.particles if isinstance(task, ParticlesWithPid) else task
+    return {**scores, "parameters": parameter_counts(decoder)}
 
 
 def compare_with_truth_pid(particles: dict[str, Any], pid: dict[str, Any]) -> dict[str, Any]:

@@ -443,7 +443,8 @@ def evaluate_segmentation(task: AdaptationTask, dataset: EventDataset, batch_siz
 
 def score_run(run_dir: str | os.PathLike[str], data: Sequence[str | os.PathLike[str]] | None = None, *,
               own_split: bool = False, views: int = 1, view_seed: int = 0, max_events: int | None = None,
-              batch_size: int | None = None, device: str = "cpu", progress: bool = False) -> dict[str, Any]:
+              batch_size: int | None = None, device: str = "cpu", progress: bool = False,
+              pid_run: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """Score a fine-tuned run again: on its own test split (``data`` None: the run's files and
     the test events of its ``split.json``; or ``data`` with ``own_split``: the run's files
     where they are now) or on every usable event of the labeled files ``data`` (the run's
@@ -451,12 +452,15 @@ def score_run(run_dir: str | os.PathLike[str], data: Sequence[str | os.PathLike[
 
     ``views > 1`` averages the class probabilities over that many orientations of each event
     (:class:`~detfm.evaluate.orientations.OrientationAverage`). ``max_events``: only the first
-    this many events. The scores are those of ``eval.json``, with what was scored under
-    ``scored``.
+    this many events. ``pid_run`` (a ``particles`` run only): a ``pid`` run whose head names
+    the particles the decoder finds (:class:`~detfm.evaluate.particles.ParticlesWithPid`).
+    The scores are those of ``eval.json``, with what was scored under ``scored``.
     """
     run = Path(run_dir)
     cfg = load_finetune_config(run)
     spec = get_task(cfg.task)
+    if pid_run is not None:  # before reading any events
+        _check_pid_stage(cfg.task, run, pid_run)
     paths = [Path(p) for p in (cfg.data.paths if data is None else data)]
     for path in paths:
         if not path.is_file():
@@ -480,13 +484,37 @@ def score_run(run_dir: str | os.PathLike[str], data: Sequence[str | os.PathLike[
         if max_events < 1:
             raise ConfigError(f"max_events must be >= 1, got {max_events}")
         events = events.subset(np.arange(min(max_events, len(events))))
-    task = load_finetuned(run, map_location=device)
+    task: nn.Module = load_finetuned(run, map_location=device)
     merge_lora(task)
+    if pid_run is not None:
+        task = _with_pid_stage(cfg.task, run, task, pid_run, device)
     scores = score_task(task, spec, events, batch_size=batch_size or cfg.eval_batch_size, progress=progress,
                         views=views, view_seed=view_seed)
     scored = {"files": [str(p) for p in paths],
               "events": "test split of the run" if data is None or own_split else "all usable"}
+    if pid_run is not None:
+        scored["pid_run"] = str(pid_run)
     return {"task": cfg.task, "run": str(run), "scored": scored, **scores}
+
+
+def _check_pid_stage(task: str, run: str | os.PathLike[str], pid_run: str | os.PathLike[str]) -> None:
+    """Refuse a second (pid) stage on anything but a particles run, or one that is not a pid run."""
+    if task != "particles":
+        raise ConfigError(f"a pid run names the particles a particles run finds; {run} is a {task} run")
+    pid_task = load_finetune_config(pid_run).task
+    if pid_task != "pid":
+        raise ConfigError(f"{pid_run} is a {pid_task} run; the second stage must be a pid run")
+
+
+def _with_pid_stage(task_name: str, run: str | os.PathLike[str], task: nn.Module, pid_run: str | os.PathLike[str],
+                    device: str) -> nn.Module:
+    """``task`` (the particles task of ``run``) whose found particles the ``pid_run``'s head names."""
+    from detfm.evaluate.particles import ParticlesWithPid
+
+    _check_pid_stage(task_name, run, pid_run)
+    pid = load_finetuned(pid_run, map_location=device)
+    merge_lora(pid)
+    return ParticlesWithPid(task, pid)  # type: ignore[arg-type]
 
 
 # ----------------------------------------------------------------------------- reload
@@ -549,7 +577,8 @@ class PredictReport:
 def predict_file(run_dir: str | os.PathLike[str], data: str | os.PathLike[str],
                  out_h5: str | os.PathLike[str], *, batch_size: int = 8,
                  dtype: Literal["float16", "float32"] = "float16", device: str = "cpu",
-                 progress: bool = False, views: int = 1, view_seed: int = 0) -> PredictReport:
+                 progress: bool = False, views: int = 1, view_seed: int = 0,
+                 pid_run: str | os.PathLike[str] | None = None) -> PredictReport:
     """Run a fine-tuned model on every event of ``data`` and write its outputs to ``out_h5``.
 
     One row per input event, in file order (written atomically). Common datasets:
@@ -566,7 +595,8 @@ def predict_file(run_dir: str | os.PathLike[str], data: str | os.PathLike[str],
       event with no point above the threshold gets NaN probabilities and class -1.
     * ``particles`` runs: per particle the model found, class probabilities, point
       indices, kinetic energy and start (:mod:`detfm.recipes.particle_predict`); ``data``
-      needs no labels.
+      needs no labels. ``pid_run``: a ``pid`` run's head names the particles
+      (:class:`~detfm.evaluate.particles.ParticlesWithPid`; attribute ``pid_run``).
 
     Events with no point above the threshold get empty rows. ``views > 1`` (all but
     ``particles`` runs): the probabilities are averaged over that many orientations of each
@@ -587,6 +617,8 @@ def predict_file(run_dir: str | os.PathLike[str], data: str | os.PathLike[str],
     if views != 1 and spec.unit == "particle":
         raise ConfigError(f"averaging over orientations applies to tasks that score given items; '{cfg.task}' "
                           f"finds its own particles: predict with views=1")
+    if pid_run is not None:
+        task = _with_pid_stage(cfg.task, run_dir, task, pid_run, device)
     outputs = OrientationAverage(task, views, view_seed) if views != 1 else task
     per_event = spec.unit == "event"  # one fixed row per event, else variable-length rows
     by_instance = spec.unit == "instance"  # rows carry the group id of each particle
@@ -604,6 +636,8 @@ def predict_file(run_dir: str | os.PathLike[str], data: str | os.PathLike[str],
                  "num_classes": num_classes, "energy_threshold": dataset.energy_threshold,
                  "model_run": str(Path(run_dir).resolve()), "source_file": str(src.resolve()),
                  "point_order": "points with value >= energy_threshold, in stored order"}
+        if pid_run is not None:
+            attrs["pid_run"] = str(Path(pid_run).resolve())
         points = write_particle_predictions(task, dataset, dst, attrs, batch_size=batch_size, dtype=dtype,
                                             device=device, progress=progress)
         return PredictReport(path=dst, events=len(dataset), points=points, seconds=time.perf_counter() - t0)

@@ -31,6 +31,12 @@ Panda detector head uses on its frozen point features:
   mean of its event's point coordinates, the keys carrying the coordinate embedding) and a
   length ``s``, and its mask logit at a point ``x`` loses ``|x - centre| / s``, so a query can
   hold the points of one place and not those of another;
+* **class from the mask** (``class_from_mask``, on by default): the class logits add an MLP
+  of the query embedding and the mean mask feature over the points the query's mask holds
+  (``sigmoid(mask) >= 0.5``, weighted by the probability), so a query's class reads the
+  points it found, as the truth-instance ``pid`` head reads its particle's points. Neither
+  the mask nor the mask features learn through this path (both detached): trained through
+  it, the mask features turned to telling classes apart and found fewer particles;
 * **stuff**: low-energy deposits (semantic class 4; in PILArNet-M all of them and only
   them are in no particle instance) are left to a per-point semantic head (focal loss on
   all 5 semantic classes) and are in no particle's mask.
@@ -58,11 +64,17 @@ get no query (no mask, class or energy loss) and, in evaluation, count as missed
 Events without particles: every query learns *no object*. Labels without per-point
 instance or pid: :class:`~detfm.errors.DataFormatError`.
 
-Inference (Mask2Former's panoptic rule): a query is a particle if its most likely class
-is not *no object*; every point not called low-energy by the semantic head goes to the
-kept query with the highest ``score * sigmoid(mask)`` (if that mask probability is
->= 0.5); a particle keeps its points if they are at least ``overlap_threshold`` of its own
-``sigmoid(mask) >= 0.5`` points, else it is dropped. Predicted masks are disjoint.
+Inference: a query is a particle if its most likely class is not *no object*. The points
+not called low-energy by the semantic head are shared among the kept queries
+(``assign``, :func:`assign_points`): ``ranked`` (default) takes the queries in decreasing
+order of class score times mean mask probability over their own ``sigmoid(mask) >= 0.5``
+points, each keeping the points of its own mask that no query before it took; ``argmax``
+(Mask2Former's panoptic rule) gives each point to the query with the highest
+``score * sigmoid(mask)`` if that mask holds it. A particle keeps its points if they are at
+least ``overlap_threshold`` of its own mask's points, else it is dropped. Predicted masks are
+disjoint. (``argmax`` splits the points of a particle between two near-duplicate queries
+point by point, each keeps about half of its mask, and both are dropped; ``ranked`` keeps the
+better one whole.)
 """
 
 from __future__ import annotations
@@ -87,12 +99,13 @@ from detfm.tasks.heads import AdaptationTask, HeadConfig
 from detfm.tasks.pid import NUM_PID, find_instances
 from detfm.tasks.segmentation import NUM_SEMANTIC, segmentation_loss
 
-__all__ = ["NO_OBJECT", "ParticlePredictions", "ParticleTargets", "Particles", "ParticlesConfig", "dice_cost",
-           "event_local_ids", "hungarian_match", "iou_matrix", "match_by_iou", "matching_cost",
+__all__ = ["NO_OBJECT", "ParticlePredictions", "ParticleTargets", "Particles", "ParticlesConfig", "assign_points",
+           "dice_cost", "event_local_ids", "hungarian_match", "iou_matrix", "match_by_iou", "matching_cost",
            "older_particles_settings", "particle_labels", "particle_targets", "predict_particles", "query_points"]
 
 NO_OBJECT = NUM_PID  # the extra class of a query that found nothing
 QUERY_INITS = ("learned", "points")
+ASSIGN_RULES = ("ranked", "argmax")
 
 
 @dataclass(frozen=True)
@@ -121,6 +134,14 @@ class ParticlesConfig(HeadConfig):
             it predicts (see the module docstring); off: the mask reads the features alone.
             Runs trained while the default was off load as trained
             (:func:`older_particles_settings`).
+        class_from_mask: each query's class also reads the mean of the mask features over the
+            points its mask holds (see the module docstring); off: the query embedding alone.
+            Runs trained while it did not exist load with it off
+            (:func:`older_particles_settings`).
+        assign: inference: how points go to the kept queries; ``ranked`` (queries in order of
+            class score times mean mask probability, each taking the points of its mask that
+            no better query took) or ``argmax`` (Mask2Former's panoptic rule: each point to
+            the query with the highest ``score * sigmoid(mask)``).
         dataset: the kind of events (class names, the low-energy class, the box size).
     """
 
@@ -144,6 +165,8 @@ class ParticlesConfig(HeadConfig):
     start_scale: float = 50.0
     overlap_threshold: float = 0.8
     mask_position: bool = True
+    class_from_mask: bool = True
+    assign: str = "ranked"
     dataset: str = DEFAULT_DATASET
 
     def __post_init__(self) -> None:
@@ -154,6 +177,8 @@ class ParticlesConfig(HeadConfig):
         if self.num_queries < 1 or self.decoder_blocks < 1 or self.num_heads < 1:
             raise ConfigError(f"num_queries, decoder_blocks and num_heads must be >= 1, got {self.num_queries}, "
                               f"{self.decoder_blocks}, {self.num_heads}")
+        if self.assign not in ASSIGN_RULES:
+            raise ConfigError(f"assign must be one of {', '.join(ASSIGN_RULES)}, got {self.assign!r}")
         if self.query_init not in QUERY_INITS:
             raise ConfigError(f"query_init must be one of {', '.join(QUERY_INITS)}, got {self.query_init!r}")
         if self.hidden % self.num_heads:
@@ -182,9 +207,15 @@ class ParticlesConfig(HeadConfig):
 def older_particles_settings(tensor_names: set[str]) -> dict[str, Any]:
     """Settings a particles run left out of its config because they were the defaults when it
     was trained, read from its weights' tensor names: ``mask_position`` was off by default
-    before, and such runs store no centre layers."""
-    has_centre = any("center_embed" in name.split(".") for name in tensor_names)
-    return {} if has_centre else {"mask_position": False}
+    before (such runs store no centre layers), and ``class_from_mask`` did not exist (no
+    pooled class layers)."""
+    parts = [set(name.split(".")) for name in tensor_names]
+    older: dict[str, Any] = {}
+    if not any("center_embed" in p for p in parts):
+        older["mask_position"] = False
+    if not any("class_pool" in p for p in parts):
+        older["class_from_mask"] = False
+    return older
 
 
 # ----------------------------------------------------------------------------- truth
@@ -349,6 +380,17 @@ def _weighted_point(query: torch.Tensor, keys: torch.Tensor, valid: torch.Tensor
     return torch.einsum("bqn,bnc->bqc", w, coord)
 
 
+def _mask_mean(prob: torch.Tensor, feat: torch.Tensor) -> torch.Tensor:
+    """(B, Q, d): per query, the mean of the point features (B, N, d) over the points its mask
+    holds (``prob`` (B, Q, N) >= 0.5, weighted by ``prob``); over all points weighted by
+    ``prob`` where it holds none. Hard weights keep the many faint points of a large event
+    from outweighing a small particle's own."""
+    held = torch.where(prob >= 0.5, prob, 0.0)
+    w = torch.where(held.sum(-1, keepdim=True) > 0, held, prob)
+    w = w / w.sum(-1, keepdim=True).clamp(min=1e-6)
+    return torch.einsum("bqn,bnd->bqd", w, feat)
+
+
 class _DecoderBlock(nn.Module):
     """Masked cross-attention to the event's points, self-attention among its queries, MLP
     (each residual, then LayerNorm: Mask2Former's post-norm order)."""
@@ -443,7 +485,8 @@ class Particles(AdaptationTask):
             self.semantic_head = nn.Linear(d, NUM_SEMANTIC)
             self.center_embed = _MLP(d, d, d) if cfg.mask_position else None
             self.center_scale = nn.Linear(d, 1) if cfg.mask_position else None
-            for extra in (self.query_from_point, self.center_embed, self.center_scale):
+            self.class_pool = _MLP(2 * d, d, NUM_PID + 1) if cfg.class_from_mask else None
+            for extra in (self.query_from_point, self.center_embed, self.center_scale, self.class_pool):
                 if extra is not None:
                     extra.apply(init_weights)
             if self.center_scale is not None:  # lengths start at ~2 box half-widths: a weak pull
@@ -469,6 +512,8 @@ class Particles(AdaptationTask):
             length = F.softplus(self.center_scale(h)) + 1e-2  # (B, Q, 1)
             mask = mask - torch.cdist(center, coord) / length
         soft = torch.where(valid[:, None, :], mask.detach().sigmoid(), 0.0)
+        if self.class_pool is not None:
+            cls = cls + self.class_pool(torch.cat([h, _mask_mean(soft, mem.detach())], -1))
         log_calo = torch.log1p((soft * energy[:, None, :]).sum(-1))
         log_energy = log_calo + self.energy_head(torch.cat([h, log_calo[..., None] / 5.0], -1)).squeeze(-1)
         start_norm = (_weighted_point(self.start_embed(h), mem, valid, coord)
@@ -659,9 +704,38 @@ def event_local_ids(point_particle: torch.Tensor, members: torch.Tensor) -> np.n
     return out
 
 
+def assign_points(rule: str, score: torch.Tensor, prob: torch.Tensor, stuff: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The points of one event shared among its kept queries: ``(taken, own)``, the (n,) query
+    of each point (-1: none) and the (k, n) points each query's own mask holds (what
+    ``overlap_threshold`` compares with). ``score`` (k,) class scores, ``prob`` (k, n) mask
+    probabilities, ``stuff`` (n,) points the semantic head calls low-energy (never taken).
+
+    * ``ranked``: queries in decreasing order of ``score`` times the mean mask probability
+      over their own points (``prob >= 0.5``, not stuff): a confident class and a sharp mask
+      first; each takes the points of its own mask that no query before it took.
+    * ``argmax`` (Mask2Former's panoptic rule): each point to the query with the highest
+      ``score * prob`` if it is in that query's own mask (``prob >= 0.5``, stuff included in
+      the mask, not taken).
+    """
+    if rule not in ASSIGN_RULES:
+        raise ConfigError(f"assign must be one of {', '.join(ASSIGN_RULES)}, got {rule!r}")
+    if rule == "argmax":
+        own = prob >= 0.5
+        best = (score[:, None] * prob).argmax(0)
+        return torch.where(own.gather(0, best[None]).squeeze(0) & ~stuff, best, -1), own
+    own = (prob >= 0.5) & ~stuff
+    quality = score * (prob * own).sum(1) / own.sum(1).clamp(min=1)
+    taken = torch.full((prob.shape[1],), -1, dtype=torch.long, device=prob.device)
+    for j in torch.argsort(quality, descending=True, stable=True).tolist():
+        taken = torch.where(own[j] & (taken < 0), j, taken)
+    return taken, own
+
+
 @torch.no_grad()
 def predict_particles(task: Particles, batch: PackedBatch) -> ParticlePredictions:
-    """Mask2Former's panoptic inference on the last prediction set (module docstring)."""
+    """The particles of the last prediction set by the inference rule of the module docstring
+    (``assign``: ranked queries, or Mask2Former's panoptic argmax)."""
     sets, semantic, _ = task.forward_sets(batch)
     last = sets[-1]
     prob = last.cls.float().softmax(-1)  # (B, Q, 6)
@@ -671,27 +745,21 @@ def predict_particles(task: Particles, batch: PackedBatch) -> ParticlePrediction
     stuff = semantic.argmax(-1) == task.stuff_class
     point_particle = torch.full((batch.num_points,), -1, dtype=torch.long, device=semantic.device)
     ev, qu, size_l = [], [], []
-    next_id = 0
     for b in range(len(batch)):
         a, e = int(batch.offsets[b]), int(batch.offsets[b + 1])
         kept = torch.nonzero(keep[b]).squeeze(1)
         if e == a or len(kept) == 0:
             continue
-        mp = mask_p[b, kept, : e - a]  # (k, n)
-        weighted = score[b, kept, None] * mp
-        best = weighted.argmax(0)
-        own = mp >= 0.5
-        assigned = (~stuff[a:e]) & own.gather(0, best[None]).squeeze(0)
+        taken, own = assign_points(task.config.assign, score[b, kept], mask_p[b, kept, : e - a], stuff[a:e])
         for j in range(len(kept)):
-            mine = assigned & (best == j)
+            mine = taken == j
             n_mine, n_own = int(mine.sum()), int(own[j].sum())
-            if n_mine == 0 or n_own == 0 or n_mine < task.config.overlap_threshold * n_own:
+            if n_mine == 0 or n_mine < task.config.overlap_threshold * n_own:
                 continue
-            point_particle[a:e][mine] = next_id
+            point_particle[a:e][mine] = len(ev)
             ev.append(b)
             qu.append(int(kept[j]))
             size_l.append(n_mine)
-            next_id += 1
     device = semantic.device
     event = torch.tensor(ev, dtype=torch.long, device=device)
     query = torch.tensor(qu, dtype=torch.long, device=device)
