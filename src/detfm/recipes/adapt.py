@@ -487,7 +487,7 @@ def score_run(run_dir: str | os.PathLike[str], data: Sequence[str | os.PathLike[
     task: nn.Module = load_finetuned(run, map_location=device)
     merge_lora(task)
     if pid_run is not None:
-        task = _with_pid_stage(cfg.task, run, task, pid_run, device)
+        task = _with_pid_stage(task, pid_run, device)
     scores = score_task(task, spec, events, batch_size=batch_size or cfg.eval_batch_size, progress=progress,
                         views=views, view_seed=view_seed)
     scored = {"files": [str(p) for p in paths],
@@ -506,12 +506,11 @@ def _check_pid_stage(task: str, run: str | os.PathLike[str], pid_run: str | os.P
         raise ConfigError(f"{pid_run} is a {pid_task} run; the second stage must be a pid run")
 
 
-def _with_pid_stage(task_name: str, run: str | os.PathLike[str], task: nn.Module, pid_run: str | os.PathLike[str],
-                    device: str) -> nn.Module:
-    """``task`` (the particles task of ``run``) whose found particles the ``pid_run``'s head names."""
+def _with_pid_stage(task: nn.Module, pid_run: str | os.PathLike[str], device: str) -> nn.Module:
+    """``task`` (a particles task) whose found particles the ``pid_run``'s head names (the pair
+    checked by :func:`_check_pid_stage` first)."""
     from detfm.evaluate.particles import ParticlesWithPid
 
-    _check_pid_stage(task_name, run, pid_run)
     pid = load_finetuned(pid_run, map_location=device)
     merge_lora(pid)
     return ParticlesWithPid(task, pid)  # type: ignore[arg-type]
@@ -611,6 +610,8 @@ def predict_file(run_dir: str | os.PathLike[str], data: str | os.PathLike[str],
     if dst.exists() and src.exists() and dst.resolve() == src.resolve():
         raise DetfmError(f"{dst}: the output would overwrite the input file")
     cfg = load_finetune_config(run_dir)
+    if pid_run is not None:
+        _check_pid_stage(cfg.task, run_dir, pid_run)
     task = load_finetuned(run_dir, map_location=device)
     merge_lora(task)  # inference only: fold LoRA updates into the weights (no-op otherwise)
     spec = get_task(cfg.task)
@@ -618,7 +619,7 @@ def predict_file(run_dir: str | os.PathLike[str], data: str | os.PathLike[str],
         raise ConfigError(f"averaging over orientations applies to tasks that score given items; '{cfg.task}' "
                           f"finds its own particles: predict with views=1")
     if pid_run is not None:
-        task = _with_pid_stage(cfg.task, run_dir, task, pid_run, device)
+        task = _with_pid_stage(task, pid_run, device)
     outputs = OrientationAverage(task, views, view_seed) if views != 1 else task
     per_event = spec.unit == "event"  # one fixed row per event, else variable-length rows
     by_instance = spec.unit == "instance"  # rows carry the group id of each particle
