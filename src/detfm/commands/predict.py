@@ -39,8 +39,6 @@ def _predict(args: argparse.Namespace) -> int:
     if out.exists() and data.exists() and out.resolve() == data.resolve():
         raise DetfmError(f"{out}: the output would overwrite the input file")
     check_output_file(out, overwrite=args.overwrite)
-    if args.pid is not None and not Path(args.pid).is_dir():
-        raise DetfmError(f"{args.pid}: no such run directory")
     check_device(args.device)
     report = predict_file(args.model, args.data, args.out, batch_size=args.batch_size,
                           dtype="float32" if args.float32 else "float16", device=args.device,

@@ -52,8 +52,6 @@ def _score(args: argparse.Namespace) -> int:
         raise DetfmError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.out:
         check_output_file(Path(args.out), overwrite=args.overwrite)
-    if args.pid is not None and not Path(args.pid).is_dir():
-        raise DetfmError(f"{args.pid}: no such run directory")
     check_device(args.device)
     scores = score_run(args.model, args.data, own_split=args.own_split, views=args.views,
                        view_seed=args.view_seed, max_events=args.max_events, batch_size=args.batch_size,

@@ -498,7 +498,10 @@ def score_run(run_dir: str | os.PathLike[str], data: Sequence[str | os.PathLike[
 
 
 def _check_pid_stage(task: str, run: str | os.PathLike[str], pid_run: str | os.PathLike[str]) -> None:
-    """Refuse a second (pid) stage on anything but a particles run, or one that is not a pid run."""
+    """Refuse a second (pid) stage on anything but a particles run, a missing directory, or one
+    that is not a pid run."""
+    if not Path(pid_run).is_dir():
+        raise DetfmError(f"{pid_run}: no such run directory")
     if task != "particles":
         raise ConfigError(f"a pid run names the particles a particles run finds; {run} is a {task} run")
     pid_task = load_finetune_config(pid_run).task
