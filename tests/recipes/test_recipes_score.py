@@ -92,6 +92,37 @@ def test_predictions_with_views_are_the_averaged_probabilities(run: Path, tiny_e
         assert not np.allclose(h5["probs"][3].reshape(-1, 5), want, atol=1e-4)
 
 
+def test_the_fragment_vote_through_score_and_predict(run: Path, tiny_events: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """``fragment_vote`` wraps the (view-averaged) task in a FragmentVote: scores and predictions
+    are those of the voted probabilities and say so; other tasks refuse it."""
+    from detfm.evaluate.fragments import FragmentVote
+    from detfm.io import layout
+
+    voted = score_run(run, views=2, fragment_vote=True)
+    assert voted["fragment_vote"] == {"classes": ["shower", "michel", "delta"]}
+    assert voted["orientation_views"] == {"views": 2, "seed": 0}
+    assert "fragment_vote" not in score_run(run)
+    predict_file(run, tiny_events, tmp_path / "v.h5", dtype="float32", views=2, fragment_vote=True)
+    group = (layout.SHOWER, layout.MICHEL, layout.DELTA)
+    task = FragmentVote(OrientationAverage(load_finetuned(run), 2), group, excluded=layout.LOW_ENERGY)
+    sample = EventDataset([tiny_events], min_points=0, labels=False)[3]
+    with torch.no_grad():
+        want = task.item_outputs(collate([sample]))[0].exp().numpy()
+    with h5py.File(tmp_path / "v.h5") as h5:
+        assert json.loads(h5.attrs["fragment_vote"]) == ["shower", "michel", "delta"]
+        np.testing.assert_allclose(h5["probs"][3].reshape(-1, 5), want, atol=1e-5)
+    assert main(["score", "--model", str(run), "--fragment-vote", "--quiet"]) == 0
+    assert "fragment vote over shower, michel, delta" in capsys.readouterr().out
+    pid_run = tmp_path / "pid"
+    run_finetune(config(tiny_events, task="pid"), pid_run)
+    with pytest.raises(ConfigError, match="this is a 'pid' run: leave out the fragment vote"):
+        score_run(pid_run, fragment_vote=True)
+    with pytest.raises(ConfigError, match="this is a 'pid' run"):
+        predict_file(pid_run, tiny_events, tmp_path / "x.h5", fragment_vote=True)
+    assert not (tmp_path / "x.h5").exists()
+
+
 def test_the_config_key_is_checked(tiny_events: Path) -> None:
     for bad in (0, True, 1.5):
         with pytest.raises(ConfigError, match="test_views must be an integer >= 1"):

@@ -108,6 +108,9 @@ def score_lines(task: str, ev: dict) -> list[str]:  # type: ignore[type-arg]
     views = ev.get("orientation_views")
     lines = [] if not views else [f"class probabilities averaged over {views['views']} orientations of each "
                                   f"event (seed {views['seed']})"]
+    if ev.get("fragment_vote"):
+        lines.append(f"fragment vote over {', '.join(ev['fragment_vote']['classes'])}: one class per connected "
+                     f"fragment")
     if spec.unit == "particle":  # set prediction: finding first, then PID on the found particles
         lines.append(f"test ({ev['events']} events, {ev['particles']} particles): PQ {_fmt(ev['pq'])}, finding "
                      f"efficiency {_fmt(ev['finding']['efficiency_all'])}, purity "

@@ -1,5 +1,6 @@
-"""``--views N`` and ``--view-seed S``: test-time orientation averaging, shared by the commands
-that run a fine-tuned model (:mod:`detfm.evaluate.orientations`)."""
+"""Test-time options shared by the commands that run a fine-tuned model: ``--views N`` and
+``--view-seed S`` (orientation averaging, :mod:`detfm.evaluate.orientations`) and
+``--fragment-vote`` (:mod:`detfm.evaluate.fragments`)."""
 
 from __future__ import annotations
 
@@ -12,3 +13,10 @@ def add_views_options(p: argparse.ArgumentParser, runs: str = "not for particles
                    help=f"average the class probabilities over this many orientations of each event (the first: "
                         f"the event as it is; one forward pass each; default 1; {runs})")
     p.add_argument("--view-seed", type=int, default=0, help="seed of the orientations (default 0)")
+
+
+def add_fragment_vote_option(p: argparse.ArgumentParser) -> None:
+    """Add ``--fragment-vote`` (off by default)."""
+    p.add_argument("--fragment-vote", action="store_true",
+                   help="semseg runs: give each connected fragment of shower-like points (shower, Michel, delta) "
+                        "the one class with the largest summed probability, after any --views average")

@@ -32,6 +32,9 @@ class DatasetSpec:
         box_size: extent of every coordinate axis, in the files' units; models scale
             coordinates from ``[0, box_size]`` to ``[-1, 1]``.
         units: what one coordinate unit is.
+        fragment_classes: the semantic classes whose touching points the test-time fragment
+            vote gives one class (:mod:`detfm.evaluate.fragments`; LArTPC: shower, Michel and
+            delta, the electron-like deposits); empty: no fragment vote for this kind.
     """
 
     name: str
@@ -40,6 +43,7 @@ class DatasetSpec:
     excluded_semantic: int | None
     box_size: float
     units: str
+    fragment_classes: tuple[int, ...] = ()
 
     @property
     def headline_semantic_classes(self) -> tuple[str, ...]:
@@ -76,6 +80,7 @@ def get_dataset(name: str) -> DatasetSpec:
 
 LARTPC = register_dataset(DatasetSpec(
     name="lartpc", semantic_classes=layout.SEMANTIC_CLASSES, pid_classes=layout.PID_CLASSES[:layout.PID_NONE],
-    excluded_semantic=layout.LOW_ENERGY, box_size=float(layout.BOX_VOXELS), units="3 mm voxels"))
+    excluded_semantic=layout.LOW_ENERGY, box_size=float(layout.BOX_VOXELS), units="3 mm voxels",
+    fragment_classes=(layout.SHOWER, layout.MICHEL, layout.DELTA)))
 
 DEFAULT_DATASET = LARTPC.name

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from detfm.data import EventDataset, PackedBatch, collate
 from detfm.errors import ConfigError, DetfmError
+from detfm.evaluate.fragments import FragmentVote
 from detfm.evaluate.instances import InstanceTally
 from detfm.evaluate.metrics import (
     accuracy,
@@ -122,12 +123,17 @@ def task_confusion(task: nn.Module, dataset: EventDataset, num_classes: int, exc
 
 
 def score_task(task: nn.Module, spec: TaskSpec, dataset: EventDataset, batch_size: int = 8,
-               progress: bool = False, views: int = 1, view_seed: int = 0) -> dict[str, Any]:
+               progress: bool = False, views: int = 1, view_seed: int = 0,
+               fragment_vote: bool = False) -> dict[str, Any]:
     """The scores of a task on every scored item of ``dataset`` (labeled, not augmented).
 
     ``views > 1``: the class probabilities of each item are averaged over that many
     orientations of its event (:class:`~detfm.evaluate.orientations.OrientationAverage`,
     drawn from ``view_seed``); the scores then say so under ``orientation_views``.
+    ``fragment_vote`` (tasks with ``fragment_classes``, i.e. semseg): each connected fragment
+    of points called one of those classes takes one class
+    (:class:`~detfm.evaluate.fragments.FragmentVote`, after the views are averaged); the
+    scores say so under ``fragment_vote``.
 
     Per class F1, precision and recall (called efficiency and purity for particles and
     events), macro-F1 and accuracy, and the confusion matrix. With an excluded class (semseg)
@@ -135,6 +141,17 @@ def score_task(task: nn.Module, spec: TaskSpec, dataset: EventDataset, batch_siz
     ``f1_4``, ``confusion_4``), as the reference evaluation scores segmentation.
     """
     scorer = _SCORERS.get(spec.name)
+    if fragment_vote:
+        if not spec.fragment_classes:
+            raise ConfigError(f"the fragment vote applies to tasks scored point by point with fragment classes "
+                              f"(semseg); '{spec.name}' has none: score without it")
+        inner = OrientationAverage(task, views, view_seed) if views != 1 else task
+        voted = score_task(FragmentVote(inner, spec.fragment_classes, spec.excluded_class), spec, dataset,
+                           batch_size, progress)
+        extra: dict[str, Any] = {"fragment_vote": {"classes": [spec.class_names[c] for c in spec.fragment_classes]}}
+        if views != 1:
+            extra["orientation_views"] = {"views": views, "seed": view_seed}
+        return {**voted, **extra}
     if views != 1:
         if scorer is not None:
             raise ConfigError(f"averaging over orientations applies to tasks scored point by point, particle "

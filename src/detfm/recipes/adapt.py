@@ -59,6 +59,7 @@ from detfm.engine import TrainConfig, TrainResult, load_config, load_weights, st
 from detfm.engine.runs import (BACKBONE_FILE, CONFIG_FILE, EVAL_FILE, MODEL_FILE, PREDICTIONS_FORMAT, SPLIT_FILE,
                                backbone_config, last_checkpoint, load_backbone, weights_path)
 from detfm.errors import ConfigError, DataFormatError, DetfmError
+from detfm.evaluate.fragments import FragmentVote
 from detfm.evaluate.orientations import OrientationAverage
 from detfm.evaluate.scoring import score_task
 from detfm.io import atomic_path, atomic_write_text
@@ -67,7 +68,7 @@ from detfm.models.lora import apply_lora, merge_lora
 from detfm.recipes.particle_predict import write_particle_predictions
 from detfm.recipes.pretrain import DataConfig, build_dataset
 from detfm.tasks.heads import AdaptationTask
-from detfm.tasks.registry import get_task
+from detfm.tasks.registry import TaskSpec, get_task
 
 __all__ = [
     "CPU_OVERRIDES", "EventSplit", "FinetuneConfig", "FinetuneResult", "Mode", "PredictReport",
@@ -444,7 +445,7 @@ def evaluate_segmentation(task: AdaptationTask, dataset: EventDataset, batch_siz
 def score_run(run_dir: str | os.PathLike[str], data: Sequence[str | os.PathLike[str]] | None = None, *,
               own_split: bool = False, views: int = 1, view_seed: int = 0, max_events: int | None = None,
               batch_size: int | None = None, device: str = "cpu", progress: bool = False,
-              pid_run: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+              pid_run: str | os.PathLike[str] | None = None, fragment_vote: bool = False) -> dict[str, Any]:
     """Score a fine-tuned run again: on its own test split (``data`` None: the run's files and
     the test events of its ``split.json``; or ``data`` with ``own_split``: the run's files
     where they are now) or on every usable event of the labeled files ``data`` (the run's
@@ -454,11 +455,15 @@ def score_run(run_dir: str | os.PathLike[str], data: Sequence[str | os.PathLike[
     (:class:`~detfm.evaluate.orientations.OrientationAverage`). ``max_events``: only the first
     this many events. ``pid_run`` (a ``particles`` run only): a ``pid`` run whose head names
     the particles the decoder finds (:class:`~detfm.evaluate.particles.ParticlesWithPid`).
+    ``fragment_vote`` (``semseg`` runs): each connected fragment of shower-like points takes one
+    class (:class:`~detfm.evaluate.fragments.FragmentVote`).
     The scores are those of ``eval.json``, with what was scored under ``scored``.
     """
     run = Path(run_dir)
     cfg = load_finetune_config(run)
     spec = get_task(cfg.task)
+    if fragment_vote:
+        _check_fragment_vote(spec)
     if pid_run is not None:  # before reading any events
         _check_pid_stage(cfg.task, run, pid_run)
     paths = [Path(p) for p in (cfg.data.paths if data is None else data)]
@@ -489,12 +494,18 @@ def score_run(run_dir: str | os.PathLike[str], data: Sequence[str | os.PathLike[
     if pid_run is not None:
         task = _with_pid_stage(task, pid_run, device)
     scores = score_task(task, spec, events, batch_size=batch_size or cfg.eval_batch_size, progress=progress,
-                        views=views, view_seed=view_seed)
+                        views=views, view_seed=view_seed, fragment_vote=fragment_vote)
     scored = {"files": [str(p) for p in paths],
               "events": "test split of the run" if data is None or own_split else "all usable"}
     if pid_run is not None:
         scored["pid_run"] = str(pid_run)
     return {"task": cfg.task, "run": str(run), "scored": scored, **scores}
+
+
+def _check_fragment_vote(spec: TaskSpec) -> None:
+    if not spec.fragment_classes:
+        raise ConfigError(f"the fragment vote applies to runs that classify points (semseg); this is a "
+                          f"'{spec.name}' run: leave out the fragment vote")
 
 
 def _check_pid_stage(task: str, run: str | os.PathLike[str], pid_run: str | os.PathLike[str]) -> None:
@@ -580,7 +591,7 @@ def predict_file(run_dir: str | os.PathLike[str], data: str | os.PathLike[str],
                  out_h5: str | os.PathLike[str], *, batch_size: int = 8,
                  dtype: Literal["float16", "float32"] = "float16", device: str = "cpu",
                  progress: bool = False, views: int = 1, view_seed: int = 0,
-                 pid_run: str | os.PathLike[str] | None = None) -> PredictReport:
+                 pid_run: str | os.PathLike[str] | None = None, fragment_vote: bool = False) -> PredictReport:
     """Run a fine-tuned model on every event of ``data`` and write its outputs to ``out_h5``.
 
     One row per input event, in file order (written atomically). Common datasets:
@@ -603,7 +614,9 @@ def predict_file(run_dir: str | os.PathLike[str], data: str | os.PathLike[str],
     Events with no point above the threshold get empty rows. ``views > 1`` (all but
     ``particles`` runs): the probabilities are averaged over that many orientations of each
     event (:class:`~detfm.evaluate.orientations.OrientationAverage`, drawn from
-    ``view_seed``; attribute ``orientation_views``).
+    ``view_seed``; attribute ``orientation_views``). ``fragment_vote`` (``semseg`` runs): each
+    connected fragment of shower-like points takes one class, after the views are averaged
+    (:class:`~detfm.evaluate.fragments.FragmentVote`; attribute ``fragment_vote``).
     """
     if dtype not in ("float16", "float32"):
         raise ConfigError(f"dtype must be 'float16' or 'float32', got {dtype!r}")
@@ -615,15 +628,19 @@ def predict_file(run_dir: str | os.PathLike[str], data: str | os.PathLike[str],
     cfg = load_finetune_config(run_dir)
     if pid_run is not None:
         _check_pid_stage(cfg.task, run_dir, pid_run)
+    spec = get_task(cfg.task)
+    if fragment_vote:
+        _check_fragment_vote(spec)
     task = load_finetuned(run_dir, map_location=device)
     merge_lora(task)  # inference only: fold LoRA updates into the weights (no-op otherwise)
-    spec = get_task(cfg.task)
     if views != 1 and spec.unit == "particle":
         raise ConfigError(f"averaging over orientations applies to tasks that score given items; '{cfg.task}' "
                           f"finds its own particles: predict with views=1")
     if pid_run is not None:
         task = _with_pid_stage(task, pid_run, device)
     outputs = OrientationAverage(task, views, view_seed) if views != 1 else task
+    if fragment_vote:
+        outputs = FragmentVote(outputs, spec.fragment_classes, spec.excluded_class)
     per_event = spec.unit == "event"  # one fixed row per event, else variable-length rows
     by_instance = spec.unit == "instance"  # rows carry the group id of each particle
     dataset = EventDataset([src], energy_threshold=cfg.data.energy_threshold, min_points=0, labels=by_instance)
@@ -664,6 +681,8 @@ def predict_file(run_dir: str | os.PathLike[str], data: str | os.PathLike[str],
                          "point_order": "points with value >= energy_threshold, in stored order"})
         if views != 1:
             h5.attrs["orientation_views"] = json.dumps({"views": views, "seed": view_seed})
+        if fragment_vote:
+            h5.attrs["fragment_vote"] = json.dumps([spec.class_names[c] for c in spec.fragment_classes])
         for a in range(0, n, batch_size):
             samples = [dataset[i] for i in range(a, min(a + batch_size, n))]
             full = [s for s in samples if s.n_points > 0]

@@ -59,6 +59,8 @@ class TaskSpec:
         older_run_settings: for a default that changed: given the tensor names of a trained
             run's weights, the settings its config left out because they were the defaults
             when it was trained (None: no default of the task has changed).
+        fragment_classes: the classes whose touching points the test-time fragment vote gives
+            one class (:mod:`detfm.evaluate.fragments`); empty: the task has no fragment vote.
     """
 
     name: str
@@ -73,6 +75,7 @@ class TaskSpec:
     labels: Callable[[PackedBatch], torch.Tensor]
     prediction_prefix: str
     older_run_settings: Callable[[set[str]], dict[str, Any]] | None = None
+    fragment_classes: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -139,7 +142,7 @@ register_task(TaskSpec(
     headline="macro_f1_4", per_class="f1_4", class_names=_LARTPC.semantic_classes,
     excluded_class=_LARTPC.excluded_semantic,
     description="per-point semantic segmentation (shower, track, Michel, delta, low-energy)",
-    labels=lambda batch: batch.semantic, prediction_prefix=""))
+    labels=lambda batch: batch.semantic, prediction_prefix="", fragment_classes=_LARTPC.fragment_classes))
 register_task(TaskSpec(
     name="pid", config_cls=PIDConfig, build=ParticleID, unit="instance", headline="macro_f1", per_class="f1",
     class_names=_LARTPC.pid_classes, excluded_class=None,
