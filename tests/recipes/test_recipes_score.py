@@ -114,6 +114,10 @@ def test_the_fragment_vote_through_score_and_predict(run: Path, tiny_events: Pat
         np.testing.assert_allclose(h5["probs"][3].reshape(-1, 5), want, atol=1e-5)
     assert main(["score", "--model", str(run), "--fragment-vote", "--quiet"]) == 0
     assert "fragment vote over shower, michel, delta" in capsys.readouterr().out
+    assert main(["predict", "--model", str(run), "--data", str(tiny_events), "--out", str(tmp_path / "c.h5"),
+                 "--views", "2", "--fragment-vote", "--float32", "--quiet"]) == 0
+    with h5py.File(tmp_path / "c.h5") as h5:
+        np.testing.assert_allclose(h5["probs"][3].reshape(-1, 5), want, atol=1e-5)
     pid_run = tmp_path / "pid"
     run_finetune(config(tiny_events, task="pid"), pid_run)
     with pytest.raises(ConfigError, match="this is a 'pid' run: leave out the fragment vote"):
