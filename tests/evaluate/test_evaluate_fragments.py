@@ -159,5 +159,5 @@ def test_scoring_with_the_vote_needs_a_task_with_fragment_classes(tiny_events) -
     assert get_task("semseg").fragment_classes == GROUP
     scores = score_task(FixedTask(), get_task("semseg"), data, fragment_vote=True)
     assert scores["fragment_vote"] == {"classes": ["shower", "michel", "delta"]}
-    with pytest.raises(ConfigError, match="'pid' has none"):
+    with pytest.raises(ConfigError, match="this is a 'pid' task, which has no fragment classes: leave out the fragment vote"):
         score_task(FixedTask(), get_task("pid"), data, fragment_vote=True)

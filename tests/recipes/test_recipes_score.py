@@ -120,9 +120,9 @@ def test_the_fragment_vote_through_score_and_predict(run: Path, tiny_events: Pat
         np.testing.assert_allclose(h5["probs"][3].reshape(-1, 5), want, atol=1e-5)
     pid_run = tmp_path / "pid"
     run_finetune(config(tiny_events, task="pid"), pid_run)
-    with pytest.raises(ConfigError, match="this is a 'pid' run: leave out the fragment vote"):
+    with pytest.raises(ConfigError, match="this is a 'pid' task, which has no fragment classes: leave out the fragment vote"):
         score_run(pid_run, fragment_vote=True)
-    with pytest.raises(ConfigError, match="this is a 'pid' run"):
+    with pytest.raises(ConfigError, match="this is a 'pid' task, which has no fragment classes"):
         predict_file(pid_run, tiny_events, tmp_path / "x.h5", fragment_vote=True)
     assert not (tmp_path / "x.h5").exists()
 

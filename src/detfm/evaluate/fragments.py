@@ -31,8 +31,16 @@ from torch import nn
 from detfm.data import PackedBatch
 from detfm.errors import ConfigError
 from detfm.models.sparse.hashing import MAX_BOX, kernel_map
+from detfm.tasks.registry import TaskSpec
 
-__all__ = ["FragmentVote", "fragment_vote", "point_fragments"]
+__all__ = ["FragmentVote", "check_fragment_vote", "fragment_vote", "point_fragments"]
+
+
+def check_fragment_vote(spec: TaskSpec) -> None:
+    """Refuse the fragment vote for a task without fragment classes (every task but semseg)."""
+    if not spec.fragment_classes:
+        raise ConfigError(f"the fragment vote applies to tasks that classify points (semseg); this is a "
+                          f"'{spec.name}' task, which has no fragment classes: leave out the fragment vote")
 
 
 def point_fragments(coord: torch.Tensor, event: torch.Tensor, member: torch.Tensor) -> tuple[torch.Tensor, int]:

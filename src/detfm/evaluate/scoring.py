@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from detfm.data import EventDataset, PackedBatch, collate
 from detfm.errors import ConfigError, DetfmError
-from detfm.evaluate.fragments import FragmentVote
+from detfm.evaluate.fragments import FragmentVote, check_fragment_vote
 from detfm.evaluate.instances import InstanceTally
 from detfm.evaluate.metrics import (
     accuracy,
@@ -142,9 +142,7 @@ def score_task(task: nn.Module, spec: TaskSpec, dataset: EventDataset, batch_siz
     """
     scorer = _SCORERS.get(spec.name)
     if fragment_vote:
-        if not spec.fragment_classes:
-            raise ConfigError(f"the fragment vote applies to tasks scored point by point with fragment classes "
-                              f"(semseg); '{spec.name}' has none: score without it")
+        check_fragment_vote(spec)
         inner = OrientationAverage(task, views, view_seed) if views != 1 else task
         voted = score_task(FragmentVote(inner, spec.fragment_classes, spec.excluded_class), spec, dataset,
                            batch_size, progress)

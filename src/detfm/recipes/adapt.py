@@ -59,7 +59,7 @@ from detfm.engine import TrainConfig, TrainResult, load_config, load_weights, st
 from detfm.engine.runs import (BACKBONE_FILE, CONFIG_FILE, EVAL_FILE, MODEL_FILE, PREDICTIONS_FORMAT, SPLIT_FILE,
                                backbone_config, last_checkpoint, load_backbone, weights_path)
 from detfm.errors import ConfigError, DataFormatError, DetfmError
-from detfm.evaluate.fragments import FragmentVote
+from detfm.evaluate.fragments import FragmentVote, check_fragment_vote
 from detfm.evaluate.orientations import OrientationAverage
 from detfm.evaluate.scoring import score_task
 from detfm.io import atomic_path, atomic_write_text
@@ -68,7 +68,7 @@ from detfm.models.lora import apply_lora, merge_lora
 from detfm.recipes.particle_predict import write_particle_predictions
 from detfm.recipes.pretrain import DataConfig, build_dataset
 from detfm.tasks.heads import AdaptationTask
-from detfm.tasks.registry import TaskSpec, get_task
+from detfm.tasks.registry import get_task
 
 __all__ = [
     "CPU_OVERRIDES", "EventSplit", "FinetuneConfig", "FinetuneResult", "Mode", "PredictReport",
@@ -463,7 +463,7 @@ def score_run(run_dir: str | os.PathLike[str], data: Sequence[str | os.PathLike[
     cfg = load_finetune_config(run)
     spec = get_task(cfg.task)
     if fragment_vote:
-        _check_fragment_vote(spec)
+        check_fragment_vote(spec)
     if pid_run is not None:  # before reading any events
         _check_pid_stage(cfg.task, run, pid_run)
     paths = [Path(p) for p in (cfg.data.paths if data is None else data)]
@@ -500,12 +500,6 @@ def score_run(run_dir: str | os.PathLike[str], data: Sequence[str | os.PathLike[
     if pid_run is not None:
         scored["pid_run"] = str(pid_run)
     return {"task": cfg.task, "run": str(run), "scored": scored, **scores}
-
-
-def _check_fragment_vote(spec: TaskSpec) -> None:
-    if not spec.fragment_classes:
-        raise ConfigError(f"the fragment vote applies to runs that classify points (semseg); this is a "
-                          f"'{spec.name}' run: leave out the fragment vote")
 
 
 def _check_pid_stage(task: str, run: str | os.PathLike[str], pid_run: str | os.PathLike[str]) -> None:
@@ -630,7 +624,7 @@ def predict_file(run_dir: str | os.PathLike[str], data: str | os.PathLike[str],
         _check_pid_stage(cfg.task, run_dir, pid_run)
     spec = get_task(cfg.task)
     if fragment_vote:
-        _check_fragment_vote(spec)
+        check_fragment_vote(spec)
     task = load_finetuned(run_dir, map_location=device)
     merge_lora(task)  # inference only: fold LoRA updates into the weights (no-op otherwise)
     if views != 1 and spec.unit == "particle":
