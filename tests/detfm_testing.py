@@ -64,6 +64,19 @@ def pretrain_tiny(events: Path, out: Path) -> Path:
     return out
 
 
+def tiny_finetune_config(events: Path, **kw: Any) -> Any:
+    """A 2-step ``head`` fine-tune from scratch of size :data:`TINY_SHALLOW` on 4 labeled events of
+    ``events`` (no rotation), with ``kw`` as further :class:`FinetuneConfig` fields."""
+    from detfm.engine import TrainConfig
+    from detfm.recipes.adapt import FinetuneConfig
+    from detfm.recipes.pretrain import DataConfig
+
+    train = TrainConfig(steps=2, batch_size=2, warmup_steps=1, lr=3e-3, progress=False, log_every=1)
+    data = DataConfig(paths=(str(events),), rotate=False)
+    return FinetuneConfig(backbone="scratch", model_overrides=TINY_SHALLOW, labels=4, mode="head", data=data,
+                          train=train, **kw)
+
+
 # ----------------------------------------------------------------------------- test model families
 # Two families registered only for the tests (``list_models("*_test")``): a tiny patch transformer
 # and a trivial per-point network, so that every generic code path is exercised by two backbones

@@ -13,12 +13,12 @@ import sys
 from collections.abc import Sequence
 
 from detfm import __version__
-from detfm.commands import anomalies, audit, card, compare, convert, evaluate, finetune, info, predict, pretrain, probe
-from detfm.commands import registry, report, score, show, simulate, study, validate
+from detfm.commands import anomalies, audit, card, compare, convert, evaluate, finetune, fragments, info, predict
+from detfm.commands import pretrain, probe, registry, report, score, show, simulate, study, validate
 from detfm.errors import DetfmError
 
-COMMANDS = (simulate, info, validate, show, compare, pretrain, convert, probe, finetune, score, predict, study,
-            evaluate, anomalies, registry, card, audit, report)
+COMMANDS = (simulate, info, validate, show, compare, pretrain, convert, probe, finetune, fragments, score, predict,
+            study, evaluate, anomalies, registry, card, audit, report)
 """The subcommand modules, in the order ``detfm --help`` lists them."""
 
 

@@ -12,22 +12,17 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from detfm_testing import TINY_SHALLOW, register_test_models
+from detfm_testing import register_test_models, tiny_finetune_config
 
 from detfm.cli import main
 from detfm.data import EventDataset, PackedBatch, collate
-from detfm.engine import TrainConfig
 from detfm.errors import ConfigError, DetfmError
 from detfm.evaluate.orientations import OrientationAverage
 from detfm.recipes.adapt import FinetuneConfig, load_finetuned, predict_file, run_finetune, score_run
-from detfm.recipes.pretrain import DataConfig
 
 
 def config(events: Path, **kw: object) -> FinetuneConfig:
-    train = TrainConfig(steps=2, batch_size=2, warmup_steps=1, lr=3e-3, progress=False, log_every=1)
-    data = DataConfig(paths=(str(events),), rotate=False)
-    return FinetuneConfig(backbone="scratch", model_overrides=TINY_SHALLOW, labels=4, mode="head", data=data,
-                          train=train, **kw)  # type: ignore[arg-type]
+    return tiny_finetune_config(events, **kw)  # type: ignore[no-any-return]
 
 
 @pytest.fixture(scope="module")

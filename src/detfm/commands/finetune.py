@@ -111,6 +111,11 @@ def score_lines(task: str, ev: dict) -> list[str]:  # type: ignore[type-arg]
     if ev.get("fragment_vote"):
         lines.append(f"fragment vote over {', '.join(ev['fragment_vote']['classes'])}: one class per connected "
                      f"fragment")
+    if ev.get("fragment_classifier"):
+        fc = ev["fragment_classifier"]
+        sides = "; ".join(", ".join(side) for side in fc["sides"])
+        lines.append(f"fragment classifier (fitted on {fc.get('fitted_views', '?')}-view outputs) names the "
+                     f"connected fragments of: {sides}")
     if spec.unit == "particle":  # set prediction: finding first, then PID on the found particles
         lines.append(f"test ({ev['events']} events, {ev['particles']} particles): PQ {_fmt(ev['pq'])}, finding "
                      f"efficiency {_fmt(ev['finding']['efficiency_all'])}, purity "

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from detfm.commands.device import check_device
-from detfm.commands.views import add_fragment_vote_option, add_views_options
+from detfm.commands.views import add_fragment_options, add_views_options
 from detfm.errors import DetfmError
 from detfm.io.outputs import check_output_file
 
@@ -23,7 +23,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output HDF5 file, e.g. preds.h5 (written atomically)")
     p.add_argument("--batch-size", type=int, default=8, help="events per forward pass (default 8)")
     add_views_options(p)
-    add_fragment_vote_option(p)
+    add_fragment_options(p)
     p.add_argument("--pid", metavar="PID_RUN_DIR",
                    help="particles runs: name the particles the decoder finds with this pid run's head")
     p.add_argument("--float32", action="store_true", help="store probabilities as float32 (default float16)")
@@ -44,7 +44,8 @@ def _predict(args: argparse.Namespace) -> int:
     report = predict_file(args.model, args.data, args.out, batch_size=args.batch_size,
                           dtype="float32" if args.float32 else "float16", device=args.device,
                           progress=not args.quiet, views=args.views, view_seed=args.view_seed, pid_run=args.pid,
-                          fragment_vote=args.fragment_vote)
+                          fragment_vote=args.fragment_vote,
+                          fragment_classifier=args.fragment_classifier)
     print(f"wrote predictions for {report.events} events ({report.points} points) to {report.path} "
           f"in {report.seconds:.1f} s ({report.events_per_second:.1f} events/s)")
     return 0

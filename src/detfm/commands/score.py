@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from detfm.commands.views import add_fragment_vote_option, add_views_options
+from detfm.commands.views import add_fragment_options, add_views_options
 from detfm.errors import DetfmError
 
 
@@ -16,14 +16,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "events of its split (default; the run's data files must be where the run read them, or "
                     "pass them with --data and --own-split) or on every usable event of labeled --data files. "
                     "--views N averages the class probabilities over N orientations of each event; --fragment-vote "
-                    "gives each connected fragment of shower-like points one class.")
+                    "gives each connected fragment of shower-like points one class; --fragment-classifier names "
+                    "each fragment with the run's fitted fragment classifier (`detfm fragments`).")
     p.add_argument("--model", required=True, metavar="RUN_DIR", help="a run directory of `detfm finetune`")
     p.add_argument("--data", nargs="+", metavar="FILE",
                    help="labeled event files to score (default: the run's own files and test split)")
     p.add_argument("--own-split", action="store_true",
                    help="with --data: the files are the run's own (moved); score the run's test events in them")
     add_views_options(p)
-    add_fragment_vote_option(p)
+    add_fragment_options(p)
     p.add_argument("--pid", metavar="PID_RUN_DIR",
                    help="particles runs: name the particles the decoder finds with this pid run's head "
                         "(trained on truth instances) instead of the decoder's class head")
@@ -58,7 +59,8 @@ def _score(args: argparse.Namespace) -> int:
     scores = score_run(args.model, args.data, own_split=args.own_split, views=args.views,
                        view_seed=args.view_seed, max_events=args.max_events, batch_size=args.batch_size,
                        device=args.device, progress=not args.quiet, pid_run=args.pid,
-                       fragment_vote=args.fragment_vote)
+                       fragment_vote=args.fragment_vote,
+                       fragment_classifier=args.fragment_classifier)
     for line in score_lines(scores["task"], scores):
         print(line)
     if args.out:

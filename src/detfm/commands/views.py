@@ -1,6 +1,7 @@
 """Test-time options shared by the commands that run a fine-tuned model: ``--views N`` and
 ``--view-seed S`` (orientation averaging, :mod:`detfm.evaluate.orientations`) and
-``--fragment-vote`` (:mod:`detfm.evaluate.fragments`)."""
+``--fragment-vote`` (:mod:`detfm.evaluate.fragments`) and ``--fragment-classifier``
+(:mod:`detfm.evaluate.fragment_classifier`)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,12 @@ def add_views_options(p: argparse.ArgumentParser, runs: str = "not for particles
     p.add_argument("--view-seed", type=int, default=0, help="seed of the orientations (default 0)")
 
 
-def add_fragment_vote_option(p: argparse.ArgumentParser) -> None:
-    """Add ``--fragment-vote`` (off by default)."""
-    p.add_argument("--fragment-vote", action="store_true",
-                   help="semseg runs: give each connected fragment of shower-like points (shower, Michel, delta) "
-                        "the one class with the largest summed probability, after any --views average")
+def add_fragment_options(p: argparse.ArgumentParser) -> None:
+    """Add ``--fragment-vote`` and ``--fragment-classifier`` (one or the other, both off by default)."""
+    one = p.add_mutually_exclusive_group()
+    one.add_argument("--fragment-vote", action="store_true",
+                     help="semseg runs: give each connected fragment of shower-like points (shower, Michel, delta) "
+                          "the one class with the largest summed probability, after any --views average")
+    one.add_argument("--fragment-classifier", action="store_true",
+                     help="semseg runs: name each connected fragment with the run's fitted fragment classifier "
+                          "(fit it first with `detfm fragments --model RUN`), after any --views average")

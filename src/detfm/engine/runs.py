@@ -11,6 +11,8 @@ Every training run (pretraining or adaptation) is a folder::
     manifest.json      provenance (see audit.manifest)
     split.json         adaptation runs: the event ids of every split part
     eval.json          adaptation runs: test scores
+    fragment_classifier.safetensors / .json
+                       semseg runs, after ``detfm fragments``: the fitted fragment classifier
 
 Commands, evaluation and audit code take file names from here, never spell them.
 """
@@ -30,8 +32,9 @@ from detfm.engine.config import read_yaml
 from detfm.errors import DetfmError
 from detfm.models import ModelConfig, build_model, config_from_yaml, model_config
 
-__all__ = ["BACKBONE_FILE", "BACKBONE_PREFIX", "CHECKPOINTS_DIR", "CONFIG_FILE", "EVAL_FILE", "MANIFEST_FILE",
-           "METRICS_FILE", "MODEL_FILE", "PREDICTIONS_FORMAT", "SPLIT_FILE", "backbone_config", "last_checkpoint", "load_backbone",
+__all__ = ["BACKBONE_FILE", "BACKBONE_PREFIX", "CHECKPOINTS_DIR", "CONFIG_FILE", "EVAL_FILE",
+           "FRAGMENT_CLASSIFIER_FILE", "FRAGMENT_CLASSIFIER_INFO", "MANIFEST_FILE", "METRICS_FILE", "MODEL_FILE",
+           "PREDICTIONS_FORMAT", "SPLIT_FILE", "backbone_config", "last_checkpoint", "load_backbone",
            "load_objective", "random_backbone", "run_settings", "weights_path"]
 
 CONFIG_FILE = "config.yaml"
@@ -41,6 +44,8 @@ CHECKPOINTS_DIR = "checkpoints"
 MANIFEST_FILE = "manifest.json"
 SPLIT_FILE = "split.json"
 EVAL_FILE = "eval.json"
+FRAGMENT_CLASSIFIER_FILE = "fragment_classifier.safetensors"
+FRAGMENT_CLASSIFIER_INFO = "fragment_classifier.json"
 # The ``format`` attribute of the per-event outputs ``detfm predict`` writes.
 PREDICTIONS_FORMAT = "detfm-predictions/1"
 BACKBONE_PREFIX = "backbone."

@@ -33,7 +33,7 @@ from detfm.errors import ConfigError
 from detfm.models.sparse.hashing import MAX_BOX, kernel_map
 from detfm.tasks.registry import TaskSpec
 
-__all__ = ["FragmentVote", "check_fragment_vote", "fragment_vote", "point_fragments"]
+__all__ = ["FragmentVote", "PointProbabilityStep", "check_fragment_vote", "fragment_vote", "point_fragments"]
 
 
 def check_fragment_vote(spec: TaskSpec) -> None:
@@ -106,7 +106,42 @@ def fragment_vote(probs: torch.Tensor, coord: torch.Tensor, event: torch.Tensor,
     return out.to(probs.device)
 
 
-class FragmentVote(nn.Module):
+class PointProbabilityStep(nn.Module):
+    """Base of the test-time steps that change a point task's class probabilities: answers
+    ``forward_logits``, ``scored_items`` and ``item_outputs`` with the log of
+    ``self.step(probs, batch)``. ``task``: a point task or an
+    :class:`~detfm.evaluate.orientations.OrientationAverage` of one."""
+
+    def __init__(self, task: nn.Module, what: str) -> None:
+        super().__init__()
+        if not hasattr(task, "forward_logits"):
+            raise ConfigError(f"{type(task).__name__} has no per-point outputs (forward_logits): the {what} "
+                              f"applies to segmentation tasks")
+        self.task = task
+
+    def step(self, probs: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _changed(self, logits: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
+        out = self.step(torch.softmax(logits.float(), dim=-1), batch)
+        return torch.log(out.clamp_min(torch.finfo(out.dtype).tiny))
+
+    def forward_logits(self, batch: PackedBatch) -> torch.Tensor:
+        """(P, C) log of the changed probabilities of every point."""
+        return self._changed(self.task.forward_logits(batch), batch)
+
+    def scored_items(self, batch: PackedBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every point's true class and changed log-probabilities."""
+        labels, logits = self.task.scored_items(batch)
+        return labels, self._changed(logits, batch)
+
+    def item_outputs(self, batch: PackedBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Changed log-probabilities of every point, its event and its position in the batch."""
+        logits, event, position = self.task.item_outputs(batch)
+        return self._changed(logits, batch), event, position
+
+
+class FragmentVote(PointProbabilityStep):
     """``task``'s per-point class probabilities after :func:`fragment_vote`.
 
     ``task``: a point task (``forward_logits``, ``scored_items``, ``item_outputs``), or an
@@ -116,29 +151,9 @@ class FragmentVote(nn.Module):
     logits."""
 
     def __init__(self, task: nn.Module, group: Sequence[int], excluded: int | None = None) -> None:
-        super().__init__()
-        if not hasattr(task, "forward_logits"):
-            raise ConfigError(f"{type(task).__name__} has no per-point outputs (forward_logits): the fragment "
-                              f"vote applies to segmentation tasks")
-        self.task = task
+        super().__init__(task, "fragment vote")
         self.group = tuple(int(c) for c in group)
         self.excluded = excluded
 
-    def _voted(self, logits: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
-        probs = torch.softmax(logits.float(), dim=-1)
-        voted = fragment_vote(probs, batch.coord, batch.batch_index(), self.group, self.excluded)
-        return torch.log(voted.clamp_min(torch.finfo(voted.dtype).tiny))
-
-    def forward_logits(self, batch: PackedBatch) -> torch.Tensor:
-        """(P, C) log of the voted probabilities of every point."""
-        return self._voted(self.task.forward_logits(batch), batch)
-
-    def scored_items(self, batch: PackedBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every point's true class and voted log-probabilities."""
-        labels, logits = self.task.scored_items(batch)
-        return labels, self._voted(logits, batch)
-
-    def item_outputs(self, batch: PackedBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Voted log-probabilities of every point, its event and its position in the batch."""
-        logits, event, position = self.task.item_outputs(batch)
-        return self._voted(logits, batch), event, position
+    def step(self, probs: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
+        return fragment_vote(probs, batch.coord, batch.batch_index(), self.group, self.excluded)

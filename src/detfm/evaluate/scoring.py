@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from detfm.data import EventDataset, PackedBatch, collate
 from detfm.errors import ConfigError, DetfmError
+from detfm.evaluate.fragment_classifier import FragmentRelabel, FragmentStage
 from detfm.evaluate.fragments import FragmentVote, check_fragment_vote
 from detfm.evaluate.instances import InstanceTally
 from detfm.evaluate.metrics import (
@@ -124,7 +125,7 @@ def task_confusion(task: nn.Module, dataset: EventDataset, num_classes: int, exc
 
 def score_task(task: nn.Module, spec: TaskSpec, dataset: EventDataset, batch_size: int = 8,
                progress: bool = False, views: int = 1, view_seed: int = 0,
-               fragment_vote: bool = False) -> dict[str, Any]:
+               fragment_vote: bool = False, fragment_stage: FragmentStage | None = None) -> dict[str, Any]:
     """The scores of a task on every scored item of ``dataset`` (labeled, not augmented).
 
     ``views > 1``: the class probabilities of each item are averaged over that many
@@ -133,7 +134,9 @@ def score_task(task: nn.Module, spec: TaskSpec, dataset: EventDataset, batch_siz
     ``fragment_vote`` (tasks with ``fragment_classes``, i.e. semseg): each connected fragment
     of points called one of those classes takes one class
     (:class:`~detfm.evaluate.fragments.FragmentVote`, after the views are averaged); the
-    scores say so under ``fragment_vote``.
+    scores say so under ``fragment_vote``. ``fragment_stage``: a fitted fragment classifier
+    (:class:`~detfm.evaluate.fragment_classifier.FragmentStage`) in place of the vote, after
+    the views are averaged; the scores say so under ``fragment_classifier``.
 
     Per class F1, precision and recall (called efficiency and purity for particles and
     events), macro-F1 and accuracy, and the confusion matrix. With an excluded class (semseg)
@@ -141,12 +144,20 @@ def score_task(task: nn.Module, spec: TaskSpec, dataset: EventDataset, batch_siz
     ``f1_4``, ``confusion_4``), as the reference evaluation scores segmentation.
     """
     scorer = _SCORERS.get(spec.name)
-    if fragment_vote:
+    if fragment_vote or fragment_stage is not None:
         check_fragment_vote(spec)
+        if fragment_vote and fragment_stage is not None:
+            raise ConfigError("the fragment vote and the fragment classifier both name each fragment: use one")
         inner = OrientationAverage(task, views, view_seed) if views != 1 else task
-        voted = score_task(FragmentVote(inner, spec.fragment_classes, spec.excluded_class), spec, dataset,
-                           batch_size, progress)
-        extra: dict[str, Any] = {"fragment_vote": {"classes": [spec.class_names[c] for c in spec.fragment_classes]}}
+        extra: dict[str, Any]
+        if fragment_stage is not None:
+            wrapped: nn.Module = FragmentRelabel(inner, fragment_stage)
+            extra = {"fragment_classifier": {"sides": [[spec.class_names[c] for c in g]
+                                                       for g in fragment_stage.groups]}}
+        else:
+            wrapped = FragmentVote(inner, spec.fragment_classes, spec.excluded_class)
+            extra = {"fragment_vote": {"classes": [spec.class_names[c] for c in spec.fragment_classes]}}
+        voted = score_task(wrapped, spec, dataset, batch_size, progress)
         if views != 1:
             extra["orientation_views"] = {"views": views, "seed": view_seed}
         return {**voted, **extra}

@@ -59,6 +59,7 @@ from detfm.engine import TrainConfig, TrainResult, load_config, load_weights, st
 from detfm.engine.runs import (BACKBONE_FILE, CONFIG_FILE, EVAL_FILE, MODEL_FILE, PREDICTIONS_FORMAT, SPLIT_FILE,
                                backbone_config, last_checkpoint, load_backbone, weights_path)
 from detfm.errors import ConfigError, DataFormatError, DetfmError
+from detfm.evaluate.fragment_classifier import FragmentRelabel, FragmentStage, load_fragment_stage
 from detfm.evaluate.fragments import FragmentVote, check_fragment_vote
 from detfm.evaluate.orientations import OrientationAverage
 from detfm.evaluate.scoring import score_task
@@ -68,12 +69,12 @@ from detfm.models.lora import apply_lora, merge_lora
 from detfm.recipes.particle_predict import write_particle_predictions
 from detfm.recipes.pretrain import DataConfig, build_dataset
 from detfm.tasks.heads import AdaptationTask
-from detfm.tasks.registry import get_task
+from detfm.tasks.registry import TaskSpec, get_task
 
 __all__ = [
     "CPU_OVERRIDES", "EventSplit", "FinetuneConfig", "FinetuneResult", "Mode", "PredictReport",
     "build_backbone", "build_task", "class_balance_weights", "evaluate_segmentation", "load_finetune_config",
-    "load_finetuned", "predict_file", "run_finetune", "score_run", "split_events",
+    "load_finetuned", "predict_file", "run_finetune", "run_split_events", "score_run", "split_events",
 ]
 
 Mode = Literal["probe", "head", "finetune", "lora"]
@@ -442,10 +443,29 @@ def evaluate_segmentation(task: AdaptationTask, dataset: EventDataset, batch_siz
     return score_task(task, get_task("semseg"), dataset, batch_size=batch_size, progress=progress)
 
 
+def run_split_events(run_dir: str | os.PathLike[str], events: EventDataset, part: str,
+                     hint: str = "") -> EventDataset:
+    """The events of one part of a run's ``split.json`` ("labeled", "train", "val" or "test")
+    among ``events`` (the usable events of the run's files)."""
+    run = Path(run_dir)
+    split_file = run / SPLIT_FILE
+    if not split_file.is_file():
+        raise DetfmError(f"{run}: no {SPLIT_FILE} (an unfinished run?){hint}")
+    wanted = np.asarray(json.loads(split_file.read_text(encoding="utf-8"))[part], dtype=np.int64)
+    ids = events.event_ids
+    where = np.searchsorted(ids, wanted)
+    found = (where < len(ids)) & (ids[np.minimum(where, len(ids) - 1)] == wanted)
+    if not found.all():
+        raise DetfmError(f"{run}: {int((~found).sum())} {part} events of {SPLIT_FILE} are not among the usable "
+                         f"events of the files: the files changed since the run")
+    return events.subset(where)
+
+
 def score_run(run_dir: str | os.PathLike[str], data: Sequence[str | os.PathLike[str]] | None = None, *,
               own_split: bool = False, views: int = 1, view_seed: int = 0, max_events: int | None = None,
               batch_size: int | None = None, device: str = "cpu", progress: bool = False,
-              pid_run: str | os.PathLike[str] | None = None, fragment_vote: bool = False) -> dict[str, Any]:
+              pid_run: str | os.PathLike[str] | None = None, fragment_vote: bool = False,
+              fragment_classifier: bool = False) -> dict[str, Any]:
     """Score a fine-tuned run again: on its own test split (``data`` None: the run's files and
     the test events of its ``split.json``; or ``data`` with ``own_split``: the run's files
     where they are now) or on every usable event of the labeled files ``data`` (the run's
@@ -456,14 +476,15 @@ def score_run(run_dir: str | os.PathLike[str], data: Sequence[str | os.PathLike[
     this many events. ``pid_run`` (a ``particles`` run only): a ``pid`` run whose head names
     the particles the decoder finds (:class:`~detfm.evaluate.particles.ParticlesWithPid`).
     ``fragment_vote`` (``semseg`` runs): each connected fragment of shower-like points takes one
-    class (:class:`~detfm.evaluate.fragments.FragmentVote`).
+    class (:class:`~detfm.evaluate.fragments.FragmentVote`). ``fragment_classifier`` (semseg
+    runs, after ``detfm fragments``): the run's fitted fragment classifier names each fragment
+    instead (:class:`~detfm.evaluate.fragment_classifier.FragmentRelabel`).
     The scores are those of ``eval.json``, with what was scored under ``scored``.
     """
     run = Path(run_dir)
     cfg = load_finetune_config(run)
     spec = get_task(cfg.task)
-    if fragment_vote:
-        check_fragment_vote(spec)
+    stage, stage_info = _fragment_stage(run, spec, fragment_vote, fragment_classifier)
     if pid_run is not None:  # before reading any events
         _check_pid_stage(cfg.task, run, pid_run)
     paths = [Path(p) for p in (cfg.data.paths if data is None else data)]
@@ -474,17 +495,7 @@ def score_run(run_dir: str | os.PathLike[str], data: Sequence[str | os.PathLike[
     events = EventDataset(paths, energy_threshold=cfg.data.energy_threshold, min_points=cfg.data.min_points,
                           labels=True, seed=cfg.train.seed)
     if data is None or own_split:
-        split_file = run / SPLIT_FILE
-        if not split_file.is_file():
-            raise DetfmError(f"{run}: no {SPLIT_FILE} (an unfinished run?); pass --data FILE to score other events")
-        wanted = np.asarray(json.loads(split_file.read_text(encoding="utf-8"))["test"], dtype=np.int64)
-        ids = events.event_ids
-        where = np.searchsorted(ids, wanted)
-        found = (where < len(ids)) & (ids[np.minimum(where, len(ids) - 1)] == wanted)
-        if not found.all():
-            raise DetfmError(f"{run}: {int((~found).sum())} test events of {SPLIT_FILE} are not among the usable "
-                             f"events of {', '.join(map(str, paths))}: the files changed since the run")
-        events = events.subset(where)
+        events = run_split_events(run, events, "test", hint="; pass --data FILE to score other events")
     if max_events is not None:
         if max_events < 1:
             raise ConfigError(f"max_events must be >= 1, got {max_events}")
@@ -494,7 +505,9 @@ def score_run(run_dir: str | os.PathLike[str], data: Sequence[str | os.PathLike[
     if pid_run is not None:
         task = _with_pid_stage(task, pid_run, device)
     scores = score_task(task, spec, events, batch_size=batch_size or cfg.eval_batch_size, progress=progress,
-                        views=views, view_seed=view_seed, fragment_vote=fragment_vote)
+                        views=views, view_seed=view_seed, fragment_vote=fragment_vote, fragment_stage=stage)
+    if stage_info is not None:
+        scores["fragment_classifier"]["fitted_views"] = stage_info["views"]
     scored = {"files": [str(p) for p in paths],
               "events": "test split of the run" if data is None or own_split else "all usable"}
     if pid_run is not None:
@@ -512,6 +525,19 @@ def _check_pid_stage(task: str, run: str | os.PathLike[str], pid_run: str | os.P
     pid_task = load_finetune_config(pid_run).task
     if pid_task != "pid":
         raise ConfigError(f"{pid_run} is a {pid_task} run; the second stage must be a pid run")
+
+
+def _fragment_stage(run: Path, spec: TaskSpec, fragment_vote: bool, fragment_classifier: bool
+                    ) -> tuple[FragmentStage | None, dict[str, Any] | None]:
+    """The run's fitted fragment classifier and its info when asked for (else ``(None, None)``),
+    after checking the request against the task; before any event is read."""
+    if fragment_vote or fragment_classifier:
+        check_fragment_vote(spec)
+    if not fragment_classifier:
+        return None, None
+    if fragment_vote:
+        raise ConfigError("the fragment vote and the fragment classifier both name each fragment: use one")
+    return load_fragment_stage(run)
 
 
 def _with_pid_stage(task: nn.Module, pid_run: str | os.PathLike[str], device: str) -> nn.Module:
@@ -585,7 +611,8 @@ def predict_file(run_dir: str | os.PathLike[str], data: str | os.PathLike[str],
                  out_h5: str | os.PathLike[str], *, batch_size: int = 8,
                  dtype: Literal["float16", "float32"] = "float16", device: str = "cpu",
                  progress: bool = False, views: int = 1, view_seed: int = 0,
-                 pid_run: str | os.PathLike[str] | None = None, fragment_vote: bool = False) -> PredictReport:
+                 pid_run: str | os.PathLike[str] | None = None, fragment_vote: bool = False,
+                 fragment_classifier: bool = False) -> PredictReport:
     """Run a fine-tuned model on every event of ``data`` and write its outputs to ``out_h5``.
 
     One row per input event, in file order (written atomically). Common datasets:
@@ -611,6 +638,8 @@ def predict_file(run_dir: str | os.PathLike[str], data: str | os.PathLike[str],
     ``view_seed``; attribute ``orientation_views``). ``fragment_vote`` (``semseg`` runs): each
     connected fragment of shower-like points takes one class, after the views are averaged
     (:class:`~detfm.evaluate.fragments.FragmentVote`; attribute ``fragment_vote``).
+    ``fragment_classifier`` (``semseg`` runs, after ``detfm fragments``): the run's fitted
+    fragment classifier instead (attribute ``fragment_classifier``).
     """
     if dtype not in ("float16", "float32"):
         raise ConfigError(f"dtype must be 'float16' or 'float32', got {dtype!r}")
@@ -623,8 +652,7 @@ def predict_file(run_dir: str | os.PathLike[str], data: str | os.PathLike[str],
     if pid_run is not None:
         _check_pid_stage(cfg.task, run_dir, pid_run)
     spec = get_task(cfg.task)
-    if fragment_vote:
-        check_fragment_vote(spec)
+    stage, stage_info = _fragment_stage(Path(run_dir), spec, fragment_vote, fragment_classifier)
     task = load_finetuned(run_dir, map_location=device)
     merge_lora(task)  # inference only: fold LoRA updates into the weights (no-op otherwise)
     if views != 1 and spec.unit == "particle":
@@ -635,6 +663,8 @@ def predict_file(run_dir: str | os.PathLike[str], data: str | os.PathLike[str],
     outputs = OrientationAverage(task, views, view_seed) if views != 1 else task
     if fragment_vote:
         outputs = FragmentVote(outputs, spec.fragment_classes, spec.excluded_class)
+    if stage is not None:
+        outputs = FragmentRelabel(outputs, stage)
     per_event = spec.unit == "event"  # one fixed row per event, else variable-length rows
     by_instance = spec.unit == "instance"  # rows carry the group id of each particle
     dataset = EventDataset([src], energy_threshold=cfg.data.energy_threshold, min_points=0, labels=by_instance)
@@ -677,6 +707,10 @@ def predict_file(run_dir: str | os.PathLike[str], data: str | os.PathLike[str],
             h5.attrs["orientation_views"] = json.dumps({"views": views, "seed": view_seed})
         if fragment_vote:
             h5.attrs["fragment_vote"] = json.dumps([spec.class_names[c] for c in spec.fragment_classes])
+        if stage is not None and stage_info is not None:
+            h5.attrs["fragment_classifier"] = json.dumps({"sides": [[spec.class_names[c] for c in g]
+                                                                    for g in stage.groups],
+                                                          "fitted_views": stage_info["views"]})
         for a in range(0, n, batch_size):
             samples = [dataset[i] for i in range(a, min(a + batch_size, n))]
             full = [s for s in samples if s.n_points > 0]

@@ -1,0 +1,135 @@
+"""Fit a semseg run's fragment classifier on its own labeled events, and load it back.
+
+:func:`fit_fragment_run` runs the trained segmentation model (averaged over ``views``
+orientations, as it will be scored) on the run's labeled training events, forms the fragments
+of every side (:class:`~detfm.evaluate.fragment_classifier.FragmentStage`), fits one small
+classifier per side to the fragments' true classes, and writes
+``fragment_classifier.safetensors`` and ``fragment_classifier.json`` into the run directory.
+``detfm score --fragment-classifier`` and ``detfm predict --fragment-classifier`` then apply
+it (:func:`~detfm.evaluate.fragment_classifier.load_fragment_stage`).
+
+Nothing of the test split is read. The classifier is fitted on the model's outputs for the
+events it was trained on, so it assumes the model scores those as it scores new events
+(checked on the reference run: macro-F1 0.719 on 300 training events against 0.717 on 300
+test events).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from detfm.data import EventDataset
+from detfm.errors import ConfigError, DetfmError
+from detfm.evaluate.fragment_classifier import (FRAGMENT_INFO_FORMAT, FragmentStage, feature_names,
+                                                fit_fragment_classifier, fragment_truth, save_fragment_stage)
+from detfm.evaluate.fragments import check_fragment_vote
+from detfm.evaluate.metrics import confusion_matrix, macro_f1, per_class_f1
+from detfm.evaluate.orientations import OrientationAverage
+from detfm.evaluate.scoring import eval_batches, json_float
+from detfm.models.lora import merge_lora
+from detfm.recipes.adapt import load_finetune_config, load_finetuned, run_split_events
+from detfm.tasks.registry import TaskSpec, get_task
+
+__all__ = ["fit_fragment_run", "fragment_groups"]
+
+
+def fragment_groups(spec: TaskSpec, track_side: bool = False) -> tuple[tuple[int, ...], tuple[tuple[int, ...], ...]]:
+    """``(scored, groups)`` of a task: the classes a fragment can take (all but the excluded
+    class) and the sides: the fragment classes, then with ``track_side`` the other scored
+    classes (for the LArTPC: track; measured on training events, that side adds nothing)."""
+    check_fragment_vote(spec)
+    scored = tuple(c for c in range(len(spec.class_names)) if c != spec.excluded_class)
+    rest = tuple(c for c in scored if c not in spec.fragment_classes)
+    groups = (tuple(spec.fragment_classes),) + ((rest,) if rest and track_side else ())
+    return scored, groups
+
+
+def _scored_f1(probs: torch.Tensor, truth: torch.Tensor, scored: tuple[int, ...]
+               ) -> tuple[float | None, list[float | None]]:
+    """Macro-F1 and per-class F1 over the points whose true class is scored, the call being the
+    most probable scored class."""
+    cols = torch.as_tensor(scored)
+    pos = torch.full((int(max(int(truth.max()), max(scored))) + 1,), -1, dtype=torch.long)
+    pos[cols] = torch.arange(len(scored))
+    t = pos[truth.clamp_min(0)]
+    keep = (truth >= 0) & (t >= 0)
+    pred = probs[keep][:, cols].argmax(dim=1)
+    cm = confusion_matrix(t[keep].numpy(), pred.numpy(), len(scored))
+    rounded = [json_float(round(float(v), 4)) for v in per_class_f1(cm)]
+    return json_float(round(float(macro_f1(cm)), 4)), rounded
+
+
+def fit_fragment_run(run_dir: str | os.PathLike[str], data: str | os.PathLike[str] | None = None, *,
+                     views: int = 1, view_seed: int = 0, batch_size: int | None = None, hidden: int = 64,
+                     members: int = 4, epochs: int = 400, seed: int = 0, track_side: bool = False,
+                     device: str = "cpu", progress: bool = False) -> dict[str, Any]:
+    """Fit and write the fragment classifier of the semseg run ``run_dir``; returns what
+    ``fragment_classifier.json`` holds.
+
+    ``data``: the run's data file where it lives now (default: the path in its config).
+    ``views``: orientations averaged before the fragments are formed; score with the same
+    count. ``hidden``, ``members``, ``epochs``, ``seed``: the classifiers
+    (:func:`~detfm.evaluate.fragment_classifier.fit_fragment_classifier`). ``track_side``: also
+    a classifier for the fragments of points called track (:func:`fragment_groups`).
+    """
+    run = Path(run_dir)
+    cfg = load_finetune_config(run)
+    spec = get_task(cfg.task)
+    scored, groups = fragment_groups(spec, track_side)
+    paths = [Path(p) for p in (cfg.data.paths if data is None else [data])]
+    for path in paths:
+        if not path.is_file():
+            raise DetfmError(f"{path}: no such file (the run's data file: pass --data FILE where it lives now)")
+    events = EventDataset(paths, energy_threshold=cfg.data.energy_threshold, min_points=cfg.data.min_points,
+                          labels=True, seed=cfg.train.seed)
+    events = run_split_events(run, events, "labeled")
+    task = load_finetuned(run, map_location=device)
+    merge_lora(task)
+    outputs = OrientationAverage(task, views, view_seed) if views != 1 else task
+
+    # one pass of the model over the labeled events; the fragments never cross events
+    parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("probs", "coord", "event", "energy", "truth")}
+    for first, batch in eval_batches(task, events, batch_size or cfg.eval_batch_size, progress,
+                                     desc="labeled events"):
+        truth, logits = outputs.scored_items(batch)
+        parts["probs"].append(torch.softmax(logits.float(), dim=-1).cpu())
+        parts["coord"].append(batch.coord.cpu())
+        parts["event"].append(first + batch.batch_index().cpu())
+        parts["energy"].append(batch.energy.cpu())
+        parts["truth"].append(truth.cpu().long())
+    probs, coord, event, energy, truth = (torch.cat(parts[k]) for k in parts)
+
+    stage = FragmentStage(groups, scored, len(spec.class_names), hidden, members)
+    before, before_f1 = _scored_f1(probs, truth, scored)
+    sides = []
+    current = probs
+    for side, group in enumerate(groups):
+        table = stage.tables(current, coord, event, energy, side)
+        target, counts = fragment_truth(table, truth, scored)
+        if int((target >= 0).sum()) == 0:
+            raise ConfigError(f"no fragment of the classes {[spec.class_names[c] for c in group]} in the labeled "
+                              f"events: nothing to fit the fragment classifier on")
+        stage.classifiers[side] = fit_fragment_classifier(table.features, target, counts.sum(dim=1), len(scored),
+                                                          hidden=hidden, members=members, epochs=epochs,
+                                                          seed=seed + side)
+        current = stage.apply_side(side, current, coord, event, energy)
+        per_class = np.bincount(target[target >= 0].numpy(), minlength=len(scored))
+        sides.append({"classes": [spec.class_names[c] for c in group], "fragments": table.count,
+                      "fitted_fragments": {spec.class_names[c]: int(n) for c, n in zip(scored, per_class)}})
+    after, after_f1 = _scored_f1(current, truth, scored)
+    names = [spec.class_names[c] for c in scored]
+    info = {
+        "format": FRAGMENT_INFO_FORMAT, "task": cfg.task, "scored": [spec.class_names[c] for c in scored],
+        "scored_ids": list(scored), "groups": [list(g) for g in groups], "num_classes": len(spec.class_names),
+        "hidden": hidden, "members": members, "epochs": epochs, "seed": seed,
+        "features": list(feature_names(len(spec.class_names))),
+        "views": views, "view_seed": view_seed, "labeled_events": len(events), "sides": sides,
+        "labeled_scores": {"before": {"macro_f1": before, "f1": dict(zip(names, before_f1))},
+                           "after": {"macro_f1": after, "f1": dict(zip(names, after_f1))}},
+    }
+    save_fragment_stage(stage, info, run)
+    return info
