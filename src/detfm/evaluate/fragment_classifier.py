@@ -24,9 +24,10 @@ the majority class of its scored points) and applied at test time after any view
 point of a fragment takes the fragment's class distribution, scaled by its own probability
 over the scored classes (so the excluded class, e.g. low-energy, keeps its probability).
 
-*Sides*: fragments are formed separately from the points called one of a group of classes.
-For the LArTPC the groups are the fragment classes (shower, Michel, delta) and the rest of the
-scored classes (track), each side with its own classifier.
+*Sides*: fragments are formed separately from the points called one of a group of classes,
+each side with its own classifier, applied in turn. By default there is one side, the fragment
+classes (LArTPC: shower, Michel, delta); a second side for the components of points called
+track added nothing when measured (:func:`detfm.recipes.fragments.fragment_groups`).
 """
 
 from __future__ import annotations
@@ -316,7 +317,7 @@ class FragmentStage(nn.Module):
         table = self.tables(probs, coord, event, energy, side)
         if table.count == 0:
             return probs.detach().float().cpu().clone()
-        fragment_probs = torch.softmax(self.classifiers[side](table.features), dim=-1)
+        fragment_probs = self.classifiers[side](table.features).exp()  # log-probabilities
         return relabel_fragments(probs, table, fragment_probs, self.scored)
 
     def forward(self, probs: torch.Tensor, coord: torch.Tensor, event: torch.Tensor,

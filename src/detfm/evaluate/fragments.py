@@ -33,7 +33,8 @@ from detfm.errors import ConfigError
 from detfm.models.sparse.hashing import MAX_BOX, kernel_map
 from detfm.tasks.registry import TaskSpec
 
-__all__ = ["FragmentVote", "PointProbabilityStep", "check_fragment_vote", "fragment_vote", "point_fragments"]
+__all__ = ["FragmentVote", "PointProbabilityStep", "check_fragment_steps", "check_fragment_vote", "fragment_vote",
+           "point_fragments"]
 
 
 def check_fragment_vote(spec: TaskSpec) -> None:
@@ -41,6 +42,15 @@ def check_fragment_vote(spec: TaskSpec) -> None:
     if not spec.fragment_classes:
         raise ConfigError(f"the fragment vote applies to tasks that classify points (semseg); this is a "
                           f"'{spec.name}' task, which has no fragment classes: leave out the fragment vote")
+
+
+def check_fragment_steps(spec: TaskSpec, vote: bool, classifier: bool) -> None:
+    """Refuse a fragment step (the vote, the fitted classifier) for a task without fragment
+    classes, and both at once."""
+    if vote or classifier:
+        check_fragment_vote(spec)
+    if vote and classifier:
+        raise ConfigError("the fragment vote and the fragment classifier both name each fragment: use one")
 
 
 def point_fragments(coord: torch.Tensor, event: torch.Tensor, member: torch.Tensor) -> tuple[torch.Tensor, int]:

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from detfm.data import EventDataset, PackedBatch, collate
 from detfm.errors import ConfigError, DetfmError
 from detfm.evaluate.fragment_classifier import FragmentRelabel, FragmentStage
-from detfm.evaluate.fragments import FragmentVote, check_fragment_vote
+from detfm.evaluate.fragments import FragmentVote, check_fragment_steps
 from detfm.evaluate.instances import InstanceTally
 from detfm.evaluate.metrics import (
     accuracy,
@@ -144,10 +144,8 @@ def score_task(task: nn.Module, spec: TaskSpec, dataset: EventDataset, batch_siz
     ``f1_4``, ``confusion_4``), as the reference evaluation scores segmentation.
     """
     scorer = _SCORERS.get(spec.name)
+    check_fragment_steps(spec, fragment_vote, fragment_stage is not None)
     if fragment_vote or fragment_stage is not None:
-        check_fragment_vote(spec)
-        if fragment_vote and fragment_stage is not None:
-            raise ConfigError("the fragment vote and the fragment classifier both name each fragment: use one")
         inner = OrientationAverage(task, views, view_seed) if views != 1 else task
         extra: dict[str, Any]
         if fragment_stage is not None:

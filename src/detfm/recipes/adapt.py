@@ -60,7 +60,7 @@ from detfm.engine.runs import (BACKBONE_FILE, CONFIG_FILE, EVAL_FILE, MODEL_FILE
                                backbone_config, last_checkpoint, load_backbone, weights_path)
 from detfm.errors import ConfigError, DataFormatError, DetfmError
 from detfm.evaluate.fragment_classifier import FragmentRelabel, FragmentStage, load_fragment_stage
-from detfm.evaluate.fragments import FragmentVote, check_fragment_vote
+from detfm.evaluate.fragments import FragmentVote, check_fragment_steps
 from detfm.evaluate.orientations import OrientationAverage
 from detfm.evaluate.scoring import score_task
 from detfm.io import atomic_path, atomic_write_text
@@ -531,13 +531,8 @@ def _fragment_stage(run: Path, spec: TaskSpec, fragment_vote: bool, fragment_cla
                     ) -> tuple[FragmentStage | None, dict[str, Any] | None]:
     """The run's fitted fragment classifier and its info when asked for (else ``(None, None)``),
     after checking the request against the task; before any event is read."""
-    if fragment_vote or fragment_classifier:
-        check_fragment_vote(spec)
-    if not fragment_classifier:
-        return None, None
-    if fragment_vote:
-        raise ConfigError("the fragment vote and the fragment classifier both name each fragment: use one")
-    return load_fragment_stage(run)
+    check_fragment_steps(spec, fragment_vote, fragment_classifier)
+    return load_fragment_stage(run) if fragment_classifier else (None, None)
 
 
 def _with_pid_stage(task: nn.Module, pid_run: str | os.PathLike[str], device: str) -> nn.Module:

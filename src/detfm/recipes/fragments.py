@@ -22,14 +22,16 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from detfm.data import EventDataset
 from detfm.errors import ConfigError, DetfmError
 from detfm.evaluate.fragment_classifier import (FRAGMENT_INFO_FORMAT, FragmentStage, feature_names,
-                                                fit_fragment_classifier, fragment_truth, save_fragment_stage)
+                                                fit_fragment_classifier, fragment_truth, relabel_fragments,
+                                                save_fragment_stage)
 from detfm.evaluate.fragments import check_fragment_vote
 from detfm.evaluate.metrics import confusion_matrix, macro_f1, per_class_f1
 from detfm.evaluate.orientations import OrientationAverage
-from detfm.evaluate.scoring import eval_batches, json_float
+from detfm.evaluate.scoring import argmax_without, eval_batches, json_float, renumber_without
 from detfm.models.lora import merge_lora
 from detfm.recipes.adapt import load_finetune_config, load_finetuned, run_split_events
 from detfm.tasks.registry import TaskSpec, get_task
@@ -48,17 +50,18 @@ def fragment_groups(spec: TaskSpec, track_side: bool = False) -> tuple[tuple[int
     return scored, groups
 
 
-def _scored_f1(probs: torch.Tensor, truth: torch.Tensor, scored: tuple[int, ...]
+def _scored_f1(probs: torch.Tensor, truth: torch.Tensor, num_classes: int, excluded: int | None
                ) -> tuple[float | None, list[float | None]]:
-    """Macro-F1 and per-class F1 over the points whose true class is scored, the call being the
-    most probable scored class."""
-    cols = torch.as_tensor(scored)
-    pos = torch.full((int(max(int(truth.max()), max(scored))) + 1,), -1, dtype=torch.long)
-    pos[cols] = torch.arange(len(scored))
-    t = pos[truth.clamp_min(0)]
-    keep = (truth >= 0) & (t >= 0)
-    pred = probs[keep][:, cols].argmax(dim=1)
-    cm = confusion_matrix(t[keep].numpy(), pred.numpy(), len(scored))
+    """Macro-F1 and per-class F1 as the scores count them: the points of every class but
+    ``excluded``, called by the most probable class other than ``excluded``."""
+    p, t = probs.numpy(), truth.numpy()
+    keep = t >= 0
+    if excluded is None:
+        cm = confusion_matrix(t[keep], p[keep].argmax(axis=1), num_classes)
+    else:
+        keep &= t != excluded
+        cm = confusion_matrix(renumber_without(t[keep], excluded),
+                              renumber_without(argmax_without(p[keep], excluded), excluded), num_classes - 1)
     rounded = [json_float(round(float(v), 4)) for v in per_class_f1(cm)]
     return json_float(round(float(macro_f1(cm)), 4)), rounded
 
@@ -104,7 +107,7 @@ def fit_fragment_run(run_dir: str | os.PathLike[str], data: str | os.PathLike[st
     probs, coord, event, energy, truth = (torch.cat(parts[k]) for k in parts)
 
     stage = FragmentStage(groups, scored, len(spec.class_names), hidden, members)
-    before, before_f1 = _scored_f1(probs, truth, scored)
+    before, before_f1 = _scored_f1(probs, truth, len(spec.class_names), spec.excluded_class)
     sides = []
     current = probs
     for side, group in enumerate(groups):
@@ -116,11 +119,13 @@ def fit_fragment_run(run_dir: str | os.PathLike[str], data: str | os.PathLike[st
         stage.classifiers[side] = fit_fragment_classifier(table.features, target, counts.sum(dim=1), len(scored),
                                                           hidden=hidden, members=members, epochs=epochs,
                                                           seed=seed + side)
-        current = stage.apply_side(side, current, coord, event, energy)
+        with torch.no_grad():  # the next side sees this side's calls
+            fragment_probs = stage.classifiers[side](table.features).exp()
+        current = relabel_fragments(current, table, fragment_probs, scored)
         per_class = np.bincount(target[target >= 0].numpy(), minlength=len(scored))
         sides.append({"classes": [spec.class_names[c] for c in group], "fragments": table.count,
                       "fitted_fragments": {spec.class_names[c]: int(n) for c, n in zip(scored, per_class)}})
-    after, after_f1 = _scored_f1(current, truth, scored)
+    after, after_f1 = _scored_f1(current, truth, len(spec.class_names), spec.excluded_class)
     names = [spec.class_names[c] for c in scored]
     info = {
         "format": FRAGMENT_INFO_FORMAT, "task": cfg.task, "scored": [spec.class_names[c] for c in scored],
