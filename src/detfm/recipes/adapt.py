@@ -457,7 +457,7 @@ def run_split_events(run_dir: str | os.PathLike[str], events: EventDataset, part
     found = (where < len(ids)) & (ids[np.minimum(where, len(ids) - 1)] == wanted)
     if not found.all():
         raise DetfmError(f"{run}: {int((~found).sum())} {part} events of {SPLIT_FILE} are not among the usable "
-                         f"events of the files: the files changed since the run")
+                         f"events of {', '.join(map(str, events.paths))}: the files changed since the run")
     return events.subset(where)
 
 
