@@ -82,6 +82,26 @@ def test_features_of_a_michel_at_the_end_and_a_delta_along_the_track() -> None:
     assert f[michel, COL["spread_2_over_1"]] > 0.1
 
 
+def test_the_largest_touched_track_is_chosen_whatever_the_point_order() -> None:
+    """A blob touching a long track (12 voxels) and a short one (3 voxels): the contact features
+    describe the long one, and every feature is the same for any order of the input points."""
+    long_track = [(x, 50, 50) for x in range(10, 22)]
+    short_track = [(22, 51 + k, 50) for k in range(1, 4)]
+    blob = [(22, 50, 50), (22, 51, 50)]
+    coord = torch.tensor(long_track + short_track + blob, dtype=torch.float32)
+    probs = _calls([TR] * 15 + [SH] * 2)
+    energy, event = torch.ones(17), torch.zeros(17, dtype=torch.long)
+    table = fragment_table(probs, coord, event, energy, SHOWER_LIKE, SCORED)
+    assert table.count == 1
+    assert table.features[0, COL["log_touched_components"]] == _near(math.log1p(2))
+    assert table.features[0, COL["log_touched_size"]] == _near(math.log1p(12))
+    assert table.features[0, COL["log_touched_length"]] == _near(math.log1p(11))
+    for seed in range(5):
+        order = torch.randperm(17, generator=torch.Generator().manual_seed(seed))
+        shuffled = fragment_table(probs[order], coord[order], event, energy[order], SHOWER_LIKE, SCORED)
+        assert torch.allclose(shuffled.features, table.features, atol=1e-6)
+
+
 def test_fragments_and_contacts_stay_within_their_event() -> None:
     coord, _, probs, energy, _ = _muon_with_michel_and_delta()
     n = len(coord)

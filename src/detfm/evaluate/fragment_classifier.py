@@ -158,8 +158,11 @@ def fragment_table(probs: torch.Tensor, coord: torch.Tensor, event: torch.Tensor
         o_energy = torch.zeros(no).index_add_(0, ol, energy[oi]) / o_count.float()
         pairs = torch.unique(torch.stack([labels[a], other[b]], dim=1), dim=0)
         touched.index_add_(0, pairs[:, 0], torch.ones(len(pairs)))
-        order = torch.argsort(o_count[pairs[:, 1]], stable=True)  # the largest written last wins
-        biggest[pairs[order, 0]] = pairs[order, 1]
+        # the largest touched component (ties: the higher number), one scatter so that the choice
+        # does not depend on the order of writes
+        key = o_count[pairs[:, 1]].long() * (no + 1) + pairs[:, 1]
+        best = torch.full((nf,), -1, dtype=torch.long).scatter_reduce_(0, pairs[:, 0], key, "amax")
+        biggest = torch.where(best >= 0, best % (no + 1), biggest)
         # where the contact lies on the largest touched component: the mean of the member points
         # that touch it, projected on its principal axis
         on_big = other[b] == biggest[labels[a]]
