@@ -77,6 +77,44 @@ def tiny_finetune_config(events: Path, **kw: Any) -> Any:
                           train=train, **kw)
 
 
+def energy_logits_task(weights: tuple[float, ...] = (1.0, 0.0, -1.0, 0.0, -2.0)) -> Any:
+    """A point task whose logits are ``log(energy) * weights``: outputs known in advance, for the
+    test-time steps that wrap a task (orientation average, fragment vote, fragment classifier)."""
+    import torch
+    from torch import nn
+
+    class EnergyLogitsTask(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = nn.Parameter(torch.tensor([list(weights)]))
+
+        def forward_logits(self, batch: Any) -> Any:
+            return batch.energy.unsqueeze(1).log() @ self.w
+
+        def scored_items(self, batch: Any) -> Any:
+            return batch.semantic, self.forward_logits(batch)
+
+        def item_outputs(self, batch: Any) -> Any:
+            return self.forward_logits(batch), batch.batch_index(), torch.arange(batch.num_points)
+
+    return EnergyLogitsTask()
+
+
+def check_point_step(step: Any, batch: Any, expected: Any) -> None:
+    """``step`` (a :class:`~detfm.evaluate.fragments.PointProbabilityStep`) answers all three
+    point-task questions with the log of ``expected`` (its probabilities for ``batch``), keeping
+    the wrapped task's labels, events and positions."""
+    import torch
+
+    with torch.no_grad():
+        logp = step.forward_logits(batch)
+        labels, scored = step.scored_items(batch)
+        items, event, position = step.item_outputs(batch)
+    assert torch.allclose(torch.softmax(logp, dim=-1), expected, atol=1e-6)
+    assert torch.equal(labels, batch.semantic) and torch.equal(scored, logp) and torch.equal(items, logp)
+    assert torch.equal(event, batch.batch_index()) and torch.equal(position, torch.arange(batch.num_points))
+
+
 # ----------------------------------------------------------------------------- test model families
 # Two families registered only for the tests (``list_models("*_test")``): a tiny patch transformer
 # and a trivial per-point network, so that every generic code path is exercised by two backbones

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from detfm_testing import check_point_step, energy_logits_task
 from torch import nn
 
 from detfm.data import EventDataset, collate
@@ -216,37 +217,14 @@ def test_the_stage_round_trips_through_its_files(tmp_path: Path) -> None:
         load_fragment_stage(tmp_path)
 
 
-class _EnergyTask(nn.Module):
-    """Per-point logits read from the batch's energies."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.w = nn.Parameter(torch.tensor([[1.0, 0.5, -1.0, 0.0, -2.0]]))
-
-    def forward_logits(self, batch):  # type: ignore[no-untyped-def]
-        return batch.energy.unsqueeze(1).log() @ self.w
-
-    def scored_items(self, batch):  # type: ignore[no-untyped-def]
-        return batch.semantic, self.forward_logits(batch)
-
-    def item_outputs(self, batch):  # type: ignore[no-untyped-def]
-        return self.forward_logits(batch), batch.batch_index(), torch.arange(batch.num_points)
-
-
 def test_the_wrapper_relabels_the_tasks_probabilities(tiny_events: Path) -> None:
     data = EventDataset([tiny_events], labels=True).subset(range(3))
     batch = collate([data[i] for i in range(3)])
-    task = _EnergyTask()
+    task = energy_logits_task((1.0, 0.5, -1.0, 0.0, -2.0))
     stage = FragmentStage([SHOWER_LIKE, (TR,)], SCORED, 5, hidden=8)
-    wrapped = FragmentRelabel(task, stage)
     with torch.no_grad():
         expected = stage(torch.softmax(task.forward_logits(batch), dim=-1), batch.coord, batch.batch_index(),
                          batch.energy)
-        logp = wrapped.forward_logits(batch)
-        labels, scored = wrapped.scored_items(batch)
-        items, event, position = wrapped.item_outputs(batch)
-    assert torch.allclose(torch.softmax(logp, dim=-1), expected, atol=1e-6)
-    assert torch.equal(labels, batch.semantic) and torch.equal(scored, logp) and torch.equal(items, logp)
-    assert torch.equal(event, batch.batch_index()) and torch.equal(position, torch.arange(batch.num_points))
+    check_point_step(FragmentRelabel(task, stage), batch, expected)
     with pytest.raises(ConfigError, match="per-point"):
         FragmentRelabel(nn.Linear(2, 2), stage)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from detfm_testing import check_point_step, energy_logits_task
 from torch import nn
 
-from detfm.data import EventDataset, PackedBatch, collate
+from detfm.data import EventDataset, collate
 from detfm.errors import ConfigError
 from detfm.evaluate.fragments import FragmentVote, fragment_vote, point_fragments
 from detfm.io import layout
@@ -116,37 +117,13 @@ def test_a_group_must_name_distinct_classes() -> None:
             fragment_vote(probs, coord, event, bad)
 
 
-class FixedTask(nn.Module):
-    """Per-point logits read from the batch's energies, so they are known in advance."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.w = nn.Parameter(torch.tensor([[1.0, 0.0, -1.0, 0.0, -2.0]]))
-
-    def forward_logits(self, batch: PackedBatch) -> torch.Tensor:
-        return batch.energy.unsqueeze(1).log() @ self.w
-
-    def scored_items(self, batch: PackedBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        return batch.semantic, self.forward_logits(batch)
-
-    def item_outputs(self, batch: PackedBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return self.forward_logits(batch), batch.batch_index(), torch.arange(batch.num_points)
-
-
 def test_the_wrapper_votes_on_the_tasks_probabilities(tiny_events) -> None:  # type: ignore[no-untyped-def]
     data = EventDataset([tiny_events], labels=True).subset(range(3))
     batch = collate([data[i] for i in range(3)])
-    task = FixedTask()
-    voted = FragmentVote(task, GROUP, excluded=layout.LOW_ENERGY)
+    task = energy_logits_task()
     expected = fragment_vote(torch.softmax(task.forward_logits(batch), dim=-1), batch.coord, batch.batch_index(),
                              GROUP, layout.LOW_ENERGY)
-    with torch.no_grad():
-        logp = voted.forward_logits(batch)
-        labels, scored = voted.scored_items(batch)
-        items, event, position = voted.item_outputs(batch)
-    assert torch.allclose(torch.softmax(logp, dim=-1), expected, atol=1e-6)
-    assert torch.equal(labels, batch.semantic) and torch.equal(scored, logp) and torch.equal(items, logp)
-    assert torch.equal(event, batch.batch_index()) and torch.equal(position, torch.arange(batch.num_points))
+    check_point_step(FragmentVote(task, GROUP, excluded=layout.LOW_ENERGY), batch, expected)
     with pytest.raises(ConfigError, match="per-point"):
         FragmentVote(nn.Linear(2, 2), GROUP)
 
@@ -157,7 +134,7 @@ def test_scoring_with_the_vote_needs_a_task_with_fragment_classes(tiny_events) -
 
     data = EventDataset([tiny_events], labels=True).subset(range(2))
     assert get_task("semseg").fragment_classes == GROUP
-    scores = score_task(FixedTask(), get_task("semseg"), data, fragment_vote=True)
+    scores = score_task(energy_logits_task(), get_task("semseg"), data, fragment_vote=True)
     assert scores["fragment_vote"] == {"classes": ["shower", "michel", "delta"]}
     with pytest.raises(ConfigError, match="this is a 'pid' task, which has no fragment classes: leave out the fragment vote"):
-        score_task(FixedTask(), get_task("pid"), data, fragment_vote=True)
+        score_task(energy_logits_task(), get_task("pid"), data, fragment_vote=True)
