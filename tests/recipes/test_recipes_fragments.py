@@ -70,7 +70,8 @@ def test_fitting_writes_the_classifier_and_what_it_was_fitted_on(fitted: Fitted)
 def test_score_and_predict_apply_the_fitted_classifier(fitted: Fitted, tiny_events: Path, tmp_path: Path) -> None:
     run, _ = fitted
     scores = score_run(run, views=2, fragment_classifier=True)
-    assert scores["fragment_classifier"] == {"sides": [["shower", "michel", "delta"], ["track"]], "fitted_views": 2}
+    assert scores["fragment_classifier"] == {"sides": [["shower", "michel", "delta"], ["track"]], "fitted_views": 2,
+                                             "point_refiner": False}
     assert scores["orientation_views"] == {"views": 2, "seed": 0}
     stage, _ = load_fragment_stage(run)
     task = FragmentRelabel(OrientationAverage(load_finetuned(run), 2), stage)
@@ -83,6 +84,30 @@ def test_score_and_predict_apply_the_fitted_classifier(fitted: Fitted, tiny_even
         np.testing.assert_allclose(h5["probs"][3].reshape(-1, 5), want, atol=1e-5)
     with pytest.raises(ConfigError, match="use one"):
         score_run(run, fragment_vote=True, fragment_classifier=True)
+
+
+def test_the_point_refiner_is_fitted_after_the_fragments_and_applied_with_them(fitted: Fitted, tmp_path: Path,
+                                                                               capsys: pytest.CaptureFixture[str]
+                                                                               ) -> None:
+    run, _ = fitted
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    assert main(["fragments", "--model", str(copy), "--epochs", "5", "--point-refiner", "--point-epochs", "1",
+                 "--overwrite", "--quiet"]) == 0
+    assert "point refiner: fitted on" in capsys.readouterr().out
+    info = json.loads((copy / "fragment_classifier.json").read_text())
+    refined = info["point_refiner"]
+    assert refined["line_classes"] == [1] and refined["hops"] == [1, 2, 4, 8] and refined["epochs"] == 1
+    assert refined["points"] > 0
+    stage, _ = load_fragment_stage(copy)
+    assert stage.refiner is not None
+    scores = score_run(copy, fragment_classifier=True)
+    assert scores["fragment_classifier"]["point_refiner"] is True
+    # the refiner changes the calls of the fragments-only stage
+    plain = score_run(run, fragment_classifier=True)
+    assert scores["confusion"] != plain["confusion"] or scores["macro_f1"] != plain["macro_f1"]
+    assert main(["fragments", "--model", str(copy), "--point-refiner", "--point-epochs", "0", "--overwrite"]) == 2
+    assert "--point-epochs must be >= 1" in capsys.readouterr().err
 
 
 def test_runs_without_a_classifier_and_other_tasks_are_refused_before_writing(fitted: Fitted, tiny_events: Path,

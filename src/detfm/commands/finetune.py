@@ -116,6 +116,8 @@ def score_lines(task: str, ev: dict) -> list[str]:  # type: ignore[type-arg]
         sides = "; ".join(", ".join(side) for side in fc["sides"])
         lines.append(f"fragment classifier (fitted on {fc.get('fitted_views', '?')}-view outputs) names the "
                      f"connected fragments of: {sides}")
+        if fc.get("point_refiner"):
+            lines.append("point refiner: every point's class refined from its neighbourhood after the fragments")
     if spec.unit == "particle":  # set prediction: finding first, then PID on the found particles
         lines.append(f"test ({ev['events']} events, {ev['particles']} particles): PQ {_fmt(ev['pq'])}, finding "
                      f"efficiency {_fmt(ev['finding']['efficiency_all'])}, purity "

@@ -28,6 +28,10 @@ over the scored classes (so the excluded class, e.g. low-energy, keeps its proba
 each side with its own classifier, applied in turn. By default there is one side, the fragment
 classes (LArTPC: shower, Michel, delta); a second side for the components of points called
 track added nothing when measured (:func:`detfm.recipes.fragments.fragment_groups`).
+
+*Point refiner*: the stage may end with a per-point step (:mod:`detfm.evaluate.point_refiner`)
+that reads each point's neighbourhood and can split what one class per fragment cannot (the
+junction of a delta ray with its muon).
 """
 
 from __future__ import annotations
@@ -46,7 +50,9 @@ from torch import nn
 from detfm.data import PackedBatch
 from detfm.engine.runs import FRAGMENT_CLASSIFIER_FILE, FRAGMENT_CLASSIFIER_INFO
 from detfm.errors import ConfigError, DetfmError
+from detfm.evaluate.feature_classifier import ClassifierEnsemble, seeded_start, standardise_from
 from detfm.evaluate.fragments import PointProbabilityStep, point_fragments
+from detfm.evaluate.point_refiner import PointRefiner
 from detfm.io import atomic_path, atomic_write_text
 from detfm.models.sparse.hashing import kernel_map
 
@@ -207,25 +213,8 @@ def fragment_truth(table: FragmentTable, truth: torch.Tensor, scored: Sequence[i
     return target, counts
 
 
-class FragmentClassifier(nn.Module):
-    """Standardised fragment features -> log class probabilities over the scored classes: the
-    mean of the softmax of ``members`` small MLPs (two hidden layers each), fitted from different
-    seeds. One MLP's answers move by about 0.005 macro-F1 with its seed; the mean moves less."""
-
-    def __init__(self, num_features: int, num_classes: int, hidden: int = 64, members: int = 4) -> None:
-        super().__init__()
-        if members < 1 or hidden < 1:
-            raise ConfigError(f"fragment classifier: members and hidden must be >= 1, got {members} and {hidden}")
-        self.register_buffer("center", torch.zeros(num_features))
-        self.register_buffer("scale", torch.ones(num_features))
-        self.members = nn.ModuleList(
-            nn.Sequential(nn.Linear(num_features, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),
-                          nn.Linear(hidden, num_classes)) for _ in range(members))
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        x = (features - self.center) / self.scale
-        probs = torch.stack([torch.softmax(m(x), dim=-1) for m in self.members]).mean(dim=0)
-        return torch.log(probs.clamp_min(torch.finfo(probs.dtype).tiny))
+FragmentClassifier = ClassifierEnsemble
+"""The network of the fragment classifier (:class:`~detfm.evaluate.feature_classifier.ClassifierEnsemble`)."""
 
 
 def fit_fragment_classifier(features: torch.Tensor, target: torch.Tensor, points: torch.Tensor, num_classes: int, *,
@@ -245,19 +234,9 @@ def fit_fragment_classifier(features: torch.Tensor, target: torch.Tensor, points
     w = points[keep].float().clamp_min(1).sqrt()
     w = w / w.sum()
     clf = FragmentClassifier(int(x.shape[1]), num_classes, hidden, members)
-    with torch.no_grad():
-        clf.center.copy_(x.mean(dim=0))
-        clf.scale.copy_(x.std(dim=0).clamp_min(1e-3) if len(x) > 1 else torch.ones(x.shape[1]))
-    xs = (x - clf.center) / clf.scale
+    xs = standardise_from(clf, x)
     for m, mlp in enumerate(clf.members):
-        gen = torch.Generator().manual_seed(seed * 1000 + m)
-        with torch.no_grad():  # seeded start, independent of the global RNG
-            for param in mlp.parameters():
-                if param.dim() == 2:
-                    bound = 1.0 / param.shape[1] ** 0.5
-                    param.copy_(torch.rand(param.shape, generator=gen) * 2 * bound - bound)
-                else:
-                    param.zero_()
+        seeded_start(mlp, torch.Generator().manual_seed(seed * 1000 + m))
         opt = torch.optim.AdamW(mlp.parameters(), lr=lr, weight_decay=weight_decay)
         for _ in range(epochs):
             loss = (nn.functional.cross_entropy(mlp(xs), y, reduction="none") * w).sum()
@@ -290,10 +269,11 @@ class FragmentStage(nn.Module):
     ``groups``: the classes whose called points form each side's fragments, in the order the
     sides are applied (the second side sees the first side's relabelled calls); ``scored``: the
     classes a fragment can be given (the scored classes of the task); ``num_classes``: all the
-    task's classes."""
+    task's classes. ``refiner``: an optional :class:`~detfm.evaluate.point_refiner.PointRefiner`
+    applied to every point after the sides."""
 
     def __init__(self, groups: Sequence[Sequence[int]], scored: Sequence[int], num_classes: int,
-                 hidden: int = 64, members: int = 4) -> None:
+                 hidden: int = 64, members: int = 4, refiner: PointRefiner | None = None) -> None:
         super().__init__()
         self.groups = tuple(tuple(int(c) for c in g) for g in groups)
         self.scored = tuple(int(c) for c in scored)
@@ -307,6 +287,10 @@ class FragmentStage(nn.Module):
         width = len(feature_names(self.num_classes))
         self.classifiers = nn.ModuleList(FragmentClassifier(width, len(self.scored), hidden, members)
                                          for _ in self.groups)
+        if refiner is not None and (refiner.scored != self.scored or refiner.num_classes != self.num_classes):
+            raise ConfigError(f"fragment classifier: the point refiner scores {list(refiner.scored)} of "
+                              f"{refiner.num_classes} classes, the fragments {list(self.scored)} of {self.num_classes}")
+        self.refiner = refiner
 
     def tables(self, probs: torch.Tensor, coord: torch.Tensor, event: torch.Tensor,
                energy: torch.Tensor, side: int) -> FragmentTable:
@@ -325,10 +309,12 @@ class FragmentStage(nn.Module):
 
     def forward(self, probs: torch.Tensor, coord: torch.Tensor, event: torch.Tensor,
                 energy: torch.Tensor) -> torch.Tensor:
-        """``probs`` (P, C) after every side, on the input's device."""
+        """``probs`` (P, C) after every side and the point refiner, if any, on the input's device."""
         out = probs
         for side in range(len(self.groups)):
             out = self.apply_side(side, out, coord, event, energy)
+        if self.refiner is not None:
+            out = self.refiner(out, probs, coord, event, energy)
         return out.to(probs.device)
 
 
@@ -372,7 +358,14 @@ def load_fragment_stage(run_dir: str | os.PathLike[str]) -> tuple[FragmentStage,
     lacking = [k for k in ("groups", "scored_ids", "num_classes", "hidden", "members") if k not in info]
     if lacking:
         raise DetfmError(f"{info_file}: lacks {', '.join(lacking)}")
-    stage = FragmentStage(info["groups"], info["scored_ids"], info["num_classes"], info["hidden"], info["members"])
+    refined = info.get("point_refiner")
+    lacking = [k for k in ("line_classes", "hops", "hidden", "members") if refined and k not in refined]
+    if lacking:
+        raise DetfmError(f"{info_file}: its point_refiner lacks {', '.join(lacking)}")
+    refiner = None if not refined else PointRefiner(info["scored_ids"], refined["line_classes"], info["num_classes"],
+                                                    refined["hops"], refined["hidden"], refined["members"])
+    stage = FragmentStage(info["groups"], info["scored_ids"], info["num_classes"], info["hidden"], info["members"],
+                          refiner)
     state = load_file(str(weights))
     want = stage.state_dict()
     missing, extra = sorted(set(want) - set(state)), sorted(set(state) - set(want))

@@ -508,6 +508,7 @@ def score_run(run_dir: str | os.PathLike[str], data: Sequence[str | os.PathLike[
                         views=views, view_seed=view_seed, fragment_vote=fragment_vote, fragment_stage=stage)
     if stage_info is not None:
         scores["fragment_classifier"]["fitted_views"] = stage_info["views"]
+        scores["fragment_classifier"]["point_refiner"] = bool(stage_info.get("point_refiner"))
     scored = {"files": [str(p) for p in paths],
               "events": "test split of the run" if data is None or own_split else "all usable"}
     if pid_run is not None:
@@ -705,7 +706,8 @@ def predict_file(run_dir: str | os.PathLike[str], data: str | os.PathLike[str],
         if stage is not None and stage_info is not None:
             h5.attrs["fragment_classifier"] = json.dumps({"sides": [[spec.class_names[c] for c in g]
                                                                     for g in stage.groups],
-                                                          "fitted_views": stage_info["views"]})
+                                                          "fitted_views": stage_info["views"],
+                                                          "point_refiner": bool(stage_info.get("point_refiner"))})
         for a in range(0, n, batch_size):
             samples = [dataset[i] for i in range(a, min(a + batch_size, n))]
             full = [s for s in samples if s.n_points > 0]

@@ -31,6 +31,7 @@ from detfm.evaluate.fragment_classifier import (FRAGMENT_INFO_FORMAT, FragmentSt
 from detfm.evaluate.fragments import check_fragment_vote
 from detfm.evaluate.metrics import confusion_matrix, macro_f1, per_class_f1
 from detfm.evaluate.orientations import OrientationAverage
+from detfm.evaluate.point_refiner import DEFAULT_HOPS, PointRefiner, fit_point_refiner, refine_points
 from detfm.evaluate.scoring import argmax_without, eval_batches, json_float, renumber_without
 from detfm.models.lora import merge_lora
 from detfm.recipes.adapt import load_finetune_config, load_finetuned, run_split_events
@@ -69,7 +70,9 @@ def _scored_f1(probs: torch.Tensor, truth: torch.Tensor, num_classes: int, exclu
 def fit_fragment_run(run_dir: str | os.PathLike[str], data: str | os.PathLike[str] | None = None, *,
                      views: int = 1, view_seed: int = 0, batch_size: int | None = None, hidden: int = 64,
                      members: int = 4, epochs: int = 400, seed: int = 0, track_side: bool = False,
-                     device: str = "cpu", progress: bool = False) -> dict[str, Any]:
+                     point_refiner: bool = False, point_epochs: int = 8, max_points: int = 3_000_000,
+                     hops: tuple[int, ...] = DEFAULT_HOPS, device: str = "cpu", progress: bool = False
+                     ) -> dict[str, Any]:
     """Fit and write the fragment classifier of the semseg run ``run_dir``; returns what
     ``fragment_classifier.json`` holds.
 
@@ -78,6 +81,9 @@ def fit_fragment_run(run_dir: str | os.PathLike[str], data: str | os.PathLike[st
     count. ``hidden``, ``members``, ``epochs``, ``seed``: the classifiers
     (:func:`~detfm.evaluate.fragment_classifier.fit_fragment_classifier`). ``track_side``: also
     a classifier for the fragments of points called track (:func:`fragment_groups`).
+    ``point_refiner``: then also fit a :class:`~detfm.evaluate.point_refiner.PointRefiner` on
+    every labeled point after the fragments (``point_epochs`` passes over at most
+    ``max_points`` points, neighbourhoods of ``hops`` steps).
     """
     run = Path(run_dir)
     cfg = load_finetune_config(run)
@@ -125,6 +131,21 @@ def fit_fragment_run(run_dir: str | os.PathLike[str], data: str | os.PathLike[st
         per_class = np.bincount(target[target >= 0].numpy(), minlength=len(scored))
         sides.append({"classes": [spec.class_names[c] for c in group], "fragments": table.count,
                       "fitted_fragments": {spec.class_names[c]: int(n) for c, n in zip(scored, per_class)}})
+    refined = None
+    if point_refiner:
+        line = tuple(c for c in scored if c not in groups[0])
+        stage.refiner = PointRefiner(scored, line, len(spec.class_names), hops, hidden, members)
+        features = stage.refiner.features(current, probs, coord, event, energy)
+        target = torch.full_like(truth, -1)
+        for j, c in enumerate(scored):
+            target[truth == c] = j
+        stage.refiner.classifier = fit_point_refiner(features, target, len(scored), hidden=hidden, members=members,
+                                                     epochs=point_epochs, max_points=max_points, seed=seed)
+        with torch.no_grad():
+            current = refine_points(current, stage.refiner.classifier(features).exp(), scored)
+        refined = {"line_classes": list(line), "hops": list(stage.refiner.hops), "hidden": hidden,
+                   "members": members, "epochs": point_epochs, "max_points": max_points,
+                   "points": int((target >= 0).sum())}
     after, after_f1 = _scored_f1(current, truth, len(spec.class_names), spec.excluded_class)
     names = [spec.class_names[c] for c in scored]
     info = {
@@ -133,6 +154,7 @@ def fit_fragment_run(run_dir: str | os.PathLike[str], data: str | os.PathLike[st
         "hidden": hidden, "members": members, "epochs": epochs, "seed": seed,
         "features": list(feature_names(len(spec.class_names))),
         "views": views, "view_seed": view_seed, "labeled_events": len(events), "sides": sides,
+        "point_refiner": refined,
         "labeled_scores": {"before": {"macro_f1": before, "f1": dict(zip(names, before_f1))},
                            "after": {"macro_f1": after, "f1": dict(zip(names, after_f1))}},
     }

@@ -1,0 +1,229 @@
+"""Point refiner: a fitted per-point second stage that reads each point's neighbourhood.
+
+The fragment classifier (:mod:`detfm.evaluate.fragment_classifier`) names whole fragments, so
+it cannot split one: where a delta ray leaves its muon, the muon's voxels next to the junction
+are called delta with the ray and stay so; the first voxels of a Michel electron that the model
+calls track belong to the muon's component and never reach a fragment. Both are decided by
+what lies around a point, a few voxels away, which a point-wise rule does not see.
+
+The point refiner gives every point a class from:
+- its own class probabilities, from the model (after any view average) and after the previous
+  steps (the fragment classifier), and its energy;
+- its neighbourhood at a few radii (``hops``: the voxels reached by that many 26-neighbour
+  steps, each counted by the number of paths that reach it, so nearer voxels weigh more): the
+  mean class probabilities, the number of voxels, the mean energy, and two straight-line fits,
+  one to all the points around it and one to the points called track (weighted by their
+  track probability): how well a line describes them and how far the point lies from that
+  line. A muon voxel lies on its track's line; the start of a delta ray or of a Michel
+  electron leaves it.
+
+A few small MLPs map these features to the scored classes (the same network as the fragment
+classifier's, :class:`~detfm.evaluate.feature_classifier.ClassifierEnsemble`); each point's
+probability over the scored classes moves onto their mean answer, so the excluded class
+(low-energy) keeps its probability. It is fitted on the run's labeled training events, on the
+outputs of the steps before it, and applied after them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from detfm.errors import ConfigError
+from detfm.evaluate.feature_classifier import ClassifierEnsemble, seeded_start, standardise_from
+from detfm.models.sparse.hashing import kernel_map
+
+__all__ = ["DEFAULT_HOPS", "PointRefiner", "fit_point_refiner", "neighbourhood_sums", "point_feature_names", "point_features",
+           "refine_points"]
+
+DEFAULT_HOPS = (1, 2, 4, 8)
+_HOP_NAMES = ("log_voxels", "mean_energy_minus_own", "line_fraction", "log_line_distance", "line_linearity",
+              "log_all_distance", "all_linearity")
+
+
+def point_feature_names(num_classes: int, hops: Sequence[int] = DEFAULT_HOPS) -> tuple[str, ...]:
+    """The names of the columns of :func:`point_features` for a task of ``num_classes``."""
+    names = [f"prob_{c}" for c in range(num_classes)] + [f"model_prob_{c}" for c in range(num_classes)]
+    names.append("log_energy")
+    for h in hops:
+        names += [f"hop{h}_mean_prob_{c}" for c in range(num_classes)] + [f"hop{h}_{n}" for n in _HOP_NAMES]
+    return tuple(names)
+
+
+def neighbourhood_sums(values: torch.Tensor, coord: torch.Tensor, event: torch.Tensor,
+                       hops: Sequence[int]) -> list[torch.Tensor]:
+    """``(I + A)^h values`` for every ``h`` in ``hops`` (ascending), where ``A`` links the
+    26-neighbour voxels of one event: each point's sum over the voxels within ``h`` steps,
+    each counted by the number of paths of at most ``h`` steps that reach it. ``values`` (P, D);
+    one point per voxel and event."""
+    hops = sorted(int(h) for h in hops)
+    if not hops or hops[0] < 1:
+        raise ConfigError(f"point refiner: hops must be >= 1, got {list(hops)}")
+    kmap = kernel_map(torch.floor(coord.detach().cpu().float()).long(), event.detach().cpu().long())
+    a, b = kmap.pair_in, kmap.pair_out
+    out, v = [], values
+    for step in range(1, hops[-1] + 1):
+        v = v + torch.zeros_like(v).index_add_(0, a, v[b])
+        if step in hops:
+            out.append(v)
+    return out
+
+
+def _line_fit(s0: torch.Tensor, s1: torch.Tensor, s2: torch.Tensor, x: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """From weighted sums (weight ``s0``, first moments ``s1`` (P, 3), second moments ``s2``
+    (P, 3, 3)): the linearity of the weighted points (largest eigenvalue of their covariance
+    over the trace, 0 where there is no weight) and the distance of ``x`` from their principal
+    line."""
+    w = s0.clamp_min(1e-9)
+    mean = s1 / w[:, None]
+    cov = s2 / w[:, None, None] - mean[:, :, None] * mean[:, None, :]
+    cov = cov + 1e-6 * torch.eye(3, dtype=cov.dtype)
+    eigval, eigvec = torch.linalg.eigh(cov)
+    axis = eigvec[:, :, 2]
+    linearity = eigval[:, 2] / eigval.clamp_min(0).sum(dim=1).clamp_min(1e-9)
+    d = x - mean
+    perp = d - (d * axis).sum(dim=1, keepdim=True) * axis
+    distance = perp.norm(dim=1)
+    none = s0 <= 1e-6
+    return linearity.masked_fill(none, 0.0), distance.masked_fill(none, 0.0)
+
+
+def point_features(probs: torch.Tensor, model_probs: torch.Tensor, coord: torch.Tensor, event: torch.Tensor,
+                   energy: torch.Tensor, line_classes: Sequence[int], hops: Sequence[int] = DEFAULT_HOPS
+                   ) -> torch.Tensor:
+    """(P, D) features of every point (:func:`point_feature_names`).
+
+    ``probs`` (P, C): the class probabilities the refiner refines (after the steps before it);
+    ``model_probs`` (P, C): the model's own (after any view average); ``coord`` (P, 3) voxel
+    coordinates, ``event`` (P,), ``energy`` (P,) MeV; ``line_classes``: the classes whose
+    summed probability weighs a point in the track-line fit (the LArTPC: track)."""
+    p = probs.detach().float().cpu()
+    pm = model_probs.detach().float().cpu()
+    if p.shape != pm.shape or p.dim() != 2:
+        raise ConfigError(f"point refiner: probabilities of shapes {tuple(p.shape)} and {tuple(pm.shape)}")
+    n, c = p.shape
+    if n == 0:
+        return torch.zeros(0, len(point_feature_names(c, hops)))
+    event = event.detach().cpu().long()
+    x = torch.floor(coord.detach().cpu().double())
+    # coordinates about each event's mean keep the second moments small
+    count = torch.zeros(int(event.max()) + 1, dtype=torch.float64).index_add_(0, event, torch.ones(n, dtype=x.dtype))
+    centre = torch.zeros(len(count), 3, dtype=x.dtype).index_add_(0, event, x) / count.clamp_min(1)[:, None]
+    x = x - centre[event]
+    log_e = torch.log1p(energy.detach().cpu().double().clamp_min(0))
+    w = p[:, list(line_classes)].sum(dim=1).double()
+    xx = (x[:, :, None] * x[:, None, :]).reshape(n, 9)
+    ones = torch.ones(n, 1, dtype=x.dtype)
+    columns = torch.cat([ones, p.double(), log_e[:, None], w[:, None], w[:, None] * x, w[:, None] * xx, x, xx], dim=1)
+    features = [p, pm, log_e.float()[:, None]]
+    for s in neighbourhood_sums(columns, coord, event, hops):
+        s0 = s[:, 0]
+        mean_p = s[:, 1:1 + c] / s0[:, None]
+        mean_e = s[:, 1 + c] / s0
+        k = 2 + c
+        sw, swx, swxx = s[:, k], s[:, k + 1:k + 4], s[:, k + 4:k + 13].reshape(n, 3, 3)
+        sx, sxx = s[:, k + 13:k + 16], s[:, k + 16:k + 25].reshape(n, 3, 3)
+        line_lin, line_d = _line_fit(sw, swx, swxx, x)
+        all_lin, all_d = _line_fit(s0, sx, sxx, x)
+        features += [mean_p.float(), torch.stack([
+            torch.log(s0), mean_e - log_e, sw / s0, torch.log1p(line_d), line_lin, torch.log1p(all_d), all_lin,
+        ], dim=1).float()]
+    return torch.cat(features, dim=1)
+
+
+def refine_points(probs: torch.Tensor, point_probs: torch.Tensor, scored: Sequence[int]) -> torch.Tensor:
+    """``probs`` with each point's probability over ``scored`` moved onto its refined
+    distribution ``point_probs`` (P, K), scaled by the point's own total over ``scored``. The
+    input is not modified."""
+    out = probs.detach().float().cpu().clone()
+    cols = torch.as_tensor(list(scored), dtype=torch.long)
+    mass = out[:, cols].sum(dim=1, keepdim=True)
+    out[:, cols] = mass * point_probs.detach().float().cpu()
+    return out
+
+
+def fit_point_refiner(features: torch.Tensor, target: torch.Tensor, num_classes: int, *, hidden: int = 64,
+                      members: int = 4, epochs: int = 8, batch_size: int = 4096, max_points: int = 3_000_000,
+                      lr: float = 3e-3, weight_decay: float = 1e-4, seed: int = 0) -> ClassifierEnsemble:
+    """Small MLPs fitted to the points with a target (``target >= 0``, an index into the
+    scored classes), on at most ``max_points`` of them drawn with ``seed``.
+
+    Each member: ``epochs`` passes of minibatch AdamW on the cross-entropy (cosine learning
+    rate), from its own seeded start and order. Every point weighs the same, as the per-point
+    scores count them. Deterministic for a seed."""
+    if epochs < 1 or batch_size < 1 or max_points < 1:
+        raise ConfigError(f"point refiner: epochs, batch_size and max_points must be >= 1, got {epochs}, "
+                          f"{batch_size} and {max_points}")
+    keep = (target >= 0).nonzero().squeeze(1)
+    if keep.numel() == 0:
+        raise ConfigError("no point with a scored class to fit the point refiner on")
+    gen = torch.Generator().manual_seed(seed)
+    if keep.numel() > max_points:
+        keep = keep[torch.randperm(keep.numel(), generator=gen)[:max_points]].sort().values
+    x, y = features[keep].float(), target[keep].long()
+    clf = ClassifierEnsemble(int(x.shape[1]), num_classes, hidden, members)
+    xs = standardise_from(clf, x)
+    steps_per_epoch = -(-len(xs) // batch_size)
+    for m, mlp in enumerate(clf.members):
+        mgen = torch.Generator().manual_seed(seed * 1000 + m)
+        seeded_start(mlp, mgen)
+        opt = torch.optim.AdamW(mlp.parameters(), lr=lr, weight_decay=weight_decay)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch)
+        for _ in range(epochs):
+            order = torch.randperm(len(xs), generator=mgen)
+            for i in range(steps_per_epoch):
+                idx = order[i * batch_size:(i + 1) * batch_size]
+                loss = nn.functional.cross_entropy(mlp(xs[idx]), y[idx])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                sched.step()
+    return clf.eval()
+
+
+class PointRefiner(nn.Module):
+    """The fitted point refiner of a task: features (:func:`point_features`) -> the scored
+    classes, applied to every point (:func:`refine_points`).
+
+    ``scored``: the classes a point can be given; ``line_classes``: the classes of the
+    track-line fit; ``num_classes``: all the task's classes; ``hops``: the neighbourhood radii.
+    Events are processed ``chunk`` at a time, which bounds the memory of the neighbourhood sums."""
+
+    def __init__(self, scored: Sequence[int], line_classes: Sequence[int], num_classes: int,
+                 hops: Sequence[int] = DEFAULT_HOPS, hidden: int = 64, members: int = 4, chunk: int = 64) -> None:
+        super().__init__()
+        self.scored = tuple(int(c) for c in scored)
+        self.line_classes = tuple(int(c) for c in line_classes)
+        self.num_classes = int(num_classes)
+        self.hops = tuple(sorted(int(h) for h in hops))
+        if not self.hops or self.hops[0] < 1 or len(set(self.hops)) != len(self.hops):
+            raise ConfigError(f"point refiner: hops must be distinct and >= 1, got {list(hops)}")
+        if not set(self.scored) | set(self.line_classes) <= set(range(self.num_classes)) or not self.line_classes:
+            raise ConfigError(f"point refiner: scored {list(self.scored)} and line classes {list(self.line_classes)} "
+                              f"must be classes of a {self.num_classes}-class task (at least one line class)")
+        self.chunk = int(chunk)
+        width = len(point_feature_names(self.num_classes, self.hops))
+        self.classifier = ClassifierEnsemble(width, len(self.scored), hidden, members)
+
+    def features(self, probs: torch.Tensor, model_probs: torch.Tensor, coord: torch.Tensor, event: torch.Tensor,
+                 energy: torch.Tensor) -> torch.Tensor:
+        """(P, D) :func:`point_features`, ``chunk`` events at a time (any point order)."""
+        event = event.detach().cpu().long()
+        out = torch.zeros(len(event), len(point_feature_names(self.num_classes, self.hops)))
+        ids = torch.unique(event)
+        for i in range(0, len(ids), self.chunk):
+            rows = torch.isin(event, ids[i:i + self.chunk]).nonzero().squeeze(1)
+            _, local = torch.unique(event[rows], return_inverse=True)
+            out[rows] = point_features(probs[rows], model_probs[rows], coord[rows], local, energy[rows],
+                                       self.line_classes, self.hops)
+        return out
+
+    @torch.no_grad()
+    def forward(self, probs: torch.Tensor, model_probs: torch.Tensor, coord: torch.Tensor, event: torch.Tensor,
+                energy: torch.Tensor) -> torch.Tensor:
+        """``probs`` (P, C) after refinement (CPU, float32); ``model_probs``: the model's own."""
+        x = self.features(probs, model_probs, coord, event, energy)
+        return refine_points(probs, self.classifier(x).exp(), self.scored)

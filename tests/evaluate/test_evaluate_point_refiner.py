@@ -1,0 +1,143 @@
+"""Point refiner: neighbourhood sums against a dense count, features by hand, events kept apart,
+refinement, fitting, and the refiner inside the fragment stage and its files."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from detfm.errors import ConfigError, DetfmError
+from detfm.evaluate.fragment_classifier import FragmentStage, load_fragment_stage, save_fragment_stage
+from detfm.evaluate.point_refiner import (DEFAULT_HOPS, PointRefiner, fit_point_refiner, neighbourhood_sums,
+                                          point_feature_names, point_features, refine_points)
+
+SH, TR, MI, DE, LE = range(5)
+SCORED = (SH, TR, MI, DE)
+COL = {name: i for i, name in enumerate(point_feature_names(5))}
+
+
+def _track_with_branch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A track of 20 voxels along x (x = 0..19, y = z = 10), called track, and a branch of 5 voxels
+    leaving its voxel x = 10 along y (y = 11..15), called delta: (coord, event, probs, energy)."""
+    coord = torch.tensor([[x, 10, 10] for x in range(20)] + [[10, 11 + j, 10] for j in range(5)], dtype=torch.float32)
+    probs = torch.zeros(25, 5)
+    probs[:20, TR] = 1.0
+    probs[20:, DE] = 1.0
+    return coord, torch.zeros(25, dtype=torch.long), probs, torch.linspace(0.5, 2.0, 25)
+
+
+def test_neighbourhood_sums_count_the_paths_of_the_26_neighbour_graph() -> None:
+    gen = torch.Generator().manual_seed(0)
+    coord = torch.randint(0, 6, (60, 3), generator=gen).float()
+    event = torch.randint(0, 2, (60,), generator=gen)
+    key = event * 1000 + (coord[:, 0] * 100 + coord[:, 1] * 10 + coord[:, 2]).long()
+    first = torch.tensor([int((key == k).nonzero()[0]) for k in torch.unique(key)])  # one point per voxel
+    coord, event = coord[first], event[first]
+    values = torch.randn(len(coord), 2, generator=gen, dtype=torch.float64)
+    # dense: linked when in one event, different, and at most one voxel apart on every axis
+    near = ((coord[:, None] - coord[None]).abs().amax(dim=-1) <= 1) & (event[:, None] == event[None])
+    step = near.double()  # I + A: the diagonal is the point itself
+    got = neighbourhood_sums(values, coord, event, (1, 3))
+    assert torch.allclose(got[0], step @ values)
+    assert torch.allclose(got[1], step @ step @ step @ values)
+    with pytest.raises(ConfigError, match="hops must be >= 1"):
+        neighbourhood_sums(values, coord, event, (0,))
+
+
+def test_features_of_a_branch_leaving_a_track() -> None:
+    coord, event, probs, energy = _track_with_branch()
+    f = point_features(probs, probs, coord, event, energy, [TR])
+    assert f.shape == (25, len(COL)) and len(COL) == 11 + 4 * 12
+    assert torch.equal(f[:, COL["prob_3"]], probs[:, DE]) and torch.allclose(f[:, COL["log_energy"]], torch.log1p(energy))
+    # the track's own voxels lie on its line, the branch's at their distance from it (y - 10)
+    d = f[:, COL["hop4_log_line_distance"]]
+    assert torch.allclose(d[:20], torch.zeros(20), atol=1e-5)
+    assert d[20:24].tolist() == pytest.approx([math.log1p(k) for k in (1, 2, 3, 4)], abs=1e-5)
+    assert f[24, COL["hop4_line_fraction"]] == 0 and d[24] == 0  # no track voxel within 4 steps of y = 15
+    assert f[0, COL["hop2_line_linearity"]] == pytest.approx(1.0, abs=1e-5)
+    assert f[0, COL["hop2_all_linearity"]] == pytest.approx(1.0, abs=1e-5)
+    assert f[10, COL["hop2_all_linearity"]] < 0.8  # the junction is not a line
+    # voxel x = 0 reaches x = 1 once in one step: 2 paths in (I + A) . 1
+    assert f[0, COL["hop1_log_voxels"]] == pytest.approx(math.log(2), abs=1e-6)
+    # the mean call around the end of the branch is delta, around the track's end track
+    assert f[24, COL["hop1_mean_prob_3"]] == pytest.approx(1.0) and f[0, COL["hop1_mean_prob_1"]] == pytest.approx(1.0)
+
+
+def test_features_do_not_depend_on_the_other_events_or_the_chunking() -> None:
+    coord, event, probs, energy = _track_with_branch()
+    alone = point_features(probs, probs, coord, event, energy, [TR])
+    # the same event twice, the second copy on top of the first, and the points shuffled
+    both = torch.cat([coord, coord]), torch.cat([event, event + 1]), torch.cat([probs, probs]), torch.cat([energy, energy])
+    order = torch.randperm(50, generator=torch.Generator().manual_seed(1))
+    refiner = PointRefiner(SCORED, (TR,), 5, hidden=4, members=1, chunk=1)
+    got = refiner.features(*(t[order] for t in (both[2], both[2], both[0], both[1], both[3])))
+    want = torch.cat([alone, alone])[order]
+    assert torch.allclose(got, want, atol=1e-5)
+    refiner.chunk = 64
+    assert torch.allclose(refiner.features(*(t[order] for t in (both[2], both[2], both[0], both[1], both[3]))), want,
+                          atol=1e-5)
+
+
+def test_refinement_keeps_each_points_scored_mass_and_its_input() -> None:
+    probs = torch.tensor([[0.1, 0.2, 0.1, 0.1, 0.5], [0.7, 0.1, 0.1, 0.1, 0.0]])
+    before = probs.clone()
+    out = refine_points(probs, torch.tensor([[0.0, 0.0, 1.0, 0.0], [0.25, 0.25, 0.25, 0.25]]), SCORED)
+    assert torch.equal(probs, before)
+    assert torch.allclose(out, torch.tensor([[0.0, 0.0, 0.5, 0.0, 0.5], [0.25, 0.25, 0.25, 0.25, 0.0]]))
+
+
+def test_fitting_separates_separable_points_and_is_deterministic() -> None:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(3000, 5, generator=gen)
+    target = (x[:, 0] > 0).long() + 2 * (x[:, 1] > 0).long()
+    target[:100] = -1  # points without a scored class are left out
+    clf = fit_point_refiner(x, target, 4, hidden=16, members=2, epochs=30, batch_size=128, max_points=2000)
+    with torch.no_grad():
+        accuracy = (clf(x).argmax(dim=1) == target)[target >= 0].float().mean()
+    assert accuracy > 0.95
+    again = fit_point_refiner(x, target, 4, hidden=16, members=2, epochs=30, batch_size=128, max_points=2000)
+    assert all(torch.equal(a, b) for a, b in zip(clf.state_dict().values(), again.state_dict().values()))
+    with pytest.raises(ConfigError, match="no point with a scored class"):
+        fit_point_refiner(x, torch.full((3000,), -1), 4)
+    with pytest.raises(ConfigError, match="must be >= 1"):
+        fit_point_refiner(x, target, 4, epochs=0)
+
+
+def test_the_refiner_checks_its_settings() -> None:
+    with pytest.raises(ConfigError, match="distinct and >= 1"):
+        PointRefiner(SCORED, (TR,), 5, hops=(1, 1))
+    with pytest.raises(ConfigError, match="at least one line class"):
+        PointRefiner(SCORED, (), 5)
+    with pytest.raises(ConfigError, match="5-class task"):
+        PointRefiner(SCORED, (7,), 5)
+    with pytest.raises(ConfigError, match="the point refiner scores"):
+        FragmentStage([(SH, MI, DE)], SCORED, 5, refiner=PointRefiner((SH, TR), (TR,), 5))
+
+
+def test_the_stage_applies_the_refiner_after_its_sides_and_keeps_it_in_its_files(tmp_path: Path) -> None:
+    coord, event, probs, energy = _track_with_branch()
+    refiner = PointRefiner(SCORED, (TR,), 5, hidden=8, members=2)
+    stage = FragmentStage([(SH, MI, DE)], SCORED, 5, hidden=8, members=2, refiner=refiner)
+    with torch.no_grad():
+        sides = stage.apply_side(0, probs, coord, event, energy)
+        want = refine_points(sides, refiner.classifier(refiner.features(sides, probs, coord, event, energy)).exp(),
+                             SCORED)
+    assert torch.allclose(stage(probs, coord, event, energy), want)
+    info = {"format": "detfm-fragment-classifier/1", "groups": [[SH, MI, DE]], "scored_ids": list(SCORED),
+            "num_classes": 5, "hidden": 8, "members": 2, "views": 1,
+            "point_refiner": {"line_classes": [TR], "hops": list(DEFAULT_HOPS), "hidden": 8, "members": 2}}
+    save_fragment_stage(stage, info, tmp_path)
+    back, _ = load_fragment_stage(tmp_path)
+    assert back.refiner is not None and back.refiner.hops == DEFAULT_HOPS
+    assert torch.equal(back(probs, coord, event, energy), stage(probs, coord, event, energy))
+    # without its refiner in the json, the weights no longer match; a refiner entry must be whole
+    (tmp_path / "fragment_classifier.json").write_text(json.dumps({**info, "point_refiner": None}))
+    with pytest.raises(DetfmError, match="does not match"):
+        load_fragment_stage(tmp_path)
+    (tmp_path / "fragment_classifier.json").write_text(json.dumps({**info, "point_refiner": {"hops": [1]}}))
+    with pytest.raises(DetfmError, match="point_refiner lacks line_classes, hidden, members"):
+        load_fragment_stage(tmp_path)
