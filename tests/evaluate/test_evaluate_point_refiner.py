@@ -12,8 +12,9 @@ import torch
 
 from detfm.errors import ConfigError, DetfmError
 from detfm.evaluate.fragment_classifier import FragmentStage, load_fragment_stage, save_fragment_stage
-from detfm.evaluate.point_refiner import (DEFAULT_HOPS, PointRefiner, fit_point_refiner, neighbourhood_sums,
-                                          point_feature_names, point_features, refine_points)
+from detfm.evaluate.point_refiner import (DEFAULT_HOPS, PointRefiner, fit_class_offsets, fit_point_refiner,
+                                          neighbourhood_sums, point_feature_names, point_features, refine_points,
+                                          shift_classes)
 
 SH, TR, MI, DE, LE = range(5)
 SCORED = (SH, TR, MI, DE)
@@ -52,7 +53,8 @@ def test_features_of_a_branch_leaving_a_track() -> None:
     coord, event, probs, energy = _track_with_branch()
     f = point_features(probs, probs, coord, event, energy, [TR])
     assert f.shape == (25, len(COL)) and len(COL) == 11 + 4 * 12
-    assert torch.equal(f[:, COL["prob_3"]], probs[:, DE]) and torch.allclose(f[:, COL["log_energy"]], torch.log1p(energy))
+    assert torch.equal(f[:, COL["prob_3"]], probs[:, DE])
+    assert torch.allclose(f[:, COL["log_energy"]], torch.log1p(energy))
     # the track's own voxels lie on its line, the branch's at their distance from it (y - 10)
     d = f[:, COL["hop4_log_line_distance"]]
     assert torch.allclose(d[:20], torch.zeros(20), atol=1e-5)
@@ -71,7 +73,8 @@ def test_features_do_not_depend_on_the_other_events_or_the_chunking() -> None:
     coord, event, probs, energy = _track_with_branch()
     alone = point_features(probs, probs, coord, event, energy, [TR])
     # the same event twice, the second copy on top of the first, and the points shuffled
-    both = torch.cat([coord, coord]), torch.cat([event, event + 1]), torch.cat([probs, probs]), torch.cat([energy, energy])
+    both = (torch.cat([coord, coord]), torch.cat([event, event + 1]), torch.cat([probs, probs]),
+            torch.cat([energy, energy]))
     order = torch.randperm(50, generator=torch.Generator().manual_seed(1))
     refiner = PointRefiner(SCORED, (TR,), 5, hidden=4, members=1, chunk=1)
     got = refiner.features(*(t[order] for t in (both[2], both[2], both[0], both[1], both[3])))
@@ -107,6 +110,21 @@ def test_fitting_separates_separable_points_and_is_deterministic() -> None:
         fit_point_refiner(x, target, 4, epochs=0)
 
 
+def test_class_offsets_call_an_under_called_class_more_often_and_keep_each_total() -> None:
+    # class 1 is true for 100 of 1000 points, but its probability only reaches 0.45 there
+    target = torch.zeros(1000, dtype=torch.long)
+    target[:100] = 1
+    probs = torch.tensor([[0.6, 0.4]]).repeat(1000, 1)
+    probs[:100] = torch.tensor([0.55, 0.45])
+    offsets = fit_class_offsets(probs, target, grid=(-0.3, 0.0, 0.3))
+    # +0.3 on class 1 (or -0.3 on class 0) calls exactly the 100 points class 1
+    assert ((torch.log(probs) + offsets).argmax(dim=1) == target).all()
+    assert torch.equal(fit_class_offsets(probs, torch.full((1000,), -1)), torch.zeros(2))
+    shifted = shift_classes(probs * 0.5, offsets)
+    assert torch.allclose(shifted.sum(dim=1), torch.full((1000,), 0.5))
+    assert (shifted[:100, 1] > shifted[:100, 0]).all() and (shifted[100:, 0] > shifted[100:, 1]).all()
+
+
 def test_the_refiner_checks_its_settings() -> None:
     with pytest.raises(ConfigError, match="distinct and >= 1"):
         PointRefiner(SCORED, (TR,), 5, hops=(1, 1))
@@ -122,10 +140,11 @@ def test_the_stage_applies_the_refiner_after_its_sides_and_keeps_it_in_its_files
     coord, event, probs, energy = _track_with_branch()
     refiner = PointRefiner(SCORED, (TR,), 5, hidden=8, members=2)
     stage = FragmentStage([(SH, MI, DE)], SCORED, 5, hidden=8, members=2, refiner=refiner)
+    refiner.offsets.copy_(torch.tensor([0.0, -0.3, 0.3, 0.6]))
     with torch.no_grad():
         sides = stage.apply_side(0, probs, coord, event, energy)
-        want = refine_points(sides, refiner.classifier(refiner.features(sides, probs, coord, event, energy)).exp(),
-                             SCORED)
+        point_probs = refiner.classifier(refiner.features(sides, probs, coord, event, energy)).exp()
+        want = refine_points(sides, shift_classes(point_probs, refiner.offsets), SCORED)
     assert torch.allclose(stage(probs, coord, event, energy), want)
     info = {"format": "detfm-fragment-classifier/1", "groups": [[SH, MI, DE]], "scored_ids": list(SCORED),
             "num_classes": 5, "hidden": 8, "members": 2, "views": 1,
@@ -133,6 +152,7 @@ def test_the_stage_applies_the_refiner_after_its_sides_and_keeps_it_in_its_files
     save_fragment_stage(stage, info, tmp_path)
     back, _ = load_fragment_stage(tmp_path)
     assert back.refiner is not None and back.refiner.hops == DEFAULT_HOPS
+    assert torch.equal(back.refiner.offsets, refiner.offsets)
     assert torch.equal(back(probs, coord, event, energy), stage(probs, coord, event, energy))
     # without its refiner in the json, the weights no longer match; a refiner entry must be whole
     (tmp_path / "fragment_classifier.json").write_text(json.dumps({**info, "point_refiner": None}))

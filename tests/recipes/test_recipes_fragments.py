@@ -98,7 +98,7 @@ def test_the_point_refiner_is_fitted_after_the_fragments_and_applied_with_them(f
     info = json.loads((copy / "fragment_classifier.json").read_text())
     refined = info["point_refiner"]
     assert refined["line_classes"] == [1] and refined["hops"] == [1, 2, 4, 8] and refined["epochs"] == 1
-    assert refined["points"] > 0
+    assert refined["points"] > 0 and list(refined["offsets"]) == ["shower", "track", "michel", "delta"]
     stage, _ = load_fragment_stage(copy)
     assert stage.refiner is not None
     scores = score_run(copy, fragment_classifier=True)

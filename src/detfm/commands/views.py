@@ -24,4 +24,5 @@ def add_fragment_options(p: argparse.ArgumentParser) -> None:
                           "the one class with the largest summed probability, after any --views average")
     one.add_argument("--fragment-classifier", action="store_true",
                      help="semseg runs: name each connected fragment with the run's fitted fragment classifier "
-                          "(fit it first with `detfm fragments --model RUN`), after any --views average")
+                          "(fit it first with `detfm fragments --model RUN`), and then refine every point with its "
+                          "point refiner if it was fitted with --point-refiner; after any --views average")

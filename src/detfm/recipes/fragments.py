@@ -31,7 +31,8 @@ from detfm.evaluate.fragment_classifier import (FRAGMENT_INFO_FORMAT, FragmentSt
 from detfm.evaluate.fragments import check_fragment_vote
 from detfm.evaluate.metrics import confusion_matrix, macro_f1, per_class_f1
 from detfm.evaluate.orientations import OrientationAverage
-from detfm.evaluate.point_refiner import DEFAULT_HOPS, PointRefiner, fit_point_refiner, refine_points
+from detfm.evaluate.point_refiner import (DEFAULT_HOPS, PointRefiner, fit_class_offsets, fit_point_refiner,
+                                         refine_points, shift_classes)
 from detfm.evaluate.scoring import argmax_without, eval_batches, json_float, renumber_without
 from detfm.models.lora import merge_lora
 from detfm.recipes.adapt import load_finetune_config, load_finetuned, run_split_events
@@ -83,7 +84,8 @@ def fit_fragment_run(run_dir: str | os.PathLike[str], data: str | os.PathLike[st
     a classifier for the fragments of points called track (:func:`fragment_groups`).
     ``point_refiner``: then also fit a :class:`~detfm.evaluate.point_refiner.PointRefiner` on
     every labeled point after the fragments (``point_epochs`` passes over at most
-    ``max_points`` points, neighbourhoods of ``hops`` steps).
+    ``max_points`` points, neighbourhoods of ``hops`` steps), and its class offsets for the
+    best macro-F1 on the same points.
     """
     run = Path(run_dir)
     cfg = load_finetune_config(run)
@@ -141,11 +143,14 @@ def fit_fragment_run(run_dir: str | os.PathLike[str], data: str | os.PathLike[st
             target[truth == c] = j
         stage.refiner.classifier = fit_point_refiner(features, target, len(scored), hidden=hidden, members=members,
                                                      epochs=point_epochs, max_points=max_points, seed=seed)
-        with torch.no_grad():
-            current = refine_points(current, stage.refiner.classifier(features).exp(), scored)
+        with torch.no_grad():  # in slices: the MLPs' activations over every labeled point at once take gigabytes
+            point_probs = torch.cat([stage.refiner.classifier(part).exp() for part in features.split(1 << 18)])
+        stage.refiner.offsets.copy_(fit_class_offsets(point_probs, target))
+        current = refine_points(current, shift_classes(point_probs, stage.refiner.offsets), scored)
         refined = {"line_classes": list(line), "hops": list(stage.refiner.hops), "hidden": hidden,
                    "members": members, "epochs": point_epochs, "max_points": max_points,
-                   "points": int((target >= 0).sum())}
+                   "points": int((target >= 0).sum()),
+                   "offsets": {spec.class_names[c]: round(float(v), 4) for c, v in zip(scored, stage.refiner.offsets)}}
     after, after_f1 = _scored_f1(current, truth, len(spec.class_names), spec.excluded_class)
     names = [spec.class_names[c] for c in scored]
     info = {
