@@ -52,13 +52,13 @@ from detfm.engine.runs import FRAGMENT_CLASSIFIER_FILE, FRAGMENT_CLASSIFIER_INFO
 from detfm.errors import ConfigError, DetfmError
 from detfm.evaluate.feature_classifier import ClassifierEnsemble, seeded_start, standardise_from
 from detfm.evaluate.fragments import PointProbabilityStep, point_fragments
-from detfm.evaluate.point_refiner import PointRefiner
+from detfm.evaluate.point_refiner import PointRefiner, refine_points
 from detfm.io import atomic_path, atomic_write_text
 from detfm.models.sparse.hashing import kernel_map
 
 __all__ = ["FRAGMENT_INFO_FORMAT", "FragmentClassifier", "FragmentRelabel", "FragmentStage", "FragmentTable",
            "feature_names", "fit_fragment_classifier", "fragment_table", "fragment_truth", "load_fragment_stage",
-           "relabel_fragments", "save_fragment_stage"]
+           "relabel_fragments", "save_fragment_stage", "scored_positions", "stage_record"]
 
 FRAGMENT_INFO_FORMAT = "detfm-fragment-classifier/1"
 
@@ -196,17 +196,23 @@ def fragment_table(probs: torch.Tensor, coord: torch.Tensor, event: torch.Tensor
     return FragmentTable(labels, features)
 
 
+def scored_positions(truth: torch.Tensor, scored: Sequence[int]) -> torch.Tensor:
+    """(P,) int64 the position of each point's true class in ``scored``, -1 where it is not
+    scored (an excluded or unlabeled point)."""
+    truth = truth.detach().cpu().long()
+    k = torch.full_like(truth, -1)
+    for j, c in enumerate(scored):
+        k[truth == int(c)] = j
+    return k
+
+
 def fragment_truth(table: FragmentTable, truth: torch.Tensor, scored: Sequence[int]
                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(target, counts)``: each fragment's majority true class among its scored points, as an
     index into ``scored`` (-1: no scored point), and its scored points per class (F, K)."""
-    scored_t = torch.as_tensor(list(scored), dtype=torch.long)
-    truth = truth.detach().cpu().long()
-    k = torch.full_like(truth, -1)  # the position of each point's true class in ``scored``
-    for j, c in enumerate(scored_t.tolist()):
-        k[truth == c] = j
+    k = scored_positions(truth, scored)
     keep = (table.labels >= 0) & (k >= 0)
-    counts = torch.zeros(table.count, len(scored_t))
+    counts = torch.zeros(table.count, len(scored))
     counts.index_put_((table.labels[keep], k[keep]), torch.ones(int(keep.sum())), accumulate=True)
     target = counts.argmax(dim=1)
     target[counts.sum(dim=1) == 0] = -1
@@ -253,13 +259,8 @@ def relabel_fragments(probs: torch.Tensor, table: FragmentTable, fragment_probs:
     over ``scored``. Other classes and other points keep theirs; the input is not modified."""
     out = probs.detach().float().cpu().clone()
     rows = table.labels >= 0
-    if not bool(rows.any()):
-        return out
-    cols = torch.as_tensor(list(scored), dtype=torch.long)
-    sub = out[rows]
-    mass = sub[:, cols].sum(dim=1, keepdim=True)
-    sub[:, cols] = mass * fragment_probs.float()[table.labels[rows]]
-    out[rows] = sub
+    if bool(rows.any()):
+        out[rows] = refine_points(out[rows], fragment_probs.float()[table.labels[rows]], scored)
     return out
 
 
@@ -316,6 +317,17 @@ class FragmentStage(nn.Module):
         if self.refiner is not None:
             out = self.refiner(out, probs, coord, event, energy)
         return out.to(probs.device)
+
+
+def stage_record(stage: FragmentStage, class_names: Sequence[str], info: dict[str, Any] | None = None
+                 ) -> dict[str, Any]:
+    """What scores and predictions record of an applied stage: the classes of each side, and
+    with the stage's ``fragment_classifier.json`` ``info`` the views it was fitted on and whether
+    it has a point refiner."""
+    record: dict[str, Any] = {"sides": [[class_names[c] for c in g] for g in stage.groups]}
+    if info is not None:
+        record.update(fitted_views=info["views"], point_refiner=bool(info.get("point_refiner")))
+    return record
 
 
 class FragmentRelabel(PointProbabilityStep):

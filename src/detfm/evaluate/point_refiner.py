@@ -39,6 +39,7 @@ from torch import nn
 
 from detfm.errors import ConfigError
 from detfm.evaluate.feature_classifier import ClassifierEnsemble, seeded_start, standardise_from
+from detfm.evaluate.metrics import confusion_matrix, macro_f1
 from detfm.models.sparse.hashing import kernel_map
 
 __all__ = ["DEFAULT_HOPS", "OFFSET_GRID", "PointRefiner", "fit_class_offsets", "fit_point_refiner",
@@ -159,14 +160,6 @@ def shift_classes(probs: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
     return shifted * (probs.sum(dim=1, keepdim=True) / shifted.sum(dim=1, keepdim=True).clamp_min(1e-30))
 
 
-def _macro_f1(calls: torch.Tensor, target: torch.Tensor, k: int) -> float:
-    cm = torch.bincount(target * k + calls, minlength=k * k).reshape(k, k).double()
-    tp = cm.diagonal()
-    f1 = 2 * tp / (cm.sum(dim=0) + cm.sum(dim=1)).clamp_min(1)
-    present = cm.sum(dim=1) > 0
-    return float(f1[present].mean()) if bool(present.any()) else 0.0
-
-
 def fit_class_offsets(probs: torch.Tensor, target: torch.Tensor, grid: Sequence[float] = OFFSET_GRID,
                       rounds: int = 2) -> torch.Tensor:
     """(K,) log-probability offsets for the best macro-F1 of ``argmax(log probs + offsets)``
@@ -175,18 +168,22 @@ def fit_class_offsets(probs: torch.Tensor, target: torch.Tensor, grid: Sequence[
     is scored."""
     keep = target >= 0
     logp = torch.log(probs[keep].float().clamp_min(1e-30))
-    y = target[keep].long()
+    y = target[keep].long().numpy()
     k = int(probs.shape[1])
     offsets = torch.zeros(k)
-    if y.numel() == 0:
+    if y.size == 0:
         return offsets
-    best = _macro_f1(logp.argmax(dim=1), y, k)
+
+    def score_of(shift: torch.Tensor) -> float:  # the macro-F1 the scores report
+        return macro_f1(confusion_matrix(y, (logp + shift).argmax(dim=1).numpy(), k))
+
+    best = score_of(offsets)
     for _ in range(rounds):
         for c in range(k):
             for g in grid:
                 trial = offsets.clone()
                 trial[c] = g
-                score = _macro_f1((logp + trial).argmax(dim=1), y, k)
+                score = score_of(trial)
                 if score > best + 1e-4:
                     best, offsets = score, trial
     return offsets
@@ -270,9 +267,18 @@ class PointRefiner(nn.Module):
         return out
 
     @torch.no_grad()
+    def class_probs(self, features: torch.Tensor) -> torch.Tensor:
+        """(P, K) the MLPs' mean distribution over the scored classes, before the offsets; in
+        slices of 262 144 points (the activations over millions of points at once take gigabytes)."""
+        return torch.cat([self.classifier(part).exp() for part in features.split(1 << 18)])
+
+    def refined(self, probs: torch.Tensor, class_probs: torch.Tensor) -> torch.Tensor:
+        """``probs`` (P, C) with each point's scored mass moved onto ``class_probs`` after the
+        offsets (:func:`shift_classes`, :func:`refine_points`)."""
+        return refine_points(probs, shift_classes(class_probs, self.offsets), self.scored)
+
     def forward(self, probs: torch.Tensor, model_probs: torch.Tensor, coord: torch.Tensor, event: torch.Tensor,
                 energy: torch.Tensor) -> torch.Tensor:
         """``probs`` (P, C) after refinement and the class offsets (CPU, float32); ``model_probs``:
         the model's own."""
-        x = self.features(probs, model_probs, coord, event, energy)
-        return refine_points(probs, shift_classes(self.classifier(x).exp(), self.offsets), self.scored)
+        return self.refined(probs, self.class_probs(self.features(probs, model_probs, coord, event, energy)))

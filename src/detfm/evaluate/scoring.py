@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from detfm.data import EventDataset, PackedBatch, collate
 from detfm.errors import ConfigError, DetfmError
-from detfm.evaluate.fragment_classifier import FragmentRelabel, FragmentStage
+from detfm.evaluate.fragment_classifier import FragmentRelabel, FragmentStage, stage_record
 from detfm.evaluate.fragments import FragmentVote, check_fragment_steps
 from detfm.evaluate.instances import InstanceTally
 from detfm.evaluate.metrics import (
@@ -150,8 +150,7 @@ def score_task(task: nn.Module, spec: TaskSpec, dataset: EventDataset, batch_siz
         extra: dict[str, Any]
         if fragment_stage is not None:
             wrapped: nn.Module = FragmentRelabel(inner, fragment_stage)
-            extra = {"fragment_classifier": {"sides": [[spec.class_names[c] for c in g]
-                                                       for g in fragment_stage.groups]}}
+            extra = {"fragment_classifier": stage_record(fragment_stage, spec.class_names)}
         else:
             wrapped = FragmentVote(inner, spec.fragment_classes, spec.excluded_class)
             extra = {"fragment_vote": {"classes": [spec.class_names[c] for c in spec.fragment_classes]}}

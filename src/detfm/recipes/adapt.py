@@ -59,7 +59,7 @@ from detfm.engine import TrainConfig, TrainResult, load_config, load_weights, st
 from detfm.engine.runs import (BACKBONE_FILE, CONFIG_FILE, EVAL_FILE, MODEL_FILE, PREDICTIONS_FORMAT, SPLIT_FILE,
                                backbone_config, last_checkpoint, load_backbone, weights_path)
 from detfm.errors import ConfigError, DataFormatError, DetfmError
-from detfm.evaluate.fragment_classifier import FragmentRelabel, FragmentStage, load_fragment_stage
+from detfm.evaluate.fragment_classifier import FragmentRelabel, FragmentStage, load_fragment_stage, stage_record
 from detfm.evaluate.fragments import FragmentVote, check_fragment_steps
 from detfm.evaluate.orientations import OrientationAverage
 from detfm.evaluate.scoring import score_task
@@ -506,9 +506,8 @@ def score_run(run_dir: str | os.PathLike[str], data: Sequence[str | os.PathLike[
         task = _with_pid_stage(task, pid_run, device)
     scores = score_task(task, spec, events, batch_size=batch_size or cfg.eval_batch_size, progress=progress,
                         views=views, view_seed=view_seed, fragment_vote=fragment_vote, fragment_stage=stage)
-    if stage_info is not None:
-        scores["fragment_classifier"]["fitted_views"] = stage_info["views"]
-        scores["fragment_classifier"]["point_refiner"] = bool(stage_info.get("point_refiner"))
+    if stage is not None:
+        scores["fragment_classifier"] = stage_record(stage, spec.class_names, stage_info)
     scored = {"files": [str(p) for p in paths],
               "events": "test split of the run" if data is None or own_split else "all usable"}
     if pid_run is not None:
@@ -704,10 +703,7 @@ def predict_file(run_dir: str | os.PathLike[str], data: str | os.PathLike[str],
         if fragment_vote:
             h5.attrs["fragment_vote"] = json.dumps([spec.class_names[c] for c in spec.fragment_classes])
         if stage is not None and stage_info is not None:
-            h5.attrs["fragment_classifier"] = json.dumps({"sides": [[spec.class_names[c] for c in g]
-                                                                    for g in stage.groups],
-                                                          "fitted_views": stage_info["views"],
-                                                          "point_refiner": bool(stage_info.get("point_refiner"))})
+            h5.attrs["fragment_classifier"] = json.dumps(stage_record(stage, spec.class_names, stage_info))
         for a in range(0, n, batch_size):
             samples = [dataset[i] for i in range(a, min(a + batch_size, n))]
             full = [s for s in samples if s.n_points > 0]

@@ -27,12 +27,11 @@ from detfm.data import EventDataset
 from detfm.errors import ConfigError, DetfmError
 from detfm.evaluate.fragment_classifier import (FRAGMENT_INFO_FORMAT, FragmentStage, feature_names,
                                                 fit_fragment_classifier, fragment_truth, relabel_fragments,
-                                                save_fragment_stage)
+                                                save_fragment_stage, scored_positions)
 from detfm.evaluate.fragments import check_fragment_vote
 from detfm.evaluate.metrics import confusion_matrix, macro_f1, per_class_f1
 from detfm.evaluate.orientations import OrientationAverage
-from detfm.evaluate.point_refiner import (DEFAULT_HOPS, PointRefiner, fit_class_offsets, fit_point_refiner,
-                                         refine_points, shift_classes)
+from detfm.evaluate.point_refiner import DEFAULT_HOPS, PointRefiner, fit_class_offsets, fit_point_refiner
 from detfm.evaluate.scoring import argmax_without, eval_batches, json_float, renumber_without
 from detfm.models.lora import merge_lora
 from detfm.recipes.adapt import load_finetune_config, load_finetuned, run_split_events
@@ -138,15 +137,12 @@ def fit_fragment_run(run_dir: str | os.PathLike[str], data: str | os.PathLike[st
         line = tuple(c for c in scored if c not in groups[0])
         stage.refiner = PointRefiner(scored, line, len(spec.class_names), hops, hidden, members)
         features = stage.refiner.features(current, probs, coord, event, energy)
-        target = torch.full_like(truth, -1)
-        for j, c in enumerate(scored):
-            target[truth == c] = j
+        target = scored_positions(truth, scored)
         stage.refiner.classifier = fit_point_refiner(features, target, len(scored), hidden=hidden, members=members,
                                                      epochs=point_epochs, max_points=max_points, seed=seed)
-        with torch.no_grad():  # in slices: the MLPs' activations over every labeled point at once take gigabytes
-            point_probs = torch.cat([stage.refiner.classifier(part).exp() for part in features.split(1 << 18)])
+        point_probs = stage.refiner.class_probs(features)
         stage.refiner.offsets.copy_(fit_class_offsets(point_probs, target))
-        current = refine_points(current, shift_classes(point_probs, stage.refiner.offsets), scored)
+        current = stage.refiner.refined(current, point_probs)
         refined = {"line_classes": list(line), "hops": list(stage.refiner.hops), "hidden": hidden,
                    "members": members, "epochs": point_epochs, "max_points": max_points,
                    "points": int((target >= 0).sum()),
