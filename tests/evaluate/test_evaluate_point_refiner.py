@@ -52,7 +52,7 @@ def test_neighbourhood_sums_count_the_paths_of_the_26_neighbour_graph() -> None:
 def test_features_of_a_branch_leaving_a_track() -> None:
     coord, event, probs, energy = _track_with_branch()
     f = point_features(probs, probs, coord, event, energy, [TR])
-    assert f.shape == (25, len(COL)) and len(COL) == 11 + 4 * 12
+    assert f.shape == (25, len(COL)) and len(COL) == 11 + 4 * 15
     assert torch.equal(f[:, COL["prob_3"]], probs[:, DE])
     assert torch.allclose(f[:, COL["log_energy"]], torch.log1p(energy))
     # the track's own voxels lie on its line, the branch's at their distance from it (y - 10)
@@ -63,6 +63,12 @@ def test_features_of_a_branch_leaving_a_track() -> None:
     assert f[0, COL["hop2_line_linearity"]] == pytest.approx(1.0, abs=1e-5)
     assert f[0, COL["hop2_all_linearity"]] == pytest.approx(1.0, abs=1e-5)
     assert f[10, COL["hop2_all_linearity"]] < 0.8  # the junction is not a line
+    # along the track's line: 0 in the middle of its neighbourhood, beyond 1 spread at its end
+    assert f[10, COL["hop4_line_end"]] == pytest.approx(0.0, abs=1e-5)
+    assert f[0, COL["hop4_line_end"]] > 1.0 and f[0, COL["hop4_all_end"]] > 1.0
+    # the track's energy around a point, against its own (energy rises along the points)
+    assert f[0, COL["hop2_line_energy_minus_own"]] > 0 > f[19, COL["hop2_line_energy_minus_own"]]
+    assert f[24, COL["hop4_line_energy_minus_own"]] == 0
     # voxel x = 0 reaches x = 1 once in one step: 2 paths in (I + A) . 1
     assert f[0, COL["hop1_log_voxels"]] == pytest.approx(math.log(2), abs=1e-6)
     # the mean call around the end of the branch is delta, around the track's end track
@@ -133,13 +139,13 @@ def test_the_refiner_checks_its_settings() -> None:
     with pytest.raises(ConfigError, match="5-class task"):
         PointRefiner(SCORED, (7,), 5)
     with pytest.raises(ConfigError, match="the point refiner scores"):
-        FragmentStage([(SH, MI, DE)], SCORED, 5, refiner=PointRefiner((SH, TR), (TR,), 5))
+        FragmentStage([(SH, MI, DE)], SCORED, 5, refiners=[PointRefiner((SH, TR), (TR,), 5)])
 
 
 def test_the_stage_applies_the_refiner_after_its_sides_and_keeps_it_in_its_files(tmp_path: Path) -> None:
     coord, event, probs, energy = _track_with_branch()
     refiner = PointRefiner(SCORED, (TR,), 5, hidden=8, members=2)
-    stage = FragmentStage([(SH, MI, DE)], SCORED, 5, hidden=8, members=2, refiner=refiner)
+    stage = FragmentStage([(SH, MI, DE)], SCORED, 5, hidden=8, members=2, refiners=[refiner])
     refiner.offsets.copy_(torch.tensor([0.0, -0.3, 0.3, 0.6]))
     with torch.no_grad():
         sides = stage.apply_side(0, probs, coord, event, energy)
@@ -148,15 +154,21 @@ def test_the_stage_applies_the_refiner_after_its_sides_and_keeps_it_in_its_files
     assert torch.allclose(stage(probs, coord, event, energy), want)
     info = {"format": "detfm-fragment-classifier/1", "groups": [[SH, MI, DE]], "scored_ids": list(SCORED),
             "num_classes": 5, "hidden": 8, "members": 2, "views": 1,
-            "point_refiner": {"line_classes": [TR], "hops": list(DEFAULT_HOPS), "hidden": 8, "members": 2}}
+            "point_refiner": {"line_classes": [TR], "hops": list(DEFAULT_HOPS), "hidden": 8, "members": 2,
+                              "features": list(point_feature_names(5))}}
     save_fragment_stage(stage, info, tmp_path)
     back, _ = load_fragment_stage(tmp_path)
-    assert back.refiner is not None and back.refiner.hops == DEFAULT_HOPS
-    assert torch.equal(back.refiner.offsets, refiner.offsets)
+    assert len(back.refiners) == 1 and back.refiners[0].hops == DEFAULT_HOPS
+    assert torch.equal(back.refiners[0].offsets, refiner.offsets)
     assert torch.equal(back(probs, coord, event, energy), stage(probs, coord, event, energy))
     # without its refiner in the json, the weights no longer match; a refiner entry must be whole
     (tmp_path / "fragment_classifier.json").write_text(json.dumps({**info, "point_refiner": None}))
     with pytest.raises(DetfmError, match="does not match"):
+        load_fragment_stage(tmp_path)
+    # a refiner fitted on other features (an older detfm's) is refused with what to do
+    older = {**info["point_refiner"], "features": list(point_feature_names(5))[:-1]}
+    (tmp_path / "fragment_classifier.json").write_text(json.dumps({**info, "point_refiner": older}))
+    with pytest.raises(DetfmError, match="other point features.*detfm fragments --model"):
         load_fragment_stage(tmp_path)
     (tmp_path / "fragment_classifier.json").write_text(json.dumps({**info, "point_refiner": {"hops": [1]}}))
     with pytest.raises(DetfmError, match="point_refiner lacks line_classes, hidden, members"):

@@ -20,7 +20,7 @@ from detfm.errors import ConfigError, DetfmError
 from detfm.evaluate.fragment_classifier import FragmentRelabel, load_fragment_stage
 from detfm.evaluate.orientations import OrientationAverage
 from detfm.recipes.adapt import FinetuneConfig, load_finetuned, predict_file, run_finetune, score_run
-from detfm.recipes.fragments import fit_fragment_run, fragment_groups
+from detfm.recipes.fragments import fit_fragment_run, fit_fragment_stage, fragment_groups, labeled_outputs
 from detfm.tasks.registry import get_task
 
 
@@ -67,6 +67,21 @@ def test_fitting_writes_the_classifier_and_what_it_was_fitted_on(fitted: Fitted)
     assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
 
 
+def test_the_stage_fits_on_stored_outputs_as_the_run_does(fitted: Fitted) -> None:
+    run, info = fitted
+    out = labeled_outputs(run, views=2)
+    labeled = json.loads((run / "split.json").read_text())["labeled"]
+    assert len(torch.unique(out.event)) == len(labeled) and out.probs.shape == (len(out.truth), 5)
+    stage, report = fit_fragment_stage(out, get_task("semseg"), epochs=20, members=2, track_side=True)
+    assert report["labeled_scores"] == info["labeled_scores"] and report["sides"] == info["sides"]
+    stored = load_file(str(run / "fragment_classifier.safetensors"))
+    assert all(torch.equal(v, stored[k]) for k, v in stage.state_dict().items())
+    # a selection keeps the chosen events' points, ids unchanged
+    some = out.select(torch.tensor([0, 2]))
+    assert set(torch.unique(some.event).tolist()) == {0, 2}
+    assert len(some.truth) == int(((out.event == 0) | (out.event == 2)).sum())
+
+
 def test_score_and_predict_apply_the_fitted_classifier(fitted: Fitted, tiny_events: Path, tmp_path: Path) -> None:
     run, _ = fitted
     scores = score_run(run, views=2, fragment_classifier=True)
@@ -93,14 +108,25 @@ def test_the_point_refiner_is_fitted_after_the_fragments_and_applied_with_them(f
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
     assert main(["fragments", "--model", str(copy), "--epochs", "5", "--point-refiner", "--point-epochs", "1",
-                 "--overwrite", "--quiet"]) == 0
-    assert "point refiner: fitted on" in capsys.readouterr().out
+                 "--point-rounds", "2", "--overwrite", "--quiet"]) == 0
+    assert "point refiner: 2 round(s) fitted on" in capsys.readouterr().out
     info = json.loads((copy / "fragment_classifier.json").read_text())
     refined = info["point_refiner"]
     assert refined["line_classes"] == [1] and refined["hops"] == [1, 2, 4, 8] and refined["epochs"] == 1
-    assert refined["points"] > 0 and list(refined["offsets"]) == ["shower", "track", "michel", "delta"]
+    assert refined["rounds"] == 2 and len(refined["offsets"]) == 2
+    assert refined["points"] > 0 and list(refined["offsets"][1]) == ["shower", "track", "michel", "delta"]
     stage, _ = load_fragment_stage(copy)
-    assert stage.refiner is not None
+    assert len(stage.refiners) == 2
+    # the second round reads the first's calls: the stage's output is the two applied in turn
+    out = labeled_outputs(copy)
+    with torch.no_grad():
+        first = stage.refiners[0](out.probs, out.probs, out.coord, out.event, out.energy)
+        manual = stage.refiners[1](first, out.probs, out.coord, out.event, out.energy)
+        sides = stage.apply_side(0, out.probs, out.coord, out.event, out.energy)
+        through = stage.refiners[1](stage.refiners[0](sides, out.probs, out.coord, out.event, out.energy),
+                                    out.probs, out.coord, out.event, out.energy)
+    assert torch.allclose(stage(out.probs, out.coord, out.event, out.energy), through)
+    assert not torch.allclose(manual, through)  # the sides come first
     scores = score_run(copy, fragment_classifier=True)
     assert scores["fragment_classifier"]["point_refiner"] is True
     # the refiner changes the calls of the fragments-only stage
@@ -108,6 +134,8 @@ def test_the_point_refiner_is_fitted_after_the_fragments_and_applied_with_them(f
     assert scores["confusion"] != plain["confusion"] or scores["macro_f1"] != plain["macro_f1"]
     assert main(["fragments", "--model", str(copy), "--point-refiner", "--point-epochs", "0", "--overwrite"]) == 2
     assert "--point-epochs must be >= 1" in capsys.readouterr().err
+    assert main(["fragments", "--model", str(copy), "--point-refiner", "--point-rounds", "0", "--overwrite"]) == 2
+    assert "--point-rounds must be >= 1" in capsys.readouterr().err
 
 
 def test_runs_without_a_classifier_and_other_tasks_are_refused_before_writing(fitted: Fitted, tiny_events: Path,

@@ -28,6 +28,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="then also fit a per-point refiner on the neighbourhood of every labeled point (applied "
                         "after the fragments by --fragment-classifier)")
     p.add_argument("--point-epochs", type=int, default=8, help="passes of the point refiner's fit (default 8)")
+    p.add_argument("--point-rounds", type=int, default=None,
+                   help="point refiners fitted in turn, each on the calls of the one before (default "
+                        "detfm.evaluate.point_refiner.DEFAULT_ROUNDS, 2)")
     p.add_argument("--batch-size", type=int, help="events per forward pass (default: the run's eval_batch_size)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     p.add_argument("--overwrite", action="store_true", help="replace the run's fragment classifier if it has one")
@@ -40,6 +43,7 @@ def _fragments(args: argparse.Namespace) -> int:
 
     from detfm.commands.device import check_device
     from detfm.engine.runs import FRAGMENT_CLASSIFIER_FILE
+    from detfm.evaluate.point_refiner import DEFAULT_ROUNDS
     from detfm.recipes.fragments import fit_fragment_run
 
     run = Path(args.model)
@@ -47,7 +51,9 @@ def _fragments(args: argparse.Namespace) -> int:
         raise DetfmError(f"{run}: no such run directory")
     if (run / FRAGMENT_CLASSIFIER_FILE).exists() and not args.overwrite:
         raise DetfmError(f"{run / FRAGMENT_CLASSIFIER_FILE} exists; pass --overwrite to fit it again")
-    for name in ("views", "epochs", "point_epochs"):
+    if args.point_rounds is None:
+        args.point_rounds = DEFAULT_ROUNDS
+    for name in ("views", "epochs", "point_epochs", "point_rounds"):
         if getattr(args, name) < 1:
             raise DetfmError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.batch_size is not None and args.batch_size < 1:
@@ -55,13 +61,15 @@ def _fragments(args: argparse.Namespace) -> int:
     check_device(args.device)
     info = fit_fragment_run(run, args.data, views=args.views, view_seed=args.view_seed, batch_size=args.batch_size,
                             epochs=args.epochs, seed=args.seed, point_refiner=args.point_refiner,
-                            point_epochs=args.point_epochs, device=args.device, progress=not args.quiet)
+                            point_epochs=args.point_epochs, point_rounds=args.point_rounds, device=args.device,
+                            progress=not args.quiet)
     for side in info["sides"]:
         counts = ", ".join(f"{k} {v}" for k, v in side["fitted_fragments"].items())
         print(f"fragments of {', '.join(side['classes'])}: {side['fragments']} in {info['labeled_events']} labeled "
               f"events (by true class: {counts})")
     if info["point_refiner"]:
-        print(f"point refiner: fitted on {info['point_refiner']['points']} labeled points")
+        refined = info["point_refiner"]
+        print(f"point refiner: {refined['rounds']} round(s) fitted on {refined['points']} labeled points")
     before, after = info["labeled_scores"]["before"], info["labeled_scores"]["after"]
     print(f"labeled events, {info['views']} view(s): macro-F1 {before['macro_f1']} -> {after['macro_f1']} "
           f"(the events it was fitted on; score the test split with: detfm score --model {run} "

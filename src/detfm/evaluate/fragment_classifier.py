@@ -52,7 +52,7 @@ from detfm.engine.runs import FRAGMENT_CLASSIFIER_FILE, FRAGMENT_CLASSIFIER_INFO
 from detfm.errors import ConfigError, DetfmError
 from detfm.evaluate.feature_classifier import ClassifierEnsemble, seeded_start, standardise_from
 from detfm.evaluate.fragments import PointProbabilityStep, point_fragments
-from detfm.evaluate.point_refiner import PointRefiner, refine_points
+from detfm.evaluate.point_refiner import PointRefiner, point_feature_names, refine_points
 from detfm.io import atomic_path, atomic_write_text
 from detfm.models.sparse.hashing import kernel_map
 
@@ -270,11 +270,11 @@ class FragmentStage(nn.Module):
     ``groups``: the classes whose called points form each side's fragments, in the order the
     sides are applied (the second side sees the first side's relabelled calls); ``scored``: the
     classes a fragment can be given (the scored classes of the task); ``num_classes``: all the
-    task's classes. ``refiner``: an optional :class:`~detfm.evaluate.point_refiner.PointRefiner`
-    applied to every point after the sides."""
+    task's classes. ``refiners``: :class:`~detfm.evaluate.point_refiner.PointRefiner` rounds
+    applied to every point after the sides, in turn (each reads the calls of the one before)."""
 
     def __init__(self, groups: Sequence[Sequence[int]], scored: Sequence[int], num_classes: int,
-                 hidden: int = 64, members: int = 4, refiner: PointRefiner | None = None) -> None:
+                 hidden: int = 64, members: int = 4, refiners: Sequence[PointRefiner] = ()) -> None:
         super().__init__()
         self.groups = tuple(tuple(int(c) for c in g) for g in groups)
         self.scored = tuple(int(c) for c in scored)
@@ -288,10 +288,12 @@ class FragmentStage(nn.Module):
         width = len(feature_names(self.num_classes))
         self.classifiers = nn.ModuleList(FragmentClassifier(width, len(self.scored), hidden, members)
                                          for _ in self.groups)
-        if refiner is not None and (refiner.scored != self.scored or refiner.num_classes != self.num_classes):
-            raise ConfigError(f"fragment classifier: the point refiner scores {list(refiner.scored)} of "
-                              f"{refiner.num_classes} classes, the fragments {list(self.scored)} of {self.num_classes}")
-        self.refiner = refiner
+        for refiner in refiners:
+            if refiner.scored != self.scored or refiner.num_classes != self.num_classes:
+                raise ConfigError(f"fragment classifier: the point refiner scores {list(refiner.scored)} of "
+                                  f"{refiner.num_classes} classes, the fragments {list(self.scored)} of "
+                                  f"{self.num_classes}")
+        self.refiners = nn.ModuleList(refiners)
 
     def tables(self, probs: torch.Tensor, coord: torch.Tensor, event: torch.Tensor,
                energy: torch.Tensor, side: int) -> FragmentTable:
@@ -310,12 +312,12 @@ class FragmentStage(nn.Module):
 
     def forward(self, probs: torch.Tensor, coord: torch.Tensor, event: torch.Tensor,
                 energy: torch.Tensor) -> torch.Tensor:
-        """``probs`` (P, C) after every side and the point refiner, if any, on the input's device."""
+        """``probs`` (P, C) after every side and the point refiner rounds, on the input's device."""
         out = probs
         for side in range(len(self.groups)):
             out = self.apply_side(side, out, coord, event, energy)
-        if self.refiner is not None:
-            out = self.refiner(out, probs, coord, event, energy)
+        for refiner in self.refiners:
+            out = refiner(out, probs, coord, event, energy)
         return out.to(probs.device)
 
 
@@ -374,10 +376,14 @@ def load_fragment_stage(run_dir: str | os.PathLike[str]) -> tuple[FragmentStage,
     lacking = [k for k in ("line_classes", "hops", "hidden", "members") if refined and k not in refined]
     if lacking:
         raise DetfmError(f"{info_file}: its point_refiner lacks {', '.join(lacking)}")
-    refiner = None if not refined else PointRefiner(info["scored_ids"], refined["line_classes"], info["num_classes"],
-                                                    refined["hops"], refined["hidden"], refined["members"])
+    if refined and refined.get("features") != list(point_feature_names(info["num_classes"], refined["hops"])):
+        raise DetfmError(f"{info_file}: its point refiner was fitted on other point features than this detfm computes; "
+                         f"fit it again with `detfm fragments --model {run} --point-refiner`")
+    rounds = int(refined.get("rounds", 1)) if refined else 0
+    refiners = [PointRefiner(info["scored_ids"], refined["line_classes"], info["num_classes"], refined["hops"],
+                             refined["hidden"], refined["members"]) for _ in range(rounds)]
     stage = FragmentStage(info["groups"], info["scored_ids"], info["num_classes"], info["hidden"], info["members"],
-                          refiner)
+                          refiners)
     state = load_file(str(weights))
     want = stage.state_dict()
     missing, extra = sorted(set(want) - set(state)), sorted(set(state) - set(want))

@@ -13,15 +13,19 @@ The point refiner gives every point a class from:
   steps, each counted by the number of paths that reach it, so nearer voxels weigh more): the
   mean class probabilities, the number of voxels, the mean energy, and two straight-line fits,
   one to all the points around it and one to the points called track (weighted by their
-  track probability): how well a line describes them and how far the point lies from that
-  line. A muon voxel lies on its track's line; the start of a delta ray or of a Michel
-  electron leaves it.
+  track probability): how well a line describes them, how far the point lies from that
+  line, and how far along it from the points' centre (in units of their spread: a track's end
+  against its middle); and the mean energy of the track points around it against its own (a
+  stopping muon's Bragg peak). A muon voxel lies on its track's line; the start of a delta ray
+  or of a Michel electron leaves it, and a Michel electron starts where a track ends.
 
 A few small MLPs map these features to the scored classes (the same network as the fragment
 classifier's, :class:`~detfm.evaluate.feature_classifier.ClassifierEnsemble`); each point's
 probability over the scored classes moves onto their mean answer, so the excluded class
 (low-energy) keeps its probability. It is fitted on the run's labeled training events, on the
-outputs of the steps before it, and applied after them.
+outputs of the steps before it, and applied after them. Refiners can be fitted in rounds
+(``DEFAULT_ROUNDS``): each round reads the calls of the one before, so a point sees what its
+neighbours were refined to.
 
 Cross-entropy makes the MLPs call the rare classes (Michel, delta) less often than the
 macro-F1 the scores use would want. The refiner therefore ends with one offset per scored class
@@ -42,13 +46,14 @@ from detfm.evaluate.feature_classifier import ClassifierEnsemble, seeded_start, 
 from detfm.evaluate.metrics import confusion_matrix, macro_f1
 from detfm.models.sparse.hashing import kernel_map
 
-__all__ = ["DEFAULT_HOPS", "OFFSET_GRID", "PointRefiner", "fit_class_offsets", "fit_point_refiner",
+__all__ = ["DEFAULT_HOPS", "DEFAULT_ROUNDS", "OFFSET_GRID", "PointRefiner", "fit_class_offsets", "fit_point_refiner",
            "neighbourhood_sums", "point_feature_names", "point_features", "refine_points", "shift_classes"]
 
 DEFAULT_HOPS = (1, 2, 4, 8)
+DEFAULT_ROUNDS = 2  # refiners fitted in turn, each on the calls of the one before
 OFFSET_GRID = (-1.0, -0.6, -0.3, -0.15, 0.0, 0.15, 0.3, 0.6, 1.0)
 _HOP_NAMES = ("log_voxels", "mean_energy_minus_own", "line_fraction", "log_line_distance", "line_linearity",
-              "log_all_distance", "all_linearity")
+              "log_all_distance", "all_linearity", "line_end", "all_end", "line_energy_minus_own")
 
 
 def point_feature_names(num_classes: int, hops: Sequence[int] = DEFAULT_HOPS) -> tuple[str, ...]:
@@ -80,11 +85,12 @@ def neighbourhood_sums(values: torch.Tensor, coord: torch.Tensor, event: torch.T
 
 
 def _line_fit(s0: torch.Tensor, s1: torch.Tensor, s2: torch.Tensor, x: torch.Tensor
-              ) -> tuple[torch.Tensor, torch.Tensor]:
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """From weighted sums (weight ``s0``, first moments ``s1`` (P, 3), second moments ``s2``
     (P, 3, 3)): the linearity of the weighted points (largest eigenvalue of their covariance
-    over the trace, 0 where there is no weight) and the distance of ``x`` from their principal
-    line."""
+    over the trace), the distance of ``x`` from their principal line, and how far along that
+    line ``x`` lies from their centre, in units of their spread along it (about 1.7 at the end
+    of a uniform segment, 0 in its middle); all 0 where there is no weight."""
     w = s0.clamp_min(1e-9)
     mean = s1 / w[:, None]
     cov = s2 / w[:, None, None] - mean[:, :, None] * mean[:, None, :]
@@ -93,10 +99,11 @@ def _line_fit(s0: torch.Tensor, s1: torch.Tensor, s2: torch.Tensor, x: torch.Ten
     axis = eigvec[:, :, 2]
     linearity = eigval[:, 2] / eigval.clamp_min(0).sum(dim=1).clamp_min(1e-9)
     d = x - mean
-    perp = d - (d * axis).sum(dim=1, keepdim=True) * axis
-    distance = perp.norm(dim=1)
+    along = (d * axis).sum(dim=1, keepdim=True)
+    distance = (d - along * axis).norm(dim=1)
+    end = along.squeeze(1).abs() / eigval[:, 2].clamp_min(1e-6).sqrt()
     none = s0 <= 1e-6
-    return linearity.masked_fill(none, 0.0), distance.masked_fill(none, 0.0)
+    return linearity.masked_fill(none, 0.0), distance.masked_fill(none, 0.0), end.masked_fill(none, 0.0)
 
 
 def point_features(probs: torch.Tensor, model_probs: torch.Tensor, coord: torch.Tensor, event: torch.Tensor,
@@ -125,7 +132,8 @@ def point_features(probs: torch.Tensor, model_probs: torch.Tensor, coord: torch.
     w = p[:, list(line_classes)].sum(dim=1).double()
     xx = (x[:, :, None] * x[:, None, :]).reshape(n, 9)
     ones = torch.ones(n, 1, dtype=x.dtype)
-    columns = torch.cat([ones, p.double(), log_e[:, None], w[:, None], w[:, None] * x, w[:, None] * xx, x, xx], dim=1)
+    columns = torch.cat([ones, p.double(), log_e[:, None], w[:, None], w[:, None] * x, w[:, None] * xx, x, xx,
+                         (w * log_e)[:, None]], dim=1)
     features = [p, pm, log_e.float()[:, None]]
     for s in neighbourhood_sums(columns, coord, event, hops):
         s0 = s[:, 0]
@@ -134,10 +142,12 @@ def point_features(probs: torch.Tensor, model_probs: torch.Tensor, coord: torch.
         k = 2 + c
         sw, swx, swxx = s[:, k], s[:, k + 1:k + 4], s[:, k + 4:k + 13].reshape(n, 3, 3)
         sx, sxx = s[:, k + 13:k + 16], s[:, k + 16:k + 25].reshape(n, 3, 3)
-        line_lin, line_d = _line_fit(sw, swx, swxx, x)
-        all_lin, all_d = _line_fit(s0, sx, sxx, x)
+        line_lin, line_d, line_end = _line_fit(sw, swx, swxx, x)
+        all_lin, all_d, all_end = _line_fit(s0, sx, sxx, x)
+        line_e = torch.where(sw > 1e-6, s[:, k + 25] / sw.clamp_min(1e-9) - log_e, torch.zeros_like(sw))
         features += [mean_p.float(), torch.stack([
             torch.log(s0), mean_e - log_e, sw / s0, torch.log1p(line_d), line_lin, torch.log1p(all_d), all_lin,
+            line_end, all_end, line_e,
         ], dim=1).float()]
     return torch.cat(features, dim=1)
 

@@ -17,6 +17,7 @@ test events).
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +32,14 @@ from detfm.evaluate.fragment_classifier import (FRAGMENT_INFO_FORMAT, FragmentSt
 from detfm.evaluate.fragments import check_fragment_vote
 from detfm.evaluate.metrics import confusion_matrix, macro_f1, per_class_f1
 from detfm.evaluate.orientations import OrientationAverage
-from detfm.evaluate.point_refiner import DEFAULT_HOPS, PointRefiner, fit_class_offsets, fit_point_refiner
+from detfm.evaluate.point_refiner import (DEFAULT_HOPS, DEFAULT_ROUNDS, PointRefiner, fit_class_offsets, fit_point_refiner,
+                                         point_feature_names)
 from detfm.evaluate.scoring import argmax_without, eval_batches, json_float, renumber_without
 from detfm.models.lora import merge_lora
 from detfm.recipes.adapt import load_finetune_config, load_finetuned, run_split_events
 from detfm.tasks.registry import TaskSpec, get_task
 
-__all__ = ["fit_fragment_run", "fragment_groups"]
+__all__ = ["LabeledOutputs", "fit_fragment_run", "fit_fragment_stage", "fragment_groups", "labeled_outputs"]
 
 
 def fragment_groups(spec: TaskSpec, track_side: bool = False) -> tuple[tuple[int, ...], tuple[tuple[int, ...], ...]]:
@@ -67,29 +69,33 @@ def _scored_f1(probs: torch.Tensor, truth: torch.Tensor, num_classes: int, exclu
     return json_float(round(float(macro_f1(cm)), 4)), rounded
 
 
-def fit_fragment_run(run_dir: str | os.PathLike[str], data: str | os.PathLike[str] | None = None, *,
-                     views: int = 1, view_seed: int = 0, batch_size: int | None = None, hidden: int = 64,
-                     members: int = 4, epochs: int = 400, seed: int = 0, track_side: bool = False,
-                     point_refiner: bool = False, point_epochs: int = 8, max_points: int = 3_000_000,
-                     hops: tuple[int, ...] = DEFAULT_HOPS, device: str = "cpu", progress: bool = False
-                     ) -> dict[str, Any]:
-    """Fit and write the fragment classifier of the semseg run ``run_dir``; returns what
-    ``fragment_classifier.json`` holds.
+@dataclass(frozen=True)
+class LabeledOutputs:
+    """The segmentation model's outputs on labeled events, all points packed: ``probs`` (P, C)
+    class probabilities (after any view average), ``coord`` (P, 3) voxel coordinates, ``event``
+    (P,) each point's event, ``energy`` (P,) MeV, ``truth`` (P,) the true class (-1: none)."""
 
-    ``data``: the run's data file where it lives now (default: the path in its config).
-    ``views``: orientations averaged before the fragments are formed; score with the same
-    count. ``hidden``, ``members``, ``epochs``, ``seed``: the classifiers
-    (:func:`~detfm.evaluate.fragment_classifier.fit_fragment_classifier`). ``track_side``: also
-    a classifier for the fragments of points called track (:func:`fragment_groups`).
-    ``point_refiner``: then also fit a :class:`~detfm.evaluate.point_refiner.PointRefiner` on
-    every labeled point after the fragments (``point_epochs`` passes over at most
-    ``max_points`` points, neighbourhoods of ``hops`` steps), and its class offsets for the
-    best macro-F1 on the same points.
-    """
+    probs: torch.Tensor
+    coord: torch.Tensor
+    event: torch.Tensor
+    energy: torch.Tensor
+    truth: torch.Tensor
+
+    def select(self, events: torch.Tensor) -> LabeledOutputs:
+        """The points of the events ``events`` (their ids, as in ``event``), ids unchanged."""
+        rows = torch.isin(self.event, events).nonzero().squeeze(1)
+        return LabeledOutputs(*(getattr(self, f.name)[rows] for f in fields(self)))
+
+
+def labeled_outputs(run_dir: str | os.PathLike[str], data: str | os.PathLike[str] | None = None, *,
+                    views: int = 1, view_seed: int = 0, batch_size: int | None = None, device: str = "cpu",
+                    progress: bool = False) -> LabeledOutputs:
+    """One pass of the semseg run ``run_dir`` (averaged over ``views`` orientations) over its
+    labeled training events. ``data``: the run's data file where it lives now (default: the path
+    in its config)."""
     run = Path(run_dir)
     cfg = load_finetune_config(run)
-    spec = get_task(cfg.task)
-    scored, groups = fragment_groups(spec, track_side)
+    get_task(cfg.task)
     paths = [Path(p) for p in (cfg.data.paths if data is None else [data])]
     for path in paths:
         if not path.is_file():
@@ -100,9 +106,7 @@ def fit_fragment_run(run_dir: str | os.PathLike[str], data: str | os.PathLike[st
     task = load_finetuned(run, map_location=device)
     merge_lora(task)
     outputs = OrientationAverage(task, views, view_seed) if views != 1 else task
-
-    # one pass of the model over the labeled events; the fragments never cross events
-    parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("probs", "coord", "event", "energy", "truth")}
+    parts: dict[str, list[torch.Tensor]] = {f.name: [] for f in fields(LabeledOutputs)}
     for first, batch in eval_batches(task, events, batch_size or cfg.eval_batch_size, progress,
                                      desc="labeled events"):
         truth, logits = outputs.scored_items(batch)
@@ -111,15 +115,25 @@ def fit_fragment_run(run_dir: str | os.PathLike[str], data: str | os.PathLike[st
         parts["event"].append(first + batch.batch_index().cpu())
         parts["energy"].append(batch.energy.cpu())
         parts["truth"].append(truth.cpu().long())
-    probs, coord, event, energy, truth = (torch.cat(parts[k]) for k in parts)
+    return LabeledOutputs(*(torch.cat(parts[f.name]) for f in fields(LabeledOutputs)))
 
+
+def fit_fragment_stage(out: LabeledOutputs, spec: TaskSpec, *, hidden: int = 64, members: int = 4,
+                       epochs: int = 400, seed: int = 0, track_side: bool = False, point_refiner: bool = False,
+                       point_epochs: int = 8, point_rounds: int = DEFAULT_ROUNDS, max_points: int = 3_000_000,
+                       hops: tuple[int, ...] = DEFAULT_HOPS) -> tuple[FragmentStage, dict[str, Any]]:
+    """Fit a :class:`~detfm.evaluate.fragment_classifier.FragmentStage` of the task ``spec`` to
+    the model outputs ``out`` (see :func:`fit_fragment_run` for the settings); returns it and
+    what the fit reports (sides, refiner, labeled scores before and after)."""
+    scored, groups = fragment_groups(spec, track_side)
+    names = [spec.class_names[c] for c in scored]
     stage = FragmentStage(groups, scored, len(spec.class_names), hidden, members)
-    before, before_f1 = _scored_f1(probs, truth, len(spec.class_names), spec.excluded_class)
+    before, before_f1 = _scored_f1(out.probs, out.truth, len(spec.class_names), spec.excluded_class)
     sides = []
-    current = probs
+    current = out.probs
     for side, group in enumerate(groups):
-        table = stage.tables(current, coord, event, energy, side)
-        target, counts = fragment_truth(table, truth, scored)
+        table = stage.tables(current, out.coord, out.event, out.energy, side)
+        target, counts = fragment_truth(table, out.truth, scored)
         if int((target >= 0).sum()) == 0:
             raise ConfigError(f"no fragment of the classes {[spec.class_names[c] for c in group]} in the labeled "
                               f"events: nothing to fit the fragment classifier on")
@@ -135,29 +149,69 @@ def fit_fragment_run(run_dir: str | os.PathLike[str], data: str | os.PathLike[st
     refined = None
     if point_refiner:
         line = tuple(c for c in scored if c not in groups[0])
-        stage.refiner = PointRefiner(scored, line, len(spec.class_names), hops, hidden, members)
-        features = stage.refiner.features(current, probs, coord, event, energy)
-        target = scored_positions(truth, scored)
-        stage.refiner.classifier = fit_point_refiner(features, target, len(scored), hidden=hidden, members=members,
-                                                     epochs=point_epochs, max_points=max_points, seed=seed)
-        point_probs = stage.refiner.class_probs(features)
-        stage.refiner.offsets.copy_(fit_class_offsets(point_probs, target))
-        current = stage.refiner.refined(current, point_probs)
-        refined = {"line_classes": list(line), "hops": list(stage.refiner.hops), "hidden": hidden,
-                   "members": members, "epochs": point_epochs, "max_points": max_points,
-                   "points": int((target >= 0).sum()),
-                   "offsets": {spec.class_names[c]: round(float(v), 4) for c, v in zip(scored, stage.refiner.offsets)}}
-    after, after_f1 = _scored_f1(current, truth, len(spec.class_names), spec.excluded_class)
-    names = [spec.class_names[c] for c in scored]
+        target = scored_positions(out.truth, scored)
+        offsets = []
+        for _ in range(point_rounds):  # each round reads the calls of the one before
+            refiner = PointRefiner(scored, line, len(spec.class_names), hops, hidden, members)
+            features = refiner.features(current, out.probs, out.coord, out.event, out.energy)
+            refiner.classifier = fit_point_refiner(features, target, len(scored), hidden=hidden, members=members,
+                                                   epochs=point_epochs, max_points=max_points, seed=seed)
+            point_probs = refiner.class_probs(features)
+            del features
+            refiner.offsets.copy_(fit_class_offsets(point_probs, target))
+            current = refiner.refined(current, point_probs)
+            stage.refiners.append(refiner)
+            offsets.append({spec.class_names[c]: round(float(v), 4) for c, v in zip(scored, refiner.offsets)})
+        refined = {"line_classes": list(line), "hops": list(stage.refiners[0].hops),
+                   "features": list(point_feature_names(len(spec.class_names), stage.refiners[0].hops)),
+                   "hidden": hidden, "members": members, "rounds": point_rounds, "epochs": point_epochs,
+                   "max_points": max_points, "points": int((target >= 0).sum()), "offsets": offsets}
+    after, after_f1 = _scored_f1(current, out.truth, len(spec.class_names), spec.excluded_class)
+    report = {"sides": sides, "point_refiner": refined,
+              "labeled_scores": {"before": {"macro_f1": before, "f1": dict(zip(names, before_f1))},
+                                 "after": {"macro_f1": after, "f1": dict(zip(names, after_f1))}}}
+    return stage, report
+
+
+def fit_fragment_run(run_dir: str | os.PathLike[str], data: str | os.PathLike[str] | None = None, *,
+                     views: int = 1, view_seed: int = 0, batch_size: int | None = None, hidden: int = 64,
+                     members: int = 4, epochs: int = 400, seed: int = 0, track_side: bool = False,
+                     point_refiner: bool = False, point_epochs: int = 8, point_rounds: int = DEFAULT_ROUNDS,
+                     max_points: int = 3_000_000, hops: tuple[int, ...] = DEFAULT_HOPS, device: str = "cpu",
+                     progress: bool = False
+                     ) -> dict[str, Any]:
+    """Fit and write the fragment classifier of the semseg run ``run_dir``; returns what
+    ``fragment_classifier.json`` holds.
+
+    ``data``: the run's data file where it lives now (default: the path in its config).
+    ``views``: orientations averaged before the fragments are formed; score with the same
+    count. ``hidden``, ``members``, ``epochs``, ``seed``: the classifiers
+    (:func:`~detfm.evaluate.fragment_classifier.fit_fragment_classifier`). ``track_side``: also
+    a classifier for the fragments of points called track (:func:`fragment_groups`).
+    ``point_refiner``: then also fit a :class:`~detfm.evaluate.point_refiner.PointRefiner` on
+    every labeled point after the fragments (``point_epochs`` passes over at most
+    ``max_points`` points, neighbourhoods of ``hops`` steps), and its class offsets for the
+    best macro-F1 on the same points; ``point_rounds`` such refiners, each fitted on the calls
+    of the one before.
+    """
+    run = Path(run_dir)
+    cfg = load_finetune_config(run)
+    spec = get_task(cfg.task)
+    fragment_groups(spec, track_side)  # a task without fragments is refused before the model pass
+    out = labeled_outputs(run, data, views=views, view_seed=view_seed, batch_size=batch_size, device=device,
+                          progress=progress)
+    stage, report = fit_fragment_stage(out, spec, hidden=hidden, members=members, epochs=epochs, seed=seed,
+                                       track_side=track_side, point_refiner=point_refiner,
+                                       point_epochs=point_epochs, point_rounds=point_rounds, max_points=max_points,
+                                       hops=hops)
+    scored = stage.scored
     info = {
         "format": FRAGMENT_INFO_FORMAT, "task": cfg.task, "scored": [spec.class_names[c] for c in scored],
-        "scored_ids": list(scored), "groups": [list(g) for g in groups], "num_classes": len(spec.class_names),
+        "scored_ids": list(scored), "groups": [list(g) for g in stage.groups], "num_classes": len(spec.class_names),
         "hidden": hidden, "members": members, "epochs": epochs, "seed": seed,
         "features": list(feature_names(len(spec.class_names))),
-        "views": views, "view_seed": view_seed, "labeled_events": len(events), "sides": sides,
-        "point_refiner": refined,
-        "labeled_scores": {"before": {"macro_f1": before, "f1": dict(zip(names, before_f1))},
-                           "after": {"macro_f1": after, "f1": dict(zip(names, after_f1))}},
+        "views": views, "view_seed": view_seed, "labeled_events": int(torch.unique(out.event).numel()),
+        **report,
     }
     save_fragment_stage(stage, info, run)
     return info
