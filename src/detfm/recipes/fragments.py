@@ -32,8 +32,8 @@ from detfm.evaluate.fragment_classifier import (FRAGMENT_INFO_FORMAT, FragmentSt
 from detfm.evaluate.fragments import check_fragment_vote
 from detfm.evaluate.metrics import confusion_matrix, macro_f1, per_class_f1
 from detfm.evaluate.orientations import OrientationAverage
-from detfm.evaluate.point_refiner import (DEFAULT_HOPS, DEFAULT_ROUNDS, PointRefiner, fit_class_offsets, fit_point_refiner,
-                                         point_feature_names)
+from detfm.evaluate.point_refiner import (DEFAULT_HOPS, DEFAULT_ROUNDS, PointRefiner, fit_class_offsets,
+                                         fit_point_refiner, point_feature_names)
 from detfm.evaluate.scoring import argmax_without, eval_batches, json_float, renumber_without
 from detfm.models.lora import merge_lora
 from detfm.recipes.adapt import load_finetune_config, load_finetuned, run_split_events
@@ -178,8 +178,7 @@ def fit_fragment_run(run_dir: str | os.PathLike[str], data: str | os.PathLike[st
                      members: int = 4, epochs: int = 400, seed: int = 0, track_side: bool = False,
                      point_refiner: bool = False, point_epochs: int = 8, point_rounds: int = DEFAULT_ROUNDS,
                      max_points: int = 3_000_000, hops: tuple[int, ...] = DEFAULT_HOPS, device: str = "cpu",
-                     progress: bool = False
-                     ) -> dict[str, Any]:
+                     progress: bool = False) -> dict[str, Any]:
     """Fit and write the fragment classifier of the semseg run ``run_dir``; returns what
     ``fragment_classifier.json`` holds.
 
