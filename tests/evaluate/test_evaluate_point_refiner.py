@@ -12,9 +12,9 @@ import torch
 
 from detfm.errors import ConfigError, DetfmError
 from detfm.evaluate.fragment_classifier import FragmentStage, load_fragment_stage, save_fragment_stage
-from detfm.evaluate.point_refiner import (DEFAULT_HOPS, PointRefiner, fit_class_offsets, fit_point_refiner,
-                                          neighbourhood_sums, point_feature_names, point_features, refine_points,
-                                          shift_classes)
+from detfm.evaluate.point_refiner import (DEFAULT_CELLS, DEFAULT_HOPS, PointRefiner, box_sums, fit_class_offsets,
+                                          fit_point_refiner, neighbourhood_sums, point_feature_names, point_features,
+                                          refine_points, shift_classes)
 
 SH, TR, MI, DE, LE = range(5)
 SCORED = (SH, TR, MI, DE)
@@ -49,10 +49,40 @@ def test_neighbourhood_sums_count_the_paths_of_the_26_neighbour_graph() -> None:
         neighbourhood_sums(values, coord, event, (0,))
 
 
+def test_box_sums_add_the_points_of_the_27_cells_around_each_points_cell() -> None:
+    gen = torch.Generator().manual_seed(2)
+    coord = torch.randint(0, 30, (80, 3), generator=gen).float()
+    event = torch.randint(0, 2, (80,), generator=gen)
+    values = torch.randn(80, 3, generator=gen, dtype=torch.float64)
+    for cell in (1, 4):
+        c = torch.div(coord.long(), cell, rounding_mode="floor")
+        # dense: same event and cells at most one apart on every axis (a point's own cell included)
+        near = ((c[:, None] - c[None]).abs().amax(dim=-1) <= 1) & (event[:, None] == event[None])
+        assert torch.allclose(box_sums(values, coord, event, cell), near.double() @ values)
+    with pytest.raises(ConfigError, match="cells must be >= 1"):
+        box_sums(values, coord, event, 0)
+
+
+def test_a_box_reaches_across_a_gap_that_the_hops_do_not() -> None:
+    # a piece 3 voxels beyond the end of a branch called Michel, the piece called shower
+    coord = torch.tensor([[x, 0, 0] for x in range(4)] + [[x, 0, 0] for x in range(7, 12)], dtype=torch.float32)
+    probs = torch.zeros(9, 5)
+    probs[:4, MI] = 1.0
+    probs[4:, SH] = 1.0
+    event, energy = torch.zeros(9, dtype=torch.long), torch.ones(9)
+    names = {n: i for i, n in enumerate(point_feature_names(5, (1, 8), (4,)))}
+    f = point_features(probs, probs, coord, event, energy, [TR], (1, 8), (4,))
+    assert f.shape == (9, len(names))
+    assert f[4, names["hop8_mean_prob_2"]] == 0  # the hops stay inside the piece
+    assert f[4, names["box4_mean_prob_2"]] == pytest.approx(4 / 9)  # x = 7 sees cells 0..2: every point
+    assert f[8, names["box4_mean_prob_2"]] == 0  # x = 11 (cell 2) sees cells 1..3: x >= 4
+    assert f[4, names["box4_log_voxels"]] == pytest.approx(math.log(9))
+
+
 def test_features_of_a_branch_leaving_a_track() -> None:
     coord, event, probs, energy = _track_with_branch()
     f = point_features(probs, probs, coord, event, energy, [TR])
-    assert f.shape == (25, len(COL)) and len(COL) == 11 + 4 * 15
+    assert f.shape == (25, len(COL)) and len(COL) == 11 + (4 + 2) * 15  # 4 hop radii, 2 box sizes
     assert torch.equal(f[:, COL["prob_3"]], probs[:, DE])
     assert torch.allclose(f[:, COL["log_energy"]], torch.log1p(energy))
     # the track's own voxels lie on its line, the branch's at their distance from it (y - 10)
@@ -134,6 +164,8 @@ def test_class_offsets_call_an_under_called_class_more_often_and_keep_each_total
 def test_the_refiner_checks_its_settings() -> None:
     with pytest.raises(ConfigError, match="distinct and >= 1"):
         PointRefiner(SCORED, (TR,), 5, hops=(1, 1))
+    with pytest.raises(ConfigError, match="cells must be distinct and >= 1 voxel"):
+        PointRefiner(SCORED, (TR,), 5, cells=(0,))
     with pytest.raises(ConfigError, match="at least one line class"):
         PointRefiner(SCORED, (), 5)
     with pytest.raises(ConfigError, match="5-class task"):
@@ -154,11 +186,11 @@ def test_the_stage_applies_the_refiner_after_its_sides_and_keeps_it_in_its_files
     assert torch.allclose(stage(probs, coord, event, energy), want)
     info = {"format": "detfm-fragment-classifier/1", "groups": [[SH, MI, DE]], "scored_ids": list(SCORED),
             "num_classes": 5, "hidden": 8, "members": 2, "views": 1,
-            "point_refiner": {"line_classes": [TR], "hops": list(DEFAULT_HOPS), "hidden": 8, "members": 2,
-                              "features": list(point_feature_names(5))}}
+            "point_refiner": {"line_classes": [TR], "hops": list(DEFAULT_HOPS), "cells": list(DEFAULT_CELLS),
+                              "hidden": 8, "members": 2, "features": list(point_feature_names(5))}}
     save_fragment_stage(stage, info, tmp_path)
     back, _ = load_fragment_stage(tmp_path)
-    assert len(back.refiners) == 1 and back.refiners[0].hops == DEFAULT_HOPS
+    assert len(back.refiners) == 1 and back.refiners[0].hops == DEFAULT_HOPS and back.refiners[0].cells == DEFAULT_CELLS
     assert torch.equal(back.refiners[0].offsets, refiner.offsets)
     assert torch.equal(back(probs, coord, event, energy), stage(probs, coord, event, energy))
     # without its refiner in the json, the weights no longer match; a refiner entry must be whole
@@ -170,6 +202,13 @@ def test_the_stage_applies_the_refiner_after_its_sides_and_keeps_it_in_its_files
     (tmp_path / "fragment_classifier.json").write_text(json.dumps({**info, "point_refiner": older}))
     with pytest.raises(DetfmError, match="other point features.*detfm fragments --model"):
         load_fragment_stage(tmp_path)
+    # a file from before the boxes (no "cells") holds a refiner of the hops alone
+    hops_only = PointRefiner(SCORED, (TR,), 5, hidden=8, members=2, cells=())
+    stage = FragmentStage([(SH, MI, DE)], SCORED, 5, hidden=8, members=2, refiners=[hops_only])
+    without = {k: v for k, v in info["point_refiner"].items() if k != "cells"}
+    save_fragment_stage(stage, {**info, "point_refiner": {**without, "features": list(hops_only.feature_names)}},
+                        tmp_path)
+    assert load_fragment_stage(tmp_path)[0].refiners[0].cells == ()
     (tmp_path / "fragment_classifier.json").write_text(json.dumps({**info, "point_refiner": {"hops": [1]}}))
     with pytest.raises(DetfmError, match="point_refiner lacks line_classes, hidden, members"):
         load_fragment_stage(tmp_path)

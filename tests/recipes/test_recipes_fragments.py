@@ -108,15 +108,16 @@ def test_the_point_refiner_is_fitted_after_the_fragments_and_applied_with_them(f
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
     assert main(["fragments", "--model", str(copy), "--epochs", "5", "--point-refiner", "--point-epochs", "1",
-                 "--point-rounds", "2", "--overwrite", "--quiet"]) == 0
+                 "--point-rounds", "2", "--point-cells", "4", "--overwrite", "--quiet"]) == 0
     assert "point refiner: 2 round(s) fitted on" in capsys.readouterr().out
     info = json.loads((copy / "fragment_classifier.json").read_text())
     refined = info["point_refiner"]
     assert refined["line_classes"] == [1] and refined["hops"] == [1, 2, 4, 8] and refined["epochs"] == 1
-    assert refined["rounds"] == 2 and len(refined["offsets"]) == 2
+    assert refined["rounds"] == 2 and len(refined["offsets"]) == 2 and refined["cells"] == [4]
+    assert refined["features"][-1] == "box4_line_energy_minus_own"
     assert refined["points"] > 0 and list(refined["offsets"][1]) == ["shower", "track", "michel", "delta"]
     stage, _ = load_fragment_stage(copy)
-    assert len(stage.refiners) == 2
+    assert len(stage.refiners) == 2 and stage.refiners[1].cells == (4,)
     # the second round reads the first's calls: the stage's output is the two applied in turn
     out = labeled_outputs(copy)
     with torch.no_grad():
@@ -136,6 +137,9 @@ def test_the_point_refiner_is_fitted_after_the_fragments_and_applied_with_them(f
     assert "--point-epochs must be >= 1" in capsys.readouterr().err
     assert main(["fragments", "--model", str(copy), "--point-refiner", "--point-rounds", "0", "--overwrite"]) == 2
     assert "--point-rounds must be >= 1" in capsys.readouterr().err
+    for bad in ("0", "4,4", "four"):
+        assert main(["fragments", "--model", str(copy), "--point-refiner", "--point-cells", bad, "--overwrite"]) == 2
+        assert "--point-cells takes distinct whole voxel counts" in capsys.readouterr().err
 
 
 def test_runs_without_a_classifier_and_other_tasks_are_refused_before_writing(fitted: Fitted, tiny_events: Path,

@@ -31,6 +31,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--point-rounds", type=int, default=None,
                    help="point refiners fitted in turn, each on the calls of the one before (default "
                         "detfm.evaluate.point_refiner.DEFAULT_ROUNDS, 2)")
+    p.add_argument("--point-cells", metavar="SIZES", default=None,
+                   help="cell sizes in voxels of the refiner's box neighbourhoods, comma-separated, or 'none' (default "
+                        "detfm.evaluate.point_refiner.DEFAULT_CELLS); a box of 3 x 3 x 3 cells reaches across gaps")
     p.add_argument("--batch-size", type=int, help="events per forward pass (default: the run's eval_batch_size)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     p.add_argument("--overwrite", action="store_true", help="replace the run's fragment classifier if it has one")
@@ -43,7 +46,7 @@ def _fragments(args: argparse.Namespace) -> int:
 
     from detfm.commands.device import check_device
     from detfm.engine.runs import FRAGMENT_CLASSIFIER_FILE
-    from detfm.evaluate.point_refiner import DEFAULT_ROUNDS
+    from detfm.evaluate.point_refiner import DEFAULT_CELLS, DEFAULT_ROUNDS
     from detfm.recipes.fragments import fit_fragment_run
 
     run = Path(args.model)
@@ -53,6 +56,7 @@ def _fragments(args: argparse.Namespace) -> int:
         raise DetfmError(f"{run / FRAGMENT_CLASSIFIER_FILE} exists; pass --overwrite to fit it again")
     if args.point_rounds is None:
         args.point_rounds = DEFAULT_ROUNDS
+    cells = DEFAULT_CELLS if args.point_cells is None else _cell_sizes(args.point_cells)
     for name in ("views", "epochs", "point_epochs", "point_rounds"):
         if getattr(args, name) < 1:
             raise DetfmError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
@@ -61,8 +65,8 @@ def _fragments(args: argparse.Namespace) -> int:
     check_device(args.device)
     info = fit_fragment_run(run, args.data, views=args.views, view_seed=args.view_seed, batch_size=args.batch_size,
                             epochs=args.epochs, seed=args.seed, point_refiner=args.point_refiner,
-                            point_epochs=args.point_epochs, point_rounds=args.point_rounds, device=args.device,
-                            progress=not args.quiet)
+                            point_epochs=args.point_epochs, point_rounds=args.point_rounds, cells=cells,
+                            device=args.device, progress=not args.quiet)
     for side in info["sides"]:
         counts = ", ".join(f"{k} {v}" for k, v in side["fitted_fragments"].items())
         print(f"fragments of {', '.join(side['classes'])}: {side['fragments']} in {info['labeled_events']} labeled "
@@ -76,3 +80,17 @@ def _fragments(args: argparse.Namespace) -> int:
           f"--views {info['views']} --fragment-classifier)")
     print(f"wrote {run / FRAGMENT_CLASSIFIER_FILE}")
     return 0
+
+
+def _cell_sizes(text: str) -> tuple[int, ...]:
+    """``--point-cells``: '4,8' -> (4, 8); 'none' -> ()."""
+    if text.strip().lower() == "none":
+        return ()
+    try:
+        sizes = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        sizes = ()
+    if not sizes or min(sizes) < 1 or len(set(sizes)) != len(sizes):
+        raise DetfmError(f"--point-cells takes distinct whole voxel counts >= 1 separated by commas (e.g. 4,8) or "
+                         f"'none', got {text!r}")
+    return sizes

@@ -376,12 +376,13 @@ def load_fragment_stage(run_dir: str | os.PathLike[str]) -> tuple[FragmentStage,
     lacking = [k for k in ("line_classes", "hops", "hidden", "members") if refined and k not in refined]
     if lacking:
         raise DetfmError(f"{info_file}: its point_refiner lacks {', '.join(lacking)}")
-    if refined and refined.get("features") != list(point_feature_names(info["num_classes"], refined["hops"])):
+    cells = refined.get("cells", []) if refined else []
+    if refined and refined.get("features") != list(point_feature_names(info["num_classes"], refined["hops"], cells)):
         raise DetfmError(f"{info_file}: its point refiner was fitted on other point features than this detfm computes; "
                          f"fit it again with `detfm fragments --model {run} --point-refiner`")
     rounds = int(refined.get("rounds", 1)) if refined else 0
     refiners = [PointRefiner(info["scored_ids"], refined["line_classes"], info["num_classes"], refined["hops"],
-                             refined["hidden"], refined["members"]) for _ in range(rounds)]
+                             refined["hidden"], refined["members"], cells=cells) for _ in range(rounds)]
     stage = FragmentStage(info["groups"], info["scored_ids"], info["num_classes"], info["hidden"], info["members"],
                           refiners)
     state = load_file(str(weights))

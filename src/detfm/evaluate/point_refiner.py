@@ -17,7 +17,11 @@ The point refiner gives every point a class from:
   line, and how far along it from the points' centre (in units of their spread: a track's end
   against its middle); and the mean energy of the track points around it against its own (a
   stopping muon's Bragg peak). A muon voxel lies on its track's line; the start of a delta ray
-  or of a Michel electron leaves it, and a Michel electron starts where a track ends.
+  or of a Michel electron leaves it, and a Michel electron starts where a track ends;
+- the same quantities over a box around it (``cells``: 3 x 3 x 3 cells of that many voxels,
+  :func:`box_sums`). Steps stop at a gap; a box does not, so the points of a piece that a gap
+  of a few voxels parts from its particle (the rest of a Michel electron, a delta ray that
+  leaves its muon with a gap) see the particle.
 
 A few small MLPs map these features to the scored classes (the same network as the fragment
 classifier's, :class:`~detfm.evaluate.feature_classifier.ClassifierEnsemble`); each point's
@@ -46,22 +50,27 @@ from detfm.evaluate.feature_classifier import ClassifierEnsemble, seeded_start, 
 from detfm.evaluate.metrics import confusion_matrix, macro_f1
 from detfm.models.sparse.hashing import kernel_map
 
-__all__ = ["DEFAULT_HOPS", "DEFAULT_ROUNDS", "OFFSET_GRID", "PointRefiner", "fit_class_offsets", "fit_point_refiner",
-           "neighbourhood_sums", "point_feature_names", "point_features", "refine_points", "shift_classes"]
+__all__ = ["DEFAULT_CELLS", "DEFAULT_HOPS", "DEFAULT_ROUNDS", "OFFSET_GRID", "PointRefiner", "box_sums",
+           "fit_class_offsets", "fit_point_refiner", "neighbourhood_sums", "point_feature_names", "point_features",
+           "refine_points", "shift_classes"]
 
 DEFAULT_HOPS = (1, 2, 4, 8)
 DEFAULT_ROUNDS = 2  # refiners fitted in turn, each on the calls of the one before
+DEFAULT_CELLS = (4, 8)  # box neighbourhoods: cell sizes in voxels (each box is 3 x 3 x 3 cells)
 OFFSET_GRID = (-1.0, -0.6, -0.3, -0.15, 0.0, 0.15, 0.3, 0.6, 1.0)
 _HOP_NAMES = ("log_voxels", "mean_energy_minus_own", "line_fraction", "log_line_distance", "line_linearity",
               "log_all_distance", "all_linearity", "line_end", "all_end", "line_energy_minus_own")
 
 
-def point_feature_names(num_classes: int, hops: Sequence[int] = DEFAULT_HOPS) -> tuple[str, ...]:
+def point_feature_names(num_classes: int, hops: Sequence[int] = DEFAULT_HOPS,
+                        cells: Sequence[int] = DEFAULT_CELLS) -> tuple[str, ...]:
     """The names of the columns of :func:`point_features` for a task of ``num_classes``."""
     names = [f"prob_{c}" for c in range(num_classes)] + [f"model_prob_{c}" for c in range(num_classes)]
     names.append("log_energy")
     for h in hops:
         names += [f"hop{h}_mean_prob_{c}" for c in range(num_classes)] + [f"hop{h}_{n}" for n in _HOP_NAMES]
+    for s in cells:
+        names += [f"box{s}_mean_prob_{c}" for c in range(num_classes)] + [f"box{s}_{n}" for n in _HOP_NAMES]
     return tuple(names)
 
 
@@ -82,6 +91,22 @@ def neighbourhood_sums(values: torch.Tensor, coord: torch.Tensor, event: torch.T
         if step in hops:
             out.append(v)
     return out
+
+
+def box_sums(values: torch.Tensor, coord: torch.Tensor, event: torch.Tensor, cell: int) -> torch.Tensor:
+    """Each point's sum of ``values`` (P, D) over the box of 3 x 3 x 3 cells of ``cell`` voxels
+    around the cell that holds it, in its own event. Unlike :func:`neighbourhood_sums` a box
+    reaches across gaps: the points of a piece that a gap of a few voxels parts from the rest
+    of its particle still see it."""
+    if int(cell) < 1:
+        raise ConfigError(f"point refiner: box cells must be >= 1 voxel, got {cell}")
+    grid = torch.div(torch.floor(coord.detach().cpu().float()).long(), int(cell), rounding_mode="floor")
+    keyed = torch.cat([event.detach().cpu().long()[:, None], grid], dim=1)
+    cells, of_point = torch.unique(keyed, dim=0, return_inverse=True)
+    per_cell = torch.zeros(len(cells), values.shape[1], dtype=values.dtype).index_add_(0, of_point, values)
+    kmap = kernel_map(cells[:, 1:], cells[:, 0])
+    box = per_cell + torch.zeros_like(per_cell).index_add_(0, kmap.pair_in, per_cell[kmap.pair_out])
+    return box[of_point]
 
 
 def _line_fit(s0: torch.Tensor, s1: torch.Tensor, s2: torch.Tensor, x: torch.Tensor
@@ -107,8 +132,8 @@ def _line_fit(s0: torch.Tensor, s1: torch.Tensor, s2: torch.Tensor, x: torch.Ten
 
 
 def point_features(probs: torch.Tensor, model_probs: torch.Tensor, coord: torch.Tensor, event: torch.Tensor,
-                   energy: torch.Tensor, line_classes: Sequence[int], hops: Sequence[int] = DEFAULT_HOPS
-                   ) -> torch.Tensor:
+                   energy: torch.Tensor, line_classes: Sequence[int], hops: Sequence[int] = DEFAULT_HOPS,
+                   cells: Sequence[int] = DEFAULT_CELLS) -> torch.Tensor:
     """(P, D) features of every point (:func:`point_feature_names`).
 
     ``probs`` (P, C): the class probabilities the refiner refines (after the steps before it);
@@ -121,7 +146,7 @@ def point_features(probs: torch.Tensor, model_probs: torch.Tensor, coord: torch.
         raise ConfigError(f"point refiner: probabilities of shapes {tuple(p.shape)} and {tuple(pm.shape)}")
     n, c = p.shape
     if n == 0:
-        return torch.zeros(0, len(point_feature_names(c, hops)))
+        return torch.zeros(0, len(point_feature_names(c, hops, cells)))
     event = event.detach().cpu().long()
     x = torch.floor(coord.detach().cpu().double())
     # coordinates about each event's mean keep the second moments small
@@ -135,7 +160,8 @@ def point_features(probs: torch.Tensor, model_probs: torch.Tensor, coord: torch.
     columns = torch.cat([ones, p.double(), log_e[:, None], w[:, None], w[:, None] * x, w[:, None] * xx, x, xx,
                          (w * log_e)[:, None]], dim=1)
     features = [p, pm, log_e.float()[:, None]]
-    for s in neighbourhood_sums(columns, coord, event, hops):
+    sums = neighbourhood_sums(columns, coord, event, hops) + [box_sums(columns, coord, event, size) for size in cells]
+    for s in sums:
         s0 = s[:, 0]
         mean_p = s[:, 1:1 + c] / s0[:, None]
         mean_e = s[:, 1 + c] / s0
@@ -243,11 +269,13 @@ class PointRefiner(nn.Module):
     classes, applied to every point (:func:`refine_points`).
 
     ``scored``: the classes a point can be given; ``line_classes``: the classes of the
-    track-line fit; ``num_classes``: all the task's classes; ``hops``: the neighbourhood radii.
+    track-line fit; ``num_classes``: all the task's classes; ``hops``: the neighbourhood radii;
+    ``cells``: the cell sizes of the box neighbourhoods (:func:`box_sums`).
     Events are processed ``chunk`` at a time, which bounds the memory of the neighbourhood sums."""
 
     def __init__(self, scored: Sequence[int], line_classes: Sequence[int], num_classes: int,
-                 hops: Sequence[int] = DEFAULT_HOPS, hidden: int = 64, members: int = 4, chunk: int = 64) -> None:
+                 hops: Sequence[int] = DEFAULT_HOPS, hidden: int = 64, members: int = 4, chunk: int = 64,
+                 cells: Sequence[int] = DEFAULT_CELLS) -> None:
         super().__init__()
         self.scored = tuple(int(c) for c in scored)
         self.line_classes = tuple(int(c) for c in line_classes)
@@ -258,22 +286,30 @@ class PointRefiner(nn.Module):
         if not set(self.scored) | set(self.line_classes) <= set(range(self.num_classes)) or not self.line_classes:
             raise ConfigError(f"point refiner: scored {list(self.scored)} and line classes {list(self.line_classes)} "
                               f"must be classes of a {self.num_classes}-class task (at least one line class)")
+        self.cells = tuple(sorted(int(size) for size in cells))
+        if any(size < 1 for size in self.cells) or len(set(self.cells)) != len(self.cells):
+            raise ConfigError(f"point refiner: box cells must be distinct and >= 1 voxel, got {list(cells)}")
         self.chunk = int(chunk)
-        width = len(point_feature_names(self.num_classes, self.hops))
+        width = len(self.feature_names)
         self.classifier = ClassifierEnsemble(width, len(self.scored), hidden, members)
         self.register_buffer("offsets", torch.zeros(len(self.scored)))
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        """The names of the columns of :meth:`features`."""
+        return point_feature_names(self.num_classes, self.hops, self.cells)
 
     def features(self, probs: torch.Tensor, model_probs: torch.Tensor, coord: torch.Tensor, event: torch.Tensor,
                  energy: torch.Tensor) -> torch.Tensor:
         """(P, D) :func:`point_features`, ``chunk`` events at a time (any point order)."""
         event = event.detach().cpu().long()
-        out = torch.zeros(len(event), len(point_feature_names(self.num_classes, self.hops)))
+        out = torch.zeros(len(event), len(self.feature_names))
         ids = torch.unique(event)
         for i in range(0, len(ids), self.chunk):
             rows = torch.isin(event, ids[i:i + self.chunk]).nonzero().squeeze(1)
             _, local = torch.unique(event[rows], return_inverse=True)
             out[rows] = point_features(probs[rows], model_probs[rows], coord[rows], local, energy[rows],
-                                       self.line_classes, self.hops)
+                                       self.line_classes, self.hops, self.cells)
         return out
 
     @torch.no_grad()

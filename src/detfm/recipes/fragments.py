@@ -32,8 +32,8 @@ from detfm.evaluate.fragment_classifier import (FRAGMENT_INFO_FORMAT, FragmentSt
 from detfm.evaluate.fragments import check_fragment_vote
 from detfm.evaluate.metrics import confusion_matrix, macro_f1, per_class_f1
 from detfm.evaluate.orientations import OrientationAverage
-from detfm.evaluate.point_refiner import (DEFAULT_HOPS, DEFAULT_ROUNDS, PointRefiner, fit_class_offsets,
-                                         fit_point_refiner, point_feature_names)
+from detfm.evaluate.point_refiner import (DEFAULT_CELLS, DEFAULT_HOPS, DEFAULT_ROUNDS, PointRefiner,
+                                         fit_class_offsets, fit_point_refiner)
 from detfm.evaluate.scoring import argmax_without, eval_batches, json_float, renumber_without
 from detfm.models.lora import merge_lora
 from detfm.recipes.adapt import load_finetune_config, load_finetuned, run_split_events
@@ -121,7 +121,8 @@ def labeled_outputs(run_dir: str | os.PathLike[str], data: str | os.PathLike[str
 def fit_fragment_stage(out: LabeledOutputs, spec: TaskSpec, *, hidden: int = 64, members: int = 4,
                        epochs: int = 400, seed: int = 0, track_side: bool = False, point_refiner: bool = False,
                        point_epochs: int = 8, point_rounds: int = DEFAULT_ROUNDS, max_points: int = 3_000_000,
-                       hops: tuple[int, ...] = DEFAULT_HOPS) -> tuple[FragmentStage, dict[str, Any]]:
+                       hops: tuple[int, ...] = DEFAULT_HOPS, cells: tuple[int, ...] = DEFAULT_CELLS
+                       ) -> tuple[FragmentStage, dict[str, Any]]:
     """Fit a :class:`~detfm.evaluate.fragment_classifier.FragmentStage` of the task ``spec`` to
     the model outputs ``out`` (see :func:`fit_fragment_run` for the settings); returns it and
     what the fit reports (sides, refiner, labeled scores before and after)."""
@@ -152,7 +153,7 @@ def fit_fragment_stage(out: LabeledOutputs, spec: TaskSpec, *, hidden: int = 64,
         target = scored_positions(out.truth, scored)
         offsets = []
         for _ in range(point_rounds):  # each round reads the calls of the one before
-            refiner = PointRefiner(scored, line, len(spec.class_names), hops, hidden, members)
+            refiner = PointRefiner(scored, line, len(spec.class_names), hops, hidden, members, cells=cells)
             features = refiner.features(current, out.probs, out.coord, out.event, out.energy)
             refiner.classifier = fit_point_refiner(features, target, len(scored), hidden=hidden, members=members,
                                                    epochs=point_epochs, max_points=max_points, seed=seed)
@@ -163,7 +164,7 @@ def fit_fragment_stage(out: LabeledOutputs, spec: TaskSpec, *, hidden: int = 64,
             stage.refiners.append(refiner)
             offsets.append({spec.class_names[c]: round(float(v), 4) for c, v in zip(scored, refiner.offsets)})
         refined = {"line_classes": list(line), "hops": list(stage.refiners[0].hops),
-                   "features": list(point_feature_names(len(spec.class_names), stage.refiners[0].hops)),
+                   "cells": list(stage.refiners[0].cells), "features": list(stage.refiners[0].feature_names),
                    "hidden": hidden, "members": members, "rounds": point_rounds, "epochs": point_epochs,
                    "max_points": max_points, "points": int((target >= 0).sum()), "offsets": offsets}
     after, after_f1 = _scored_f1(current, out.truth, len(spec.class_names), spec.excluded_class)
@@ -177,8 +178,9 @@ def fit_fragment_run(run_dir: str | os.PathLike[str], data: str | os.PathLike[st
                      views: int = 1, view_seed: int = 0, batch_size: int | None = None, hidden: int = 64,
                      members: int = 4, epochs: int = 400, seed: int = 0, track_side: bool = False,
                      point_refiner: bool = False, point_epochs: int = 8, point_rounds: int = DEFAULT_ROUNDS,
-                     max_points: int = 3_000_000, hops: tuple[int, ...] = DEFAULT_HOPS, device: str = "cpu",
-                     progress: bool = False) -> dict[str, Any]:
+                     max_points: int = 3_000_000, hops: tuple[int, ...] = DEFAULT_HOPS,
+                     cells: tuple[int, ...] = DEFAULT_CELLS, device: str = "cpu", progress: bool = False
+                     ) -> dict[str, Any]:
     """Fit and write the fragment classifier of the semseg run ``run_dir``; returns what
     ``fragment_classifier.json`` holds.
 
@@ -189,7 +191,8 @@ def fit_fragment_run(run_dir: str | os.PathLike[str], data: str | os.PathLike[st
     a classifier for the fragments of points called track (:func:`fragment_groups`).
     ``point_refiner``: then also fit a :class:`~detfm.evaluate.point_refiner.PointRefiner` on
     every labeled point after the fragments (``point_epochs`` passes over at most
-    ``max_points`` points, neighbourhoods of ``hops`` steps), and its class offsets for the
+    ``max_points`` points, neighbourhoods of ``hops`` steps and boxes of 3 x 3 x 3 ``cells``
+    voxels wide), and its class offsets for the
     best macro-F1 on the same points; ``point_rounds`` such refiners, each fitted on the calls
     of the one before.
     """
@@ -202,7 +205,7 @@ def fit_fragment_run(run_dir: str | os.PathLike[str], data: str | os.PathLike[st
     stage, report = fit_fragment_stage(out, spec, hidden=hidden, members=members, epochs=epochs, seed=seed,
                                        track_side=track_side, point_refiner=point_refiner,
                                        point_epochs=point_epochs, point_rounds=point_rounds, max_points=max_points,
-                                       hops=hops)
+                                       hops=hops, cells=cells)
     scored = stage.scored
     info = {
         "format": FRAGMENT_INFO_FORMAT, "task": cfg.task, "scored": [spec.class_names[c] for c in scored],
