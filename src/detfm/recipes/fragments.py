@@ -191,10 +191,9 @@ def fit_fragment_run(run_dir: str | os.PathLike[str], data: str | os.PathLike[st
     a classifier for the fragments of points called track (:func:`fragment_groups`).
     ``point_refiner``: then also fit a :class:`~detfm.evaluate.point_refiner.PointRefiner` on
     every labeled point after the fragments (``point_epochs`` passes over at most
-    ``max_points`` points, neighbourhoods of ``hops`` steps and boxes of 3 x 3 x 3 ``cells``
-    voxels wide), and its class offsets for the
-    best macro-F1 on the same points; ``point_rounds`` such refiners, each fitted on the calls
-    of the one before.
+    ``max_points`` points, neighbourhoods of ``hops`` steps and boxes of 3 x 3 x 3 cells of
+    ``cells`` voxels), and its class offsets for the best macro-F1 on the same points;
+    ``point_rounds`` such refiners, each fitted on the calls of the one before.
     """
     run = Path(run_dir)
     cfg = load_finetune_config(run)
