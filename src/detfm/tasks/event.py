@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from detfm.data import PackedBatch
-from detfm.errors import DataFormatError
+from detfm.errors import ConfigError, DataFormatError
 from detfm.models.packing import local_index
 from detfm.tasks.base import TaskOutput
 from detfm.tasks.pid import PIDConfig, PooledClassifier, find_instances
@@ -34,7 +34,12 @@ __all__ = ["EventClassification", "EventConfig", "event_focal_loss", "leading_pa
 @dataclass(frozen=True)
 class EventConfig(PIDConfig):
     """Settings of :class:`EventClassification`: the fields of :class:`~detfm.tasks.pid.PIDConfig`
-    (5 classes: the leading particle's PID)."""
+    (5 classes: the leading particle's PID), without ``measurements`` (they measure particles)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.measurements:
+            raise ConfigError("measurements: true measures particle instances (task pid), not whole events")
 
 
 def leading_particle_label(batch: PackedBatch) -> torch.Tensor:

@@ -31,6 +31,7 @@ from detfm.models.layers import init_weights, seeded_init
 from detfm.models.packing import group_max, group_mean, local_index
 from detfm.tasks.base import TaskOutput
 from detfm.tasks.heads import AdaptationTask, HeadConfig
+from detfm.tasks.particle_features import PARTICLE_FEATURE_NAMES, particle_features
 from detfm.tasks.segmentation import event_mean_focal_loss
 from detfm.tasks.set_pooling import SetPooling, contact_distance
 
@@ -54,10 +55,15 @@ class PIDConfig(HeadConfig):
     start), or ``set`` (a two-stage point-set encoder that also reads where each point lies in
     its particle and how far the nearest other particle is: :mod:`detfm.tasks.set_pooling`).
     A linear probe keeps ``mean``.
+
+    ``measurements``: also read the particle's measurements of
+    :mod:`detfm.tasks.particle_features` (dE/dx at its ends, its pieces, its contact with the
+    other particles, ...), through a small layer of their own, beside the pooled feature.
     """
 
     num_classes: int = NUM_PID
     pooling: str = "mean"
+    measurements: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -69,6 +75,9 @@ class PIDConfig(HeadConfig):
         if self.pooling != "mean" and self.head == "linear":
             raise ConfigError("a linear probe pools by the mean (a linear map of the point features); "
                               f"pooling={self.pooling!r} needs the MLP head (mode head, finetune or lora)")
+        if self.measurements and self.head == "linear":
+            raise ConfigError("a linear probe reads only the pooled point features; measurements: true needs the "
+                              "MLP head (mode head, finetune or lora)")
 
 
 @dataclass(frozen=True)
@@ -130,6 +139,11 @@ class PooledClassifier(AdaptationTask):
             self.set_pool = SetPooling(cfg.hidden) if cfg.pooling == "set" else None
             width = (self.set_pool.out_features if self.set_pool is not None
                      else cfg.hidden * (1 if cfg.pooling == "mean" else 2))
+            self.measure: nn.Module | None = None
+            if cfg.measurements:
+                self.measure = nn.Sequential(nn.Linear(len(PARTICLE_FEATURE_NAMES), cfg.hidden), nn.GELU())
+                self.measure.apply(init_weights)
+                width += cfg.hidden
             self.classifier: nn.Module = (nn.Identity() if cfg.head == "linear" else
                                           nn.Sequential(nn.LayerNorm(width), nn.GELU(),
                                                         nn.Linear(width, cfg.num_classes)))
@@ -149,15 +163,19 @@ class PooledClassifier(AdaptationTask):
         index, values = group[inside], point[inside]
         if self.set_pool is not None:
             contact = contact_distance(batch.coord, batch.batch_index(), group)[inside]
-            return self.classifier(self.set_pool(values, batch.coord[inside], batch.energy[inside].to(values.dtype),
-                                                 contact, index, num_groups))
-        pooled = group_mean(values, index, num_groups)
+            pooled = self.set_pool(values, batch.coord[inside], batch.energy[inside].to(values.dtype), contact,
+                                   index, num_groups)
+        else:
+            pooled = group_mean(values, index, num_groups)
         if self.config.pooling == "mean_max":
             pooled = torch.cat([pooled, group_max(values, index, num_groups)], dim=1)
         elif self.attention_score is not None:
             weight = group_softmax(self.attention_score(values).squeeze(1), index, num_groups)
             attended = point.new_zeros(num_groups, point.shape[1]).index_add(0, index, weight[:, None] * values)
             pooled = torch.cat([pooled, attended], dim=1)
+        if self.measure is not None:
+            measured = particle_features(batch.coord, batch.energy, batch.batch_index(), group, num_groups)
+            pooled = torch.cat([pooled, self.measure(measured.to(pooled.dtype))], dim=1)
         return self.classifier(pooled)
 
 
