@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -12,8 +13,8 @@ from detfm.errors import ConfigError
 from detfm.models import create_model
 from detfm.sim.simulate import SimConfig, simulate_to_file
 from detfm.tasks.event import EventConfig
-from detfm.tasks.particle_features import PARTICLE_FEATURE_NAMES, particle_features
-from detfm.tasks.pid import PIDConfig, ParticleID
+from detfm.tasks.particle_features import PARTICLE_FEATURE_NAMES, MeasurementStore, particle_features
+from detfm.tasks.pid import PIDConfig, ParticleID, find_instances
 from detfm.tasks.set_pooling import CONTACT_CLIP_VOXELS
 
 COLUMN = {name: i for i, name in enumerate(PARTICLE_FEATURE_NAMES)}
@@ -135,3 +136,38 @@ def test_pid_with_measurements_scores_each_event_alone_and_trains_the_measuremen
     loss = task.train()(collate([events[0], events[1]]))["loss"]
     loss.backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in task.measure.parameters())
+
+
+def test_the_store_measures_each_event_once_and_gives_what_the_batch_gives(events: EventDataset) -> None:
+    store = MeasurementStore()
+    batch = collate([events[0], events[1], events[2]])
+    inst = find_instances(batch.offsets, batch.instance, batch.pid)
+    direct = particle_features(batch.coord, batch.energy, batch.batch_index(), inst.point_instance, len(inst))
+    torch.testing.assert_close(store(batch, inst.point_instance, len(inst)), direct)
+    assert store.measured == 3 and len(store) == 3
+    # the second and third event again, in another batch: from the store
+    again = collate([events[2], events[1]])
+    inst2 = find_instances(again.offsets, again.instance, again.pid)
+    want = particle_features(again.coord, again.energy, again.batch_index(), inst2.point_instance, len(inst2))
+    torch.testing.assert_close(store(again, inst2.point_instance, len(inst2)), want)
+    assert store.measured == 3
+    # an event whose points moved is measured again
+    moved = collate([dataclasses.replace(events[1], coord=events[1].coord[:, ::-1].copy())])
+    inst3 = find_instances(moved.offsets, moved.instance, moved.pid)
+    want = particle_features(moved.coord, moved.energy, moved.batch_index(), inst3.point_instance, len(inst3))
+    torch.testing.assert_close(store(moved, inst3.point_instance, len(inst3)), want)
+    assert store.measured == 4
+
+
+def test_a_head_on_kept_outputs_measures_each_training_event_once(events: EventDataset) -> None:
+    backbone = create_model("ptv3_micro", seed=0, drop_path=0.0)
+    task = ParticleID(backbone, PIDConfig(pooling="mean_max", freeze_backbone=True, measurements=True))
+    task.cache_features()
+    task.train()
+    batch = collate([events[0], events[1]])
+    first = task(batch)["loss"].detach()
+    second = task(batch)["loss"].detach()
+    assert task.measurement_store.measured == 2 and float(first) == pytest.approx(float(second), rel=1e-6)
+    with torch.no_grad():
+        task.eval()(batch)  # scoring measures afresh, without the store
+    assert task.measurement_store.measured == 2

@@ -28,7 +28,7 @@ from torch import nn
 from detfm.data import PackedBatch
 from detfm.models.contract import BackboneOutput
 
-__all__ = ["DEFAULT_CACHE_BYTES", "CacheStats", "FeatureCache"]
+__all__ = ["DEFAULT_CACHE_BYTES", "CacheStats", "FeatureCache", "event_keys"]
 
 DEFAULT_CACHE_BYTES = 6 << 30  # 6 GiB: 1 000 events of ~5 000 points with ~300 features each
 
@@ -55,18 +55,20 @@ class _Entry:
         return sum(t.numel() * t.element_size() for t in (self.point, self.local, *self.levels))
 
 
-_Key = tuple[int, int, int, tuple[float, float]]  # event number, first and end point, checksum
+EventKey = tuple[int, int, int, tuple[float, float]]  # event number, first and end point, checksum
 
 
 def _checksum(batch: PackedBatch, a: int, b: int) -> tuple[float, float]:
     """Sums of the event's coordinates and energies, each point weighted by its place in the
-    event, so that moved, changed or reordered points give other sums."""
+    event and each axis by its number, so that moved, changed, reordered or mirrored points
+    (axes swapped) give other sums."""
     weight = 1.0 + torch.arange(b - a, dtype=torch.float64, device=batch.coord.device) % 97
-    return (float((batch.coord[a:b].double().sum(1) * weight).sum()),
+    axes = torch.arange(1, batch.coord.shape[1] + 1, dtype=torch.float64, device=batch.coord.device)
+    return (float(((batch.coord[a:b].double() * axes).sum(1) * weight).sum()),
             float((batch.energy[a:b].double() * weight).sum()))
 
 
-def _events(batch: PackedBatch) -> list[_Key]:
+def event_keys(batch: PackedBatch) -> list[EventKey]:
     """The batch's events with their point ranges and checksums (none without event numbers)."""
     if batch.index is None:
         return []
@@ -95,7 +97,7 @@ class FeatureCache:
     def __len__(self) -> int:
         return len(self._store)
 
-    def _keep(self, events: list[_Key], out: BackboneOutput) -> None:
+    def _keep(self, events: list[EventKey], out: BackboneOutput) -> None:
         for event, a, b, checksum in events:
             entry = _Entry(n=b - a, checksum=checksum, point=out.point[a:b].clone(), local=out.local[a:b].clone(),
                            levels=tuple(t[a:b].clone() for t in out.levels) if self.keep_levels else ())
@@ -109,7 +111,7 @@ class FeatureCache:
     def encode(self, backbone: nn.Module, batch: PackedBatch) -> BackboneOutput:
         """The backbone's output for ``batch``: from the store when every event is in it,
         else computed (under ``no_grad``) and stored."""
-        events = _events(batch)
+        events = event_keys(batch)
         stored = ((self._store.get(event), b - a, checksum) for event, a, b, checksum in events)
         found = [e for e, n, checksum in stored if e is not None and e.n == n and e.checksum == checksum]
         if events and len(found) == len(events):  # every event stored, with the same points

@@ -31,7 +31,7 @@ from detfm.models.layers import init_weights, seeded_init
 from detfm.models.packing import group_max, group_mean, local_index
 from detfm.tasks.base import TaskOutput
 from detfm.tasks.heads import AdaptationTask, HeadConfig
-from detfm.tasks.particle_features import PARTICLE_FEATURE_NAMES, particle_features
+from detfm.tasks.particle_features import PARTICLE_FEATURE_NAMES, MeasurementStore, particle_features
 from detfm.tasks.segmentation import event_mean_focal_loss
 from detfm.tasks.set_pooling import SetPooling, contact_distance
 
@@ -140,6 +140,7 @@ class PooledClassifier(AdaptationTask):
             width = (self.set_pool.out_features if self.set_pool is not None
                      else cfg.hidden * (1 if cfg.pooling == "mean" else 2))
             self.measure: nn.Module | None = None
+            self.measurement_store = MeasurementStore()  # used while training on kept backbone outputs
             if cfg.measurements:
                 self.measure = nn.Sequential(nn.Linear(len(PARTICLE_FEATURE_NAMES), cfg.hidden), nn.GELU())
                 self.measure.apply(init_weights)
@@ -174,7 +175,10 @@ class PooledClassifier(AdaptationTask):
             attended = point.new_zeros(num_groups, point.shape[1]).index_add(0, index, weight[:, None] * values)
             pooled = torch.cat([pooled, attended], dim=1)
         if self.measure is not None:
-            measured = particle_features(batch.coord, batch.energy, batch.batch_index(), group, num_groups)
+            if self.training and self.feature_cache is not None:  # the same events, unchanged, every pass
+                measured = self.measurement_store(batch, group, num_groups)
+            else:
+                measured = particle_features(batch.coord, batch.energy, batch.batch_index(), group, num_groups)
             pooled = torch.cat([pooled, self.measure(measured.to(pooled.dtype))], dim=1)
         return self.classifier(pooled)
 
