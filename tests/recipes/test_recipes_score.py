@@ -161,8 +161,11 @@ def test_a_pid_run_names_the_particles_a_particles_run_finds(run: Path, tiny_eve
     pointwise = {"model": "pointwise_test", "model_overrides": {}}
     run_finetune(dataclasses.replace(config(tiny_events, task="particles", head_hidden=16, task_settings=small),
                                      **pointwise), particles_run)
-    run_finetune(dataclasses.replace(config(tiny_events, task="pid"), **pointwise), pid_run)
+    # the pid head also reads the particle measurements, here of the particles the decoder finds
+    run_finetune(dataclasses.replace(config(tiny_events, task="pid", task_settings={"measurements": True}),
+                                     **pointwise), pid_run)
     particles, pid = load_finetuned(particles_run), load_finetuned(pid_run)
+    assert pid.measure is not None
 
     def truth_as_found(batch: PackedBatch) -> ParticlePredictions:  # a decoder that finds every particle
         t = particle_targets(batch)

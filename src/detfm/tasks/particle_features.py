@@ -22,7 +22,8 @@ measures these per particle, from the voxels and energies alone (no truth):
 
 Every value is a ``sign(x) log1p(|x|)`` of the measurement, so that a head can read them
 without fitted scales. Measured (docs/results/point_backbones.md, "Particle measurements"):
-with these beside the pooled features, electron efficiency and purity rise by ~0.1.
+with these beside the pooled features of a frozen segmentation model, electron efficiency /
+purity go from 0.563 / 0.579 to 0.755 / 0.724 (one view, same data and head otherwise).
 
 The cost is a k-d tree per event and a few per particle, on CPU in numpy (~30 ms for an
 event of ~8 particles). When the same events come back unchanged (a head trained on kept
