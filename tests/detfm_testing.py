@@ -273,3 +273,16 @@ def page_check_attributes(dom: str) -> Any:
     parsed = Attrs()
     parsed.feed(dom)
     return parsed
+
+
+def assert_events_scored_alone(task: Any, events: Any) -> None:
+    """The logits of the first event's particles are the same in a batch of two events as alone."""
+    import torch
+
+    from detfm.data import collate
+
+    with torch.no_grad():
+        both, inst = task.forward_instances(collate([events[0], events[1]]))
+        first, inst0 = task.forward_instances(collate([events[0]]))
+    assert len(inst0) and (inst.event == 0).sum() == len(inst0)
+    torch.testing.assert_close(both[inst.event == 0], first, rtol=1e-5, atol=1e-5)

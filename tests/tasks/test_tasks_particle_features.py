@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from detfm.data import EventDataset, collate
+from detfm_testing import assert_events_scored_alone
 from detfm.errors import ConfigError
 from detfm.models import create_model
 from detfm.sim.simulate import SimConfig, simulate_to_file
@@ -116,10 +117,8 @@ def test_measurements_need_the_mlp_head_and_particles() -> None:
 
 
 @pytest.fixture(scope="module")
-def events(tmp_path_factory: pytest.TempPathFactory) -> EventDataset:
-    path = tmp_path_factory.mktemp("measure") / "ev.h5"
-    simulate_to_file(SimConfig(events=3, seed=4), path, progress=False)
-    return EventDataset([path], min_points=32, labels=True)
+def events(pid_events: EventDataset) -> EventDataset:
+    return pid_events
 
 
 def test_pid_with_measurements_scores_each_event_alone_and_trains_the_measurement_layer(
@@ -128,11 +127,7 @@ def test_pid_with_measurements_scores_each_event_alone_and_trains_the_measuremen
     task = ParticleID(backbone, PIDConfig(pooling="mean_max", freeze_backbone=True, measurements=True)).eval()
     assert task.measure is not None
     assert task.classifier[0].normalized_shape == (3 * task.config.hidden,)
-    with torch.no_grad():
-        both, inst = task.forward_instances(collate([events[0], events[1]]))
-        first, inst0 = task.forward_instances(collate([events[0]]))
-    assert len(inst0) and (inst.event == 0).sum() == len(inst0)
-    torch.testing.assert_close(both[inst.event == 0], first, rtol=1e-5, atol=1e-5)
+    assert_events_scored_alone(task, events)
     loss = task.train()(collate([events[0], events[1]]))["loss"]
     loss.backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in task.measure.parameters())

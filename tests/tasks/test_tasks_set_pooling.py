@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from detfm.data import EventDataset, collate
+from detfm_testing import assert_events_scored_alone
 from detfm.models import create_model
 from detfm.sim.simulate import SimConfig, simulate_to_file
 from detfm.tasks.pid import PIDConfig, ParticleID
@@ -111,21 +112,15 @@ def test_set_pooling_learns_what_the_mean_and_maximum_cannot_see() -> None:
 
 
 @pytest.fixture(scope="module")
-def events(tmp_path_factory: pytest.TempPathFactory) -> EventDataset:
-    path = tmp_path_factory.mktemp("setpool") / "ev.h5"
-    simulate_to_file(SimConfig(events=3, seed=4), path, progress=False)
-    return EventDataset([path], min_points=32, labels=True)
+def events(pid_events: EventDataset) -> EventDataset:
+    return pid_events
 
 
 def test_pid_set_pooling_scores_each_event_alone_and_trains_every_parameter(events: EventDataset) -> None:
     backbone = create_model("ptv3_micro", seed=0, drop_path=0.0)
     task = ParticleID(backbone, PIDConfig(pooling="set", freeze_backbone=True)).eval()
     assert task.set_pool is not None and task.classifier[0].normalized_shape == (task.set_pool.out_features,)
-    with torch.no_grad():
-        both, inst = task.forward_instances(collate([events[0], events[1]]))
-        first, inst0 = task.forward_instances(collate([events[0]]))
-    assert len(inst0) and (inst.event == 0).sum() == len(inst0)
-    torch.testing.assert_close(both[inst.event == 0], first, rtol=1e-5, atol=1e-5)
+    assert_events_scored_alone(task, events)
     loss = task.train()(collate([events[0], events[1]]))["loss"]
     loss.backward()
     trainable = [(n, p) for n, p in task.named_parameters() if p.requires_grad]
