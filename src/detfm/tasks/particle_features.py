@@ -49,6 +49,7 @@ _RADII = (10, 20)       # voxels around an end for its transverse spread and ene
 _LINE_RADIUS = 2.5      # voxels: what lies this close to the start direction counts as on it
 _JOIN = (1.8, 3.5)      # voxels: pieces closer than this are one component
 _BIG_PIECE_MEV = 5.0
+_SPREAD_20 = 2 * len(_LENGTHS) + 2  # where _seen_from puts the spread within 20 voxels
 
 
 def _end_names(prefix: str) -> list[str]:
@@ -68,10 +69,12 @@ PARTICLE_FEATURE_NAMES: tuple[str, ...] = tuple(
     + _end_names("piece_start") + _end_names("piece_end") + ["piece_start_centroid_fraction"])
 
 
-def _axis(x: np.ndarray) -> np.ndarray:
+def _principal(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Spreads along the principal axes (descending), the first axis, and each point's
+    position along it (from the centroid)."""
     d = x - x.mean(axis=0)
-    _, vec = np.linalg.eigh(d.T @ d / len(x) + 1e-9 * np.eye(3))
-    return vec[:, 2]
+    val, vec = np.linalg.eigh(d.T @ d / len(x) + 1e-9 * np.eye(3))
+    return np.sqrt(np.clip(val[::-1], 0.0, None)), vec[:, 2], d @ vec[:, 2]
 
 
 def _seen_from(x: np.ndarray, e: np.ndarray, start: np.ndarray, fallback: np.ndarray) -> list[float]:
@@ -93,8 +96,6 @@ def _seen_from(x: np.ndarray, e: np.ndarray, start: np.ndarray, fallback: np.nda
     return out + [float(np.median(e[first])) if first.any() else 0.0]
 
 
-def _spread_index() -> int:
-    return 2 * len(_LENGTHS) + 2  # position of the spread within 20 voxels in _seen_from's list
 
 
 def _pieces(x: np.ndarray, join: float) -> tuple[int, np.ndarray]:
@@ -107,18 +108,14 @@ def _pieces(x: np.ndarray, join: float) -> tuple[int, np.ndarray]:
 
 def _one_particle(x: np.ndarray, e: np.ndarray, contact: np.ndarray) -> list[float]:
     n = len(x)
-    d = x - x.mean(axis=0)
-    val, vec = np.linalg.eigh(d.T @ d / n + 1e-9 * np.eye(3))
-    spread = np.sqrt(np.clip(val[::-1], 0.0, None))
-    axis = vec[:, 2]
-    proj = d @ axis
+    spread, axis, proj = _principal(x)
     ends = [x[int(np.argmin(proj))], x[int(np.argmax(proj))]]
     end_contact = [float(contact[np.linalg.norm(x - end, axis=1) <= 6].min()) for end in ends]
     seen = [_seen_from(x, e, ends[0], axis), _seen_from(x, e, ends[1], -axis)]
     if min(end_contact) < CONTACT_CLIP_VOXELS and abs(end_contact[0] - end_contact[1]) > 2:
         first = int(np.argmin(end_contact))
     else:
-        first = int(np.argmin([seen[0][_spread_index()], seen[1][_spread_index()]]))
+        first = int(np.argmin([seen[0][_SPREAD_20], seen[1][_SPREAD_20]]))
     nearest = _seen_from(x, e, x[int(np.argmin(contact))], axis)
     total = float(e.sum())
     out = [np.log1p(n), np.log1p(total), np.log(total / n + 1e-3), np.log1p(spread[0]),
@@ -134,11 +131,10 @@ def _one_particle(x: np.ndarray, e: np.ndarray, contact: np.ndarray) -> list[flo
                 np.log1p(float((piece_energy > _BIG_PIECE_MEV).sum()))]
     big = label == order[0]  # the largest piece at the wider join
     xb, eb = x[big], e[big]
-    axis_b = _axis(xb)
-    proj_b = (xb - xb.mean(axis=0)) @ axis_b
+    _, axis_b, proj_b = _principal(xb)
     piece_ends = [xb[int(np.argmin(proj_b))], xb[int(np.argmax(proj_b))]]
     piece_seen = [_seen_from(xb, eb, piece_ends[0], axis_b), _seen_from(xb, eb, piece_ends[1], -axis_b)]
-    first = int(np.argmin([piece_seen[0][_spread_index()], piece_seen[1][_spread_index()]]))
+    first = int(np.argmin([piece_seen[0][_SPREAD_20], piece_seen[1][_SPREAD_20]]))
     centroid = (xb * eb[:, None]).sum(axis=0) / max(float(eb.sum()), 1e-9)
     to_centroid = [float(np.linalg.norm(end - centroid)) for end in piece_ends]
     return out + piece_seen[first] + piece_seen[1 - first] + [to_centroid[first] / (sum(to_centroid) + 1e-3)]
