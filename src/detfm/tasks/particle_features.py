@@ -96,6 +96,12 @@ def _seen_from(x: np.ndarray, e: np.ndarray, start: np.ndarray, fallback: np.nda
     return out + [float(np.median(e[first])) if first.any() else 0.0]
 
 
+def _both_ends(x: np.ndarray, e: np.ndarray, axis: np.ndarray, proj: np.ndarray
+               ) -> tuple[list[np.ndarray], list[list[float]]]:
+    """The two ends along the principal ``axis`` (``proj``: each point's position along it) and
+    the end measurements seen from each."""
+    ends = [x[int(np.argmin(proj))], x[int(np.argmax(proj))]]
+    return ends, [_seen_from(x, e, ends[0], axis), _seen_from(x, e, ends[1], -axis)]
 
 
 def _pieces(x: np.ndarray, join: float) -> tuple[int, np.ndarray]:
@@ -109,9 +115,8 @@ def _pieces(x: np.ndarray, join: float) -> tuple[int, np.ndarray]:
 def _one_particle(x: np.ndarray, e: np.ndarray, contact: np.ndarray) -> list[float]:
     n = len(x)
     spread, axis, proj = _principal(x)
-    ends = [x[int(np.argmin(proj))], x[int(np.argmax(proj))]]
+    ends, seen = _both_ends(x, e, axis, proj)
     end_contact = [float(contact[np.linalg.norm(x - end, axis=1) <= 6].min()) for end in ends]
-    seen = [_seen_from(x, e, ends[0], axis), _seen_from(x, e, ends[1], -axis)]
     if min(end_contact) < CONTACT_CLIP_VOXELS and abs(end_contact[0] - end_contact[1]) > 2:
         first = int(np.argmin(end_contact))
     else:
@@ -132,8 +137,7 @@ def _one_particle(x: np.ndarray, e: np.ndarray, contact: np.ndarray) -> list[flo
     big = label == order[0]  # the largest piece at the wider join
     xb, eb = x[big], e[big]
     _, axis_b, proj_b = _principal(xb)
-    piece_ends = [xb[int(np.argmin(proj_b))], xb[int(np.argmax(proj_b))]]
-    piece_seen = [_seen_from(xb, eb, piece_ends[0], axis_b), _seen_from(xb, eb, piece_ends[1], -axis_b)]
+    piece_ends, piece_seen = _both_ends(xb, eb, axis_b, proj_b)
     first = int(np.argmin([piece_seen[0][_SPREAD_20], piece_seen[1][_SPREAD_20]]))
     centroid = (xb * eb[:, None]).sum(axis=0) / max(float(eb.sum()), 1e-9)
     to_centroid = [float(np.linalg.norm(end - centroid)) for end in piece_ends]
