@@ -162,7 +162,10 @@ def test_a_head_on_kept_outputs_measures_each_training_event_once(events: EventD
     batch = collate([events[0], events[1]])
     first = task(batch)["loss"].detach()
     second = task(batch)["loss"].detach()
+    assert task.measurement_store is not None
     assert task.measurement_store.measured == 2 and float(first) == pytest.approx(float(second), rel=1e-6)
     with torch.no_grad():
         task.eval()(batch)  # scoring measures afresh, without the store
     assert task.measurement_store.measured == 2
+    no_measurements = ParticleID(backbone, PIDConfig(pooling="mean_max", freeze_backbone=True))
+    assert no_measurements.measure is None and no_measurements.measurement_store is None

@@ -140,8 +140,9 @@ class PooledClassifier(AdaptationTask):
             width = (self.set_pool.out_features if self.set_pool is not None
                      else cfg.hidden * (1 if cfg.pooling == "mean" else 2))
             self.measure: nn.Module | None = None
-            self.measurement_store = MeasurementStore()  # used while training on kept backbone outputs
+            self.measurement_store: MeasurementStore | None = None  # used while training on kept outputs
             if cfg.measurements:
+                self.measurement_store = MeasurementStore()
                 self.measure = nn.Sequential(nn.Linear(len(PARTICLE_FEATURE_NAMES), cfg.hidden), nn.GELU())
                 self.measure.apply(init_weights)
                 width += cfg.hidden
@@ -175,8 +176,9 @@ class PooledClassifier(AdaptationTask):
             attended = point.new_zeros(num_groups, point.shape[1]).index_add(0, index, weight[:, None] * values)
             pooled = torch.cat([pooled, attended], dim=1)
         if self.measure is not None:
-            if self.training and self.feature_cache is not None:  # the same events, unchanged, every pass
-                measured = self.measurement_store(batch, group, num_groups)
+            store = self.measurement_store if self.training and self.feature_cache is not None else None
+            if store is not None:  # the same events, unchanged, every pass
+                measured = store(batch, group, num_groups)
             else:
                 measured = particle_features(batch.coord, batch.energy, batch.batch_index(), group, num_groups)
             pooled = torch.cat([pooled, self.measure(measured.to(pooled.dtype))], dim=1)
