@@ -9,7 +9,7 @@ DEMO   := demo_out
 .PHONY: install demo test test-all bench clean
 
 # The demo needs only the package (torch CPU, numpy, h5py, numba, plotting); the tests add
-# pytest, the PDG cross-check packages and MLflow on top.
+# pytest, the PDG cross-check packages, MLflow and scikit-learn (boosted trees) on top.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 $(TEST_STAMP): $(STAMP)
-	$(BIN)/python -m pip install --quiet -e ".[test,mlflow]"
+	$(BIN)/python -m pip install --quiet -e ".[test,mlflow,trees]"
 	touch $(TEST_STAMP)
 
 install: $(TEST_STAMP)

@@ -14,11 +14,11 @@ from collections.abc import Sequence
 
 from detfm import __version__
 from detfm.commands import anomalies, audit, card, compare, convert, evaluate, finetune, fragments, info, predict
-from detfm.commands import pretrain, probe, registry, report, score, show, simulate, study, validate
+from detfm.commands import pid_trees, pretrain, probe, registry, report, score, show, simulate, study, validate
 from detfm.errors import DetfmError
 
-COMMANDS = (simulate, info, validate, show, compare, pretrain, convert, probe, finetune, fragments, score, predict,
-            study, evaluate, anomalies, registry, card, audit, report)
+COMMANDS = (simulate, info, validate, show, compare, pretrain, convert, probe, finetune, fragments, pid_trees, score,
+            predict, study, evaluate, anomalies, registry, card, audit, report)
 """The subcommand modules, in the order ``detfm --help`` lists them."""
 
 

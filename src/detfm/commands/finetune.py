@@ -118,6 +118,11 @@ def score_lines(task: str, ev: dict) -> list[str]:  # type: ignore[type-arg]
                      f"connected fragments of: {sides}")
         if fc.get("point_refiner"):
             lines.append("point refiner: every point's class refined from its neighbourhood after the fragments")
+    trees = (ev.get("scored") or {}).get("pid_trees")
+    if trees:
+        point = trees.get("working_point")
+        lines.append(f"particle ID by the run's boosted trees (fitted on {trees.get('fitted_views', '?')}-view rows"
+                     + (f"; {point['class']} offset {point['offset']:+.2f})" if point else ")"))
     if spec.unit == "particle":  # set prediction: finding first, then PID on the found particles
         lines.append(f"test ({ev['events']} events, {ev['particles']} particles): PQ {_fmt(ev['pq'])}, finding "
                      f"efficiency {_fmt(ev['finding']['efficiency_all'])}, purity "
@@ -131,6 +136,9 @@ def score_lines(task: str, ev: dict) -> list[str]:  # type: ignore[type-arg]
                      f"({n} classes), {_fmt(ev[spec.headline])} (without {spec.class_names[spec.excluded_class]})")
     if isinstance(ev.get("f1"), dict):
         lines.append("F1 per class: " + ", ".join(f"{k} {_fmt(v)}" for k, v in ev["f1"].items()))
+    if spec.name == "pid" and isinstance(ev.get("efficiency"), dict) and isinstance(ev.get("purity"), dict):
+        lines.append("efficiency / purity: " + ", ".join(
+            f"{k} {_fmt(v)} / {_fmt(ev['purity'].get(k))}" for k, v in ev["efficiency"].items()))
     if isinstance(ev.get("per_particle"), dict):
         lines.append("particles tagged (at least half their voxels right): " + ", ".join(
             f"{k} {_fmt(v['tagged'])} of {v['pieces']}" for k, v in ev["per_particle"].items() if v["pieces"]))

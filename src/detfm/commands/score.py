@@ -28,6 +28,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pid", metavar="PID_RUN_DIR",
                    help="particles runs: name the particles the decoder finds with this pid run's head "
                         "(trained on truth instances) instead of the decoder's class head")
+    p.add_argument("--pid-trees", action="store_true",
+                   help="semseg runs: score particle ID on truth instances with the run's boosted trees "
+                        "(`detfm pid-trees`); the scores are a pid task's")
     p.add_argument("--max-events", type=int, help="score only the first this many events")
     p.add_argument("--batch-size", type=int, help="events per forward pass (default: the run's eval_batch_size)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
@@ -60,7 +63,7 @@ def _score(args: argparse.Namespace) -> int:
                        view_seed=args.view_seed, max_events=args.max_events, batch_size=args.batch_size,
                        device=args.device, progress=not args.quiet, pid_run=args.pid,
                        fragment_vote=args.fragment_vote,
-                       fragment_classifier=args.fragment_classifier)
+                       fragment_classifier=args.fragment_classifier, pid_trees=args.pid_trees)
     for line in score_lines(scores["task"], scores):
         print(line)
     if args.out:

@@ -34,7 +34,8 @@ from detfm.models import ModelConfig, build_model, config_from_yaml, model_confi
 
 __all__ = ["BACKBONE_FILE", "BACKBONE_PREFIX", "CHECKPOINTS_DIR", "CONFIG_FILE", "EVAL_FILE",
            "FRAGMENT_CLASSIFIER_FILE", "FRAGMENT_CLASSIFIER_INFO", "MANIFEST_FILE", "METRICS_FILE", "MODEL_FILE",
-           "PREDICTIONS_FORMAT", "SPLIT_FILE", "backbone_config", "last_checkpoint", "load_backbone",
+           "PID_TREES_FILE", "PID_TREES_INFO", "PREDICTIONS_FORMAT", "SPLIT_FILE", "backbone_config",
+           "last_checkpoint", "load_backbone",
            "load_objective", "random_backbone", "run_settings", "weights_path"]
 
 CONFIG_FILE = "config.yaml"
@@ -46,6 +47,8 @@ SPLIT_FILE = "split.json"
 EVAL_FILE = "eval.json"
 FRAGMENT_CLASSIFIER_FILE = "fragment_classifier.safetensors"
 FRAGMENT_CLASSIFIER_INFO = "fragment_classifier.json"
+PID_TREES_FILE = "pid_trees.safetensors"  # `detfm pid-trees`: particle ID by boosted trees on a semseg run
+PID_TREES_INFO = "pid_trees.json"
 # The ``format`` attribute of the per-event outputs ``detfm predict`` writes.
 PREDICTIONS_FORMAT = "detfm-predictions/1"
 BACKBONE_PREFIX = "backbone."

@@ -61,7 +61,9 @@ from detfm.engine.runs import (BACKBONE_FILE, CONFIG_FILE, EVAL_FILE, MODEL_FILE
 from detfm.errors import ConfigError, DataFormatError, DetfmError
 from detfm.evaluate.fragment_classifier import FragmentRelabel, FragmentStage, load_fragment_stage, stage_record
 from detfm.evaluate.fragments import FragmentVote, check_fragment_steps
+from detfm.evaluate.boosted_trees import BoostedTrees
 from detfm.evaluate.orientations import OrientationAverage
+from detfm.evaluate.particle_trees import TreeParticleID, load_pid_trees
 from detfm.evaluate.scoring import score_task
 from detfm.io import atomic_path, atomic_write_text
 from detfm.models import ModelConfig, build_model, config_from_yaml, model_config
@@ -465,7 +467,7 @@ def score_run(run_dir: str | os.PathLike[str], data: Sequence[str | os.PathLike[
               own_split: bool = False, views: int = 1, view_seed: int = 0, max_events: int | None = None,
               batch_size: int | None = None, device: str = "cpu", progress: bool = False,
               pid_run: str | os.PathLike[str] | None = None, fragment_vote: bool = False,
-              fragment_classifier: bool = False) -> dict[str, Any]:
+              fragment_classifier: bool = False, pid_trees: bool = False) -> dict[str, Any]:
     """Score a fine-tuned run again: on its own test split (``data`` None: the run's files and
     the test events of its ``split.json``; or ``data`` with ``own_split``: the run's files
     where they are now) or on every usable event of the labeled files ``data`` (the run's
@@ -478,13 +480,17 @@ def score_run(run_dir: str | os.PathLike[str], data: Sequence[str | os.PathLike[
     ``fragment_vote`` (``semseg`` runs): each connected fragment of shower-like points takes one
     class (:class:`~detfm.evaluate.fragments.FragmentVote`). ``fragment_classifier`` (semseg
     runs, after ``detfm fragments``): the run's fitted fragment classifier names each fragment
-    instead (:class:`~detfm.evaluate.fragment_classifier.FragmentRelabel`).
+    instead (:class:`~detfm.evaluate.fragment_classifier.FragmentRelabel`). ``pid_trees`` (semseg
+    runs, after ``detfm pid-trees``): score particle ID on truth instances with the run's fitted
+    trees (:class:`~detfm.evaluate.particle_trees.TreeParticleID`); the scores are then a ``pid``
+    task's.
     The scores are those of ``eval.json``, with what was scored under ``scored``.
     """
     run = Path(run_dir)
     cfg = load_finetune_config(run)
     spec = get_task(cfg.task)
     stage, stage_info = _fragment_stage(run, spec, fragment_vote, fragment_classifier)
+    trees = _pid_trees(run, cfg.task, fragment_vote or fragment_classifier, pid_run) if pid_trees else None
     if pid_run is not None:  # before reading any events
         _check_pid_stage(cfg.task, run, pid_run)
     paths = [Path(p) for p in (cfg.data.paths if data is None else data)]
@@ -504,6 +510,8 @@ def score_run(run_dir: str | os.PathLike[str], data: Sequence[str | os.PathLike[
     merge_lora(task)
     if pid_run is not None:
         task = _with_pid_stage(task, pid_run, device)
+    if trees is not None:
+        task, spec = TreeParticleID(task, trees[0].to(device), trees[1].to(device)), get_task("pid")
     scores = score_task(task, spec, events, batch_size=batch_size or cfg.eval_batch_size, progress=progress,
                         views=views, view_seed=view_seed, fragment_vote=fragment_vote, fragment_stage=stage)
     if stage is not None:
@@ -512,7 +520,23 @@ def score_run(run_dir: str | os.PathLike[str], data: Sequence[str | os.PathLike[
               "events": "test split of the run" if data is None or own_split else "all usable"}
     if pid_run is not None:
         scored["pid_run"] = str(pid_run)
-    return {"task": cfg.task, "run": str(run), "scored": scored, **scores}
+    if trees is not None:
+        info = trees[2]
+        scored["pid_trees"] = {"fitted_views": info.get("views"), "working_point": info.get("working_point"),
+                               "offsets": info.get("offsets")}
+    return {"task": spec.name, "run": str(run), "scored": scored, **scores}
+
+
+def _pid_trees(run: Path, task: str, fragment_steps: bool, pid_run: str | os.PathLike[str] | None
+               ) -> tuple[BoostedTrees, torch.Tensor, dict[str, Any]]:
+    """The semseg run's particle-ID trees (``detfm pid-trees``), checked against the request
+    before any event is read."""
+    if task != "semseg":
+        raise ConfigError(f"particle-ID trees read a semseg run's outputs; {run} is a {task} run")
+    if fragment_steps or pid_run is not None:
+        raise ConfigError("the particle-ID trees score particles: they do not combine with the fragment vote, "
+                          "the fragment classifier or a pid run")
+    return load_pid_trees(run)
 
 
 def _check_pid_stage(task: str, run: str | os.PathLike[str], pid_run: str | os.PathLike[str]) -> None:
