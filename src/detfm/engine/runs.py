@@ -20,6 +20,7 @@ Commands, evaluation and audit code take file names from here, never spell them.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ from detfm.models import ModelConfig, build_model, config_from_yaml, model_confi
 __all__ = ["BACKBONE_FILE", "BACKBONE_PREFIX", "CHECKPOINTS_DIR", "CONFIG_FILE", "EVAL_FILE",
            "FRAGMENT_CLASSIFIER_FILE", "FRAGMENT_CLASSIFIER_INFO", "MANIFEST_FILE", "METRICS_FILE", "MODEL_FILE",
            "PID_TREES_FILE", "PID_TREES_INFO", "PREDICTIONS_FORMAT", "SPLIT_FILE", "backbone_config",
-           "last_checkpoint", "load_backbone",
+           "last_checkpoint", "load_backbone", "read_fitted_info",
            "load_objective", "random_backbone", "run_settings", "weights_path"]
 
 CONFIG_FILE = "config.yaml"
@@ -147,3 +148,25 @@ def load_objective(run_dir: str | os.PathLike[str], *, map_location: str = "cpu"
         task = spec.build(build_model(backbone), spec.config_cls(**task_settings))
     load_weights(task, weights_path(run_dir), strict=True, device=map_location)
     return task.to(map_location).eval()
+
+
+def read_fitted_info(run_dir: str | os.PathLike[str], weights_file: str, info_file: str, fmt: str,
+                     required: tuple[str, ...], what: str, fit_command: str) -> dict[str, Any]:
+    """The JSON info of a step fitted into a run directory (a fragment classifier, particle-ID
+    trees), checked: its weights and info files both there (else an error that names
+    ``fit_command``), valid JSON of format ``fmt``, with every key of ``required``."""
+    run = Path(run_dir)
+    if not (run / weights_file).is_file() or not (run / info_file).is_file():
+        raise DetfmError(f"{run}: no {what} ({weights_file}); fit it first with `{fit_command}`")
+    path = run / info_file
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DetfmError(f"{path}: not valid JSON ({exc})") from exc
+    found = info.get("format") if isinstance(info, dict) else None
+    if found != fmt:
+        raise DetfmError(f"{path}: format {found!r}, expected {fmt!r}")
+    lacking = [k for k in required if k not in info]
+    if lacking:
+        raise DetfmError(f"{path}: lacks {', '.join(lacking)}")
+    return info  # type: ignore[no-any-return]

@@ -48,7 +48,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from detfm.data import PackedBatch
-from detfm.engine.runs import FRAGMENT_CLASSIFIER_FILE, FRAGMENT_CLASSIFIER_INFO
+from detfm.engine.runs import FRAGMENT_CLASSIFIER_FILE, FRAGMENT_CLASSIFIER_INFO, read_fitted_info
 from detfm.errors import ConfigError, DetfmError
 from detfm.evaluate.feature_classifier import ClassifierEnsemble, seeded_start, standardise_from
 from detfm.evaluate.fragments import PointProbabilityStep, point_fragments
@@ -360,18 +360,9 @@ def load_fragment_stage(run_dir: str | os.PathLike[str]) -> tuple[FragmentStage,
     """The fitted :class:`FragmentStage` of a run and its ``fragment_classifier.json``."""
     run = Path(run_dir)
     weights, info_file = run / FRAGMENT_CLASSIFIER_FILE, run / FRAGMENT_CLASSIFIER_INFO
-    if not weights.is_file() or not info_file.is_file():
-        raise DetfmError(f"{run}: no fragment classifier ({FRAGMENT_CLASSIFIER_FILE}); fit one first with "
-                         f"`detfm fragments --model {run}`")
-    try:
-        info = json.loads(info_file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DetfmError(f"{info_file}: not valid JSON ({exc})") from exc
-    if info.get("format") != FRAGMENT_INFO_FORMAT:
-        raise DetfmError(f"{info_file}: format {info.get('format')!r}, expected {FRAGMENT_INFO_FORMAT!r}")
-    lacking = [k for k in ("groups", "scored_ids", "num_classes", "hidden", "members") if k not in info]
-    if lacking:
-        raise DetfmError(f"{info_file}: lacks {', '.join(lacking)}")
+    info = read_fitted_info(run, FRAGMENT_CLASSIFIER_FILE, FRAGMENT_CLASSIFIER_INFO, FRAGMENT_INFO_FORMAT,
+                            ("groups", "scored_ids", "num_classes", "hidden", "members"), "fragment classifier",
+                            f"detfm fragments --model {run}")
     refined = info.get("point_refiner")
     lacking = [k for k in ("line_classes", "hops", "hidden", "members") if refined and k not in refined]
     if lacking:

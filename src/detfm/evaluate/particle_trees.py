@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from detfm.data import PackedBatch
-from detfm.engine.runs import PID_TREES_FILE, PID_TREES_INFO
+from detfm.engine.runs import PID_TREES_FILE, PID_TREES_INFO, read_fitted_info
 from detfm.errors import ConfigError, DataFormatError, DetfmError
 from detfm.io import atomic_path, atomic_write_text
 from detfm.evaluate.boosted_trees import BoostedTrees
@@ -125,19 +125,8 @@ def load_pid_trees(run_dir: str | os.PathLike[str]) -> tuple[BoostedTrees, torch
     """The fitted trees of a segmentation run (``detfm pid-trees``), their offsets and their info."""
     run = Path(run_dir)
     weights, info_file = run / PID_TREES_FILE, run / PID_TREES_INFO
-    if not weights.is_file() or not info_file.is_file():
-        raise DetfmError(f"{run}: no particle-ID trees ({PID_TREES_FILE}); fit them first with "
-                         f"`detfm pid-trees --model {run}`")
-    try:
-        info = json.loads(info_file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DetfmError(f"{info_file}: not valid JSON ({exc})") from exc
-    if not isinstance(info, dict) or info.get("format") != PID_TREES_FORMAT:
-        found = info.get("format") if isinstance(info, dict) else None
-        raise DetfmError(f"{info_file}: format {found!r}, expected {PID_TREES_FORMAT!r}")
-    lacking = [k for k in ("columns", "class_names") if k not in info]
-    if lacking:
-        raise DetfmError(f"{info_file}: lacks {', '.join(lacking)}")
+    info = read_fitted_info(run, PID_TREES_FILE, PID_TREES_INFO, PID_TREES_FORMAT, ("columns", "class_names"),
+                            "particle-ID trees", f"detfm pid-trees --model {run}")
     try:
         state = load_file(str(weights))
     except Exception as exc:  # safetensors raises its own error types for a damaged file

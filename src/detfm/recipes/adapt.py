@@ -463,6 +463,21 @@ def run_split_events(run_dir: str | os.PathLike[str], events: EventDataset, part
     return events.subset(where)
 
 
+def labeled_run_events(run_dir: str | os.PathLike[str], data: str | os.PathLike[str] | None = None
+                       ) -> EventDataset:
+    """The labeled training events of a fine-tuning run (its ``split.json``), read with the run's
+    energy threshold and minimum points from ``data`` (the run's data file where it lives now)
+    or from the paths in its config."""
+    cfg = load_finetune_config(run_dir)
+    paths = [Path(p) for p in (cfg.data.paths if data is None else [data])]
+    for path in paths:
+        if not path.is_file():
+            raise DetfmError(f"{path}: no such file (the run's data file: pass --data FILE where it lives now)")
+    events = EventDataset(paths, energy_threshold=cfg.data.energy_threshold, min_points=cfg.data.min_points,
+                          labels=True, seed=cfg.train.seed)
+    return run_split_events(run_dir, events, "labeled")
+
+
 def score_run(run_dir: str | os.PathLike[str], data: Sequence[str | os.PathLike[str]] | None = None, *,
               own_split: bool = False, views: int = 1, view_seed: int = 0, max_events: int | None = None,
               batch_size: int | None = None, device: str = "cpu", progress: bool = False,

@@ -24,8 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from detfm.data import EventDataset
-from detfm.errors import ConfigError, DetfmError
+from detfm.errors import ConfigError
 from detfm.evaluate.fragment_classifier import (FRAGMENT_INFO_FORMAT, FragmentStage, feature_names,
                                                 fit_fragment_classifier, fragment_truth, relabel_fragments,
                                                 save_fragment_stage, scored_positions)
@@ -36,7 +35,7 @@ from detfm.evaluate.point_refiner import (DEFAULT_CELLS, DEFAULT_HOPS, DEFAULT_R
                                          fit_class_offsets, fit_point_refiner)
 from detfm.evaluate.scoring import argmax_without, eval_batches, json_float, renumber_without
 from detfm.models.lora import merge_lora
-from detfm.recipes.adapt import load_finetune_config, load_finetuned, run_split_events
+from detfm.recipes.adapt import labeled_run_events, load_finetune_config, load_finetuned
 from detfm.tasks.registry import TaskSpec, get_task
 
 __all__ = ["LabeledOutputs", "fit_fragment_run", "fit_fragment_stage", "fragment_groups", "labeled_outputs"]
@@ -96,13 +95,7 @@ def labeled_outputs(run_dir: str | os.PathLike[str], data: str | os.PathLike[str
     run = Path(run_dir)
     cfg = load_finetune_config(run)
     get_task(cfg.task)
-    paths = [Path(p) for p in (cfg.data.paths if data is None else [data])]
-    for path in paths:
-        if not path.is_file():
-            raise DetfmError(f"{path}: no such file (the run's data file: pass --data FILE where it lives now)")
-    events = EventDataset(paths, energy_threshold=cfg.data.energy_threshold, min_points=cfg.data.min_points,
-                          labels=True, seed=cfg.train.seed)
-    events = run_split_events(run, events, "labeled")
+    events = labeled_run_events(run, data)
     task = load_finetuned(run, map_location=device)
     merge_lora(task)
     outputs = OrientationAverage(task, views, view_seed) if views != 1 else task

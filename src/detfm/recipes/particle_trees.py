@@ -26,14 +26,14 @@ import numpy as np
 import torch
 
 from detfm.data import EventDataset
-from detfm.errors import ConfigError, DetfmError
+from detfm.errors import ConfigError
 from detfm.evaluate.boosted_trees import TreeSettings, fit_boosted_trees, require_sklearn
 from detfm.evaluate.metrics import confusion_matrix, macro_f1
 from detfm.evaluate.orientations import rotate_batch
 from detfm.evaluate.particle_trees import PID_TREES_FORMAT, particle_table, save_pid_trees, table_columns
 from detfm.evaluate.scoring import eval_batches
 from detfm.models.lora import merge_lora
-from detfm.recipes.adapt import load_finetune_config, load_finetuned, run_split_events
+from detfm.recipes.adapt import labeled_run_events, load_finetune_config, load_finetuned
 from detfm.tasks.registry import get_task
 
 __all__ = ["OFFSET_GRID", "fit_pid_trees_run", "labeled_particles", "working_point_offset"]
@@ -140,13 +140,7 @@ def fit_pid_trees_run(run_dir: str | os.PathLike[str], data: str | os.PathLike[s
         raise ConfigError(f"working point {working_point!r}: not a PID class; choose one of {', '.join(names)}")
     if views < 1 or folds < 2:
         raise ConfigError(f"views must be >= 1 and folds >= 2, got {views} and {folds}")
-    paths = [Path(p) for p in (cfg.data.paths if data is None else [data])]
-    for path in paths:
-        if not path.is_file():
-            raise DetfmError(f"{path}: no such file (the run's data file: pass --data FILE where it lives now)")
-    events = EventDataset(paths, energy_threshold=cfg.data.energy_threshold, min_points=cfg.data.min_points,
-                          labels=True, seed=cfg.train.seed)
-    events = run_split_events(run, events, "labeled")
+    events = labeled_run_events(run, data)
     segmentation = load_finetuned(run, map_location=device)
     merge_lora(segmentation)
     start = time.perf_counter()
