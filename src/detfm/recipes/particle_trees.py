@@ -28,7 +28,7 @@ import torch
 from detfm.data import EventDataset
 from detfm.errors import ConfigError
 from detfm.evaluate.boosted_trees import TreeSettings, fit_boosted_trees, require_sklearn
-from detfm.evaluate.metrics import confusion_matrix, macro_f1
+from detfm.evaluate.metrics import confusion_matrix, macro_f1, per_class_precision, per_class_recall
 from detfm.evaluate.orientations import rotate_batch
 from detfm.evaluate.particle_trees import PID_TREES_FORMAT, particle_table, save_pid_trees, table_columns
 from detfm.evaluate.scoring import eval_batches
@@ -66,9 +66,11 @@ def _class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     return ((counts.sum() / counts) ** 0.5)[labels]
 
 
-def _efficiency_purity(pred: np.ndarray, truth: np.ndarray, c: int) -> tuple[float, float]:
-    hit = int(((pred == c) & (truth == c)).sum())
-    return hit / max(int((truth == c).sum()), 1), hit / max(int((pred == c).sum()), 1)
+def _efficiency_purity(logits: torch.Tensor, truth: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per class efficiency and purity of ``argmax(logits)`` against ``truth`` (0 where a class is
+    never true or never called), and the confusion matrix."""
+    cm = confusion_matrix(truth.numpy(), logits.argmax(dim=1).numpy(), int(logits.shape[1]))
+    return np.nan_to_num(per_class_recall(cm)), np.nan_to_num(per_class_precision(cm)), cm
 
 
 def working_point_offset(logits: torch.Tensor, truth: torch.Tensor, c: int,
@@ -76,14 +78,13 @@ def working_point_offset(logits: torch.Tensor, truth: torch.Tensor, c: int,
     """(offset, efficiency, purity): the log-probability offset of class ``c`` in ``grid`` at which
     the smaller of its efficiency and purity (``argmax(logits + offset)`` against ``truth``) is
     highest; among equals the offset nearest zero."""
-    y = truth.numpy()
     best: tuple[float, float, float, float] | None = None
     for g in sorted(grid, key=abs):
         shifted = logits.clone()
         shifted[:, c] += g
-        eff, pur = _efficiency_purity(shifted.argmax(dim=1).numpy(), y, c)
-        if best is None or min(eff, pur) > best[0] + 1e-12:
-            best = (min(eff, pur), g, eff, pur)
+        eff, pur, _ = _efficiency_purity(shifted, truth)
+        if best is None or min(eff[c], pur[c]) > best[0] + 1e-12:
+            best = (min(eff[c], pur[c]), g, float(eff[c]), float(pur[c]))
     assert best is not None
     return best[1], best[2], best[3]
 
@@ -110,12 +111,10 @@ def _held_out_logits(rows: torch.Tensor, labels: torch.Tensor, owners: torch.Ten
 
 
 def _scores(logits: torch.Tensor, truth: torch.Tensor, names: tuple[str, ...]) -> dict[str, Any]:
-    pred, y = logits.argmax(dim=1).numpy(), truth.numpy()
-    per_class = {}
-    for c, name in enumerate(names):
-        eff, pur = _efficiency_purity(pred, y, c)
-        per_class[name] = {"efficiency": round(eff, 4), "purity": round(pur, 4)}
-    return {"macro_f1": round(float(macro_f1(confusion_matrix(y, pred, len(names)))), 4), "per_class": per_class}
+    eff, pur, cm = _efficiency_purity(logits, truth)
+    per_class = {name: {"efficiency": round(float(eff[c]), 4), "purity": round(float(pur[c]), 4)}
+                 for c, name in enumerate(names)}
+    return {"macro_f1": round(float(macro_f1(cm)), 4), "per_class": per_class}
 
 
 def fit_pid_trees_run(run_dir: str | os.PathLike[str], data: str | os.PathLike[str] | None = None, *,
@@ -155,7 +154,7 @@ def fit_pid_trees_run(run_dir: str | os.PathLike[str], data: str | os.PathLike[s
     if working_point is not None:
         c = names.index(working_point)
         held = _held_out_logits(rows, labels, owners, len(names), folds, settings)
-        offset, eff, pur = working_point_offset(held, labels, c)
+        offset, _, _ = working_point_offset(held, labels, c)
         offsets[c] = offset
         held[:, c] += offset
         point = {"class": working_point, "offset": offset, "folds": folds,
