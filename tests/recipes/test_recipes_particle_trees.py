@@ -18,7 +18,7 @@ from detfm.errors import ConfigError, DetfmError
 from detfm.evaluate.boosted_trees import TreeSettings
 from detfm.evaluate.particle_trees import (TreeParticleID, load_pid_trees, particle_table, save_pid_trees,
                                           table_columns)
-from detfm.recipes.adapt import load_finetuned, run_finetune, score_run
+from detfm.recipes.adapt import load_finetuned, predict_file, run_finetune, score_run
 from detfm.recipes.particle_trees import fit_pid_trees_run, labeled_particles, working_point_offset
 from detfm.tasks.pid import find_instances
 from detfm.tasks.registry import get_task
@@ -116,6 +116,30 @@ def test_the_tree_task_scores_each_event_alone_and_applies_its_offsets(semseg_ru
     assert torch.allclose(shifted.float(), logp, atol=1e-5)
     with pytest.raises(ConfigError, match="offsets"):
         TreeParticleID(segmentation, trees, torch.zeros(3))
+
+
+def test_predictions_with_the_trees_are_pid_rows_per_particle(semseg_run: Path, fitted: dict,  # type: ignore[type-arg]
+                                                               tmp_path: Path) -> None:
+    import h5py
+
+    from detfm.recipes.adapt import load_finetune_config
+
+    cfg = load_finetune_config(semseg_run)
+    data = cfg.data.paths[0]
+    out = predict_file(semseg_run, data, tmp_path / "pid.h5", dtype="float32", pid_trees=True)
+    trees, offsets, _ = load_pid_trees(semseg_run)
+    task = TreeParticleID(load_finetuned(semseg_run), trees, offsets)
+    events = EventDataset([data], energy_threshold=cfg.data.energy_threshold, min_points=0, labels=True)
+    with h5py.File(out.path, "r") as h5:
+        assert h5.attrs["task"] == "pid" and json.loads(h5.attrs["pid_trees"])["working_point"]["class"] == "electron"
+        for i in (0, 3):
+            if events[i].n_points == 0:
+                continue
+            logp, _, group = task.item_outputs(collate([events[i]]))
+            probs = h5["pid_probs"][i].reshape(-1, 5)
+            assert torch.allclose(torch.from_numpy(probs), logp.exp(), atol=1e-5)
+            assert h5["group"][i].tolist() == group.tolist()
+            assert h5["pid_pred"][i].tolist() == logp.argmax(dim=1).tolist()
 
 
 def test_a_working_point_balances_efficiency_and_purity() -> None:

@@ -26,6 +26,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_fragment_options(p)
     p.add_argument("--pid", metavar="PID_RUN_DIR",
                    help="particles runs: name the particles the decoder finds with this pid run's head")
+    p.add_argument("--pid-trees", action="store_true",
+                   help="semseg runs: write per-particle PID rows (as a pid run does) from the run's boosted trees "
+                        "(`detfm pid-trees`); the data need instance labels")
     p.add_argument("--float32", action="store_true", help="store probabilities as float32 (default float16)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
@@ -45,7 +48,7 @@ def _predict(args: argparse.Namespace) -> int:
                           dtype="float32" if args.float32 else "float16", device=args.device,
                           progress=not args.quiet, views=args.views, view_seed=args.view_seed, pid_run=args.pid,
                           fragment_vote=args.fragment_vote,
-                          fragment_classifier=args.fragment_classifier)
+                          fragment_classifier=args.fragment_classifier, pid_trees=args.pid_trees)
     print(f"wrote predictions for {report.events} events ({report.points} points) to {report.path} "
           f"in {report.seconds:.1f} s ({report.events_per_second:.1f} events/s)")
     return 0

@@ -646,7 +646,7 @@ def predict_file(run_dir: str | os.PathLike[str], data: str | os.PathLike[str],
                  dtype: Literal["float16", "float32"] = "float16", device: str = "cpu",
                  progress: bool = False, views: int = 1, view_seed: int = 0,
                  pid_run: str | os.PathLike[str] | None = None, fragment_vote: bool = False,
-                 fragment_classifier: bool = False) -> PredictReport:
+                 fragment_classifier: bool = False, pid_trees: bool = False) -> PredictReport:
     """Run a fine-tuned model on every event of ``data`` and write its outputs to ``out_h5``.
 
     One row per input event, in file order (written atomically). Common datasets:
@@ -673,7 +673,9 @@ def predict_file(run_dir: str | os.PathLike[str], data: str | os.PathLike[str],
     connected fragment of shower-like points takes one class, after the views are averaged
     (:class:`~detfm.evaluate.fragments.FragmentVote`; attribute ``fragment_vote``).
     ``fragment_classifier`` (``semseg`` runs, after ``detfm fragments``): the run's fitted
-    fragment classifier instead (attribute ``fragment_classifier``).
+    fragment classifier instead (attribute ``fragment_classifier``). ``pid_trees`` (``semseg``
+    runs, after ``detfm pid-trees``): the rows of a ``pid`` run instead, from the run's boosted
+    trees (attribute ``pid_trees``).
     """
     if dtype not in ("float16", "float32"):
         raise ConfigError(f"dtype must be 'float16' or 'float32', got {dtype!r}")
@@ -687,8 +689,12 @@ def predict_file(run_dir: str | os.PathLike[str], data: str | os.PathLike[str],
         _check_pid_stage(cfg.task, run_dir, pid_run)
     spec = get_task(cfg.task)
     stage, stage_info = _fragment_stage(Path(run_dir), spec, fragment_vote, fragment_classifier)
+    trees = (_pid_trees(Path(run_dir), cfg.task, fragment_vote or fragment_classifier, pid_run) if pid_trees
+             else None)
     task = load_finetuned(run_dir, map_location=device)
     merge_lora(task)  # inference only: fold LoRA updates into the weights (no-op otherwise)
+    if trees is not None:
+        task, spec = TreeParticleID(task, trees[0].to(device), trees[1].to(device)), get_task("pid")
     if views != 1 and spec.unit == "particle":
         raise ConfigError(f"averaging over orientations applies to tasks that score given items; '{cfg.task}' "
                           f"finds its own particles: predict with views=1")
@@ -705,7 +711,7 @@ def predict_file(run_dir: str | os.PathLike[str], data: str | os.PathLike[str],
     if by_instance and len(dataset) and dataset[0].instance is None:
         raise DataFormatError(f"{src}: {cfg.task} needs the particle instances (the cluster 'group' column)",
                               path=str(src), field="cluster")
-    num_classes = task.config.num_classes
+    num_classes = len(spec.class_names)
     prefix = spec.prediction_prefix
     import h5py
 
@@ -733,7 +739,7 @@ def predict_file(run_dir: str | os.PathLike[str], data: str | os.PathLike[str],
         group_ds = h5.create_dataset("group", (n,), dtype=h5py.vlen_dtype(np.int64)) if by_instance else None
         index_ds = h5.create_dataset("event_index", (n,), dtype=np.int64)
         count_ds = h5.create_dataset("n_points", (n,), dtype=np.int64)
-        h5.attrs.update({"format": PREDICTIONS_FORMAT, "task": cfg.task, "classes": json.dumps(list(spec.class_names)),
+        h5.attrs.update({"format": PREDICTIONS_FORMAT, "task": spec.name, "classes": json.dumps(list(spec.class_names)),
                          "num_classes": num_classes, "energy_threshold": dataset.energy_threshold,
                          "model_run": str(Path(run_dir).resolve()), "source_file": str(src.resolve()),
                          "point_order": "points with value >= energy_threshold, in stored order"})
@@ -743,6 +749,9 @@ def predict_file(run_dir: str | os.PathLike[str], data: str | os.PathLike[str],
             h5.attrs["fragment_vote"] = json.dumps([spec.class_names[c] for c in spec.fragment_classes])
         if stage is not None and stage_info is not None:
             h5.attrs["fragment_classifier"] = json.dumps(stage_record(stage, spec.class_names, stage_info))
+        if trees is not None:
+            h5.attrs["pid_trees"] = json.dumps({"fitted_views": trees[2].get("views"),
+                                                "working_point": trees[2].get("working_point")})
         for a in range(0, n, batch_size):
             samples = [dataset[i] for i in range(a, min(a + batch_size, n))]
             full = [s for s in samples if s.n_points > 0]
