@@ -36,8 +36,8 @@ from detfm.models import ModelConfig, build_model, config_from_yaml, model_confi
 __all__ = ["BACKBONE_FILE", "BACKBONE_PREFIX", "CHECKPOINTS_DIR", "CONFIG_FILE", "EVAL_FILE",
            "FRAGMENT_CLASSIFIER_FILE", "FRAGMENT_CLASSIFIER_INFO", "MANIFEST_FILE", "METRICS_FILE", "MODEL_FILE",
            "PID_TREES_FILE", "PID_TREES_INFO", "PREDICTIONS_FORMAT", "SPLIT_FILE", "backbone_config",
-           "last_checkpoint", "load_backbone", "read_fitted_info",
-           "load_objective", "random_backbone", "run_settings", "weights_path"]
+           "last_checkpoint", "load_backbone", "load_objective", "random_backbone", "read_fitted_info",
+           "run_settings", "weights_path"]
 
 CONFIG_FILE = "config.yaml"
 BACKBONE_FILE = "backbone.yaml"

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from detfm.data import EventDataset
-from detfm.errors import ConfigError
+from detfm.errors import ConfigError, DetfmError
 from detfm.evaluate.boosted_trees import TreeSettings, fit_boosted_trees, require_sklearn
 from detfm.evaluate.metrics import confusion_matrix, macro_f1, per_class_precision, per_class_recall
 from detfm.evaluate.orientations import rotate_batch
@@ -50,13 +50,14 @@ def labeled_particles(segmentation: torch.nn.Module, events: EventDataset, *, vi
     for view in range(views):
         for _, batch in eval_batches(segmentation, events, batch_size, progress,
                                      desc=f"particles, view {view + 1}/{views}"):
-            turned = rotate_batch(batch, view_seed, view)
-            table, inst = particle_table(segmentation, turned)
-            keep = inst.label >= 0
-            rows.append(table[keep].cpu())
-            labels.append(inst.label[keep].cpu())
-            owners.append(turned.index.cpu()[inst.event.cpu()][keep.cpu()] if turned.index is not None
-                          else inst.event.cpu()[keep.cpu()])
+            if batch.index is None:  # the folds keep each event's rows together by its number
+                raise DetfmError("particle tables need each event's dataset number (batch.index): pass an "
+                                 "EventDataset")
+            table, inst = particle_table(segmentation, rotate_batch(batch, view_seed, view))
+            keep = (inst.label >= 0).cpu()
+            rows.append(table.cpu()[keep])
+            labels.append(inst.label.cpu()[keep])
+            owners.append(batch.index.cpu()[inst.event.cpu()][keep])
     return torch.cat(rows), torch.cat(labels), torch.cat(owners)
 
 
